@@ -1,0 +1,825 @@
+/*
+ * gmpdmodule.c -- gmpd._native: a thin CPython binding over runq.c and
+ * stress.c.  Only gmpd/runq.py and gmpd/shm.py import it.
+ *
+ *   Node(buffer, *, create=False, nprocs=0, nms=0, counter_base=0)
+ *       formats (create=True) or attaches a node segment held in a writable
+ *       buffer (an mmap of a /dev/shm file); keeps the buffer exported, so
+ *       the mmap cannot be closed under it.
+ *   Node.runq(p, m) -> RunQ: M m's handle on P p's queue (put/get/steal...).
+ *
+ * Every function that fails sets an exception and returns NULL.  Blocking
+ * calls (park, the stress loops) release the GIL.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <time.h>
+
+#include "runq.h"
+#include "stress.h"
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    gmpd_node *nd;
+} NodeObject;
+
+typedef struct {
+    PyObject_HEAD
+    NodeObject *node;
+    gmpd_node *nd;
+    uint32_t p;
+    uint32_t m;
+    int inherit;
+} RunQObject;
+
+typedef struct {
+    PyTypeObject *node_type;
+    PyTypeObject *runq_type;
+} module_state;
+
+static const char *const kind_names[GMPD_OP__COUNT] = {
+    "none", "put", "put_next", "put_slow", "get", "get_next", "steal", "steal_next", "drain_next", "drain",
+};
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static int node_ok(NodeObject *self)
+{
+    if (self->nd == NULL) {
+        PyErr_SetString(PyExc_ValueError, "node is closed");
+        return 0;
+    }
+    return 1;
+}
+
+static int check_p(NodeObject *self, long p)
+{
+    if (!node_ok(self))
+        return 0;
+    if (p < 0 || (unsigned long)p >= self->nd->nprocs) {
+        PyErr_Format(PyExc_IndexError, "P index %ld out of range (node has %u Ps)", p, self->nd->nprocs);
+        return 0;
+    }
+    return 1;
+}
+
+static int check_m(NodeObject *self, long m)
+{
+    if (!node_ok(self))
+        return 0;
+    if (m < 0 || (unsigned long)m >= self->nd->nms) {
+        PyErr_Format(PyExc_IndexError, "M index %ld out of range (node has %u M slots)", m, self->nd->nms);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *u32_tuple(const uint32_t *v, int n)
+{
+    PyObject *t = PyTuple_New(n);
+    if (t == NULL)
+        return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *x = PyLong_FromUnsignedLong(v[i]);
+        if (x == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, i, x);
+    }
+    return t;
+}
+
+static int parse_g(PyObject *arg, uint32_t *g)
+{
+    unsigned long v = PyLong_AsUnsignedLong(arg);
+    if (v == (unsigned long)-1 && PyErr_Occurred())
+        return 0;
+    if (v == 0 || v > 0xffffffffUL) {
+        PyErr_SetString(PyExc_ValueError, "a G handle is an integer in 1..2**32-1");
+        return 0;
+    }
+    *g = (uint32_t)v;
+    return 1;
+}
+
+/* ---- RunQ ----------------------------------------------------------------- */
+
+static void runq_dealloc(RunQObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_XDECREF(self->node);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static int runq_live(RunQObject *self) { return node_ok(self->node); }
+
+static PyObject *runq_put_common(RunQObject *self, PyObject *arg, int next)
+{
+    uint32_t g;
+    if (!runq_live(self) || !parse_g(arg, &g))
+        return NULL;
+    int r = gmpd_runqput(self->nd, self->p, self->m, g, next);
+    if (r == 0)
+        Py_RETURN_NONE;
+    if (r < 0) {
+        PyErr_SetString(PyExc_ValueError, "runqput: invalid arguments");
+        return NULL;
+    }
+    return u32_tuple(gmpd_node_m(self->nd, self->m)->batch, r);
+}
+
+static PyObject *runq_put(RunQObject *self, PyObject *arg) { return runq_put_common(self, arg, 0); }
+static PyObject *runq_put_next(RunQObject *self, PyObject *arg) { return runq_put_common(self, arg, 1); }
+
+static PyObject *runq_get(RunQObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!runq_live(self))
+        return NULL;
+    uint32_t g = gmpd_runqget(self->nd, self->p, self->m, &self->inherit);
+    if (g == 0)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong(g);
+}
+
+static PyObject *runq_steal(RunQObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"victim", "runnext", NULL};
+    long victim;
+    int runnext = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "l|p:steal", kwlist, &victim, &runnext))
+        return NULL;
+    if (!check_p(self->node, victim))
+        return NULL;
+    if ((uint32_t)victim == self->p) {
+        PyErr_SetString(PyExc_ValueError, "a P cannot steal from itself");
+        return NULL;
+    }
+    uint32_t g;
+    int n = gmpd_runqsteal(self->nd, self->p, (uint32_t)victim, self->m, runnext, &g);
+    if (n == GMPD_ENOSPACE) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "steal into a P whose run queue holds more than 127 Gs (steal only when it is nearly empty)");
+        return NULL;
+    }
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "runqsteal: invalid arguments");
+        return NULL;
+    }
+    if (n == 0)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong(g);
+}
+
+static PyObject *runq_drain(RunQObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!runq_live(self))
+        return NULL;
+    int n = gmpd_runqdrain(self->nd, self->p, self->m);
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "runqdrain: invalid arguments");
+        return NULL;
+    }
+    return u32_tuple(gmpd_node_m(self->nd, self->m)->batch, n);
+}
+
+static PyObject *runq_release(RunQObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!runq_live(self))
+        return NULL;
+    gmpd_release(self->nd, self->m);
+    Py_RETURN_NONE;
+}
+
+static PyObject *runq_empty(RunQObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!runq_live(self))
+        return NULL;
+    return PyBool_FromLong(gmpd_runqempty(self->nd, self->p));
+}
+
+static Py_ssize_t runq_len(RunQObject *self)
+{
+    if (!runq_live(self))
+        return -1;
+    return (Py_ssize_t)gmpd_runqlen(self->nd, self->p);
+}
+
+static PyObject *runq_get_inherit(RunQObject *self, void *Py_UNUSED(c)) { return PyBool_FromLong(self->inherit); }
+static PyObject *runq_get_p(RunQObject *self, void *Py_UNUSED(c)) { return PyLong_FromUnsignedLong(self->p); }
+static PyObject *runq_get_m(RunQObject *self, void *Py_UNUSED(c)) { return PyLong_FromUnsignedLong(self->m); }
+
+static PyMethodDef runq_methods[] = {
+    {"put", (PyCFunction)runq_put, METH_O,
+     "put(g) -> None | tuple: runqput at the tail; a full ring returns the 129 Gs (half + g) for the global queue."},
+    {"put_next", (PyCFunction)runq_put_next, METH_O,
+     "put_next(g) -> None | tuple: runqput into runnext, kicking the old runnext to the tail."},
+    {"get", (PyCFunction)runq_get, METH_NOARGS, "get() -> int | None: runqget (runnext first)."},
+    {"steal", (PyCFunction)(void (*)(void))runq_steal, METH_VARARGS | METH_KEYWORDS,
+     "steal(victim, runnext=False) -> int | None: runqsteal ceil(half) of victim's ring into ours."},
+    {"drain", (PyCFunction)runq_drain, METH_NOARGS, "drain() -> tuple: take runnext and the whole ring."},
+    {"release", (PyCFunction)runq_release, METH_NOARGS, "release(): the held Gs are recorded elsewhere."},
+    {"empty", (PyCFunction)runq_empty, METH_NOARGS, "empty() -> bool: Go's runqempty."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef runq_getset[] = {
+    {"inherit_time", (getter)runq_get_inherit, NULL, "whether the last get() came from runnext", NULL},
+    {"p", (getter)runq_get_p, NULL, "P index", NULL},
+    {"m", (getter)runq_get_m, NULL, "M index", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot runq_slots[] = {
+    {Py_tp_dealloc, runq_dealloc},
+    {Py_tp_methods, runq_methods},
+    {Py_tp_getset, runq_getset},
+    {Py_sq_length, runq_len},
+    {Py_tp_doc, "M m's handle on P p's run queue.  Made by Node.runq(p, m)."},
+    {0, NULL},
+};
+
+static PyType_Spec runq_spec = {
+    .name = "gmpd._native.RunQ",
+    .basicsize = sizeof(RunQObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = runq_slots,
+};
+
+/* ---- Node ----------------------------------------------------------------- */
+
+static PyObject *node_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"buffer", "create", "nprocs", "nms", "counter_base", NULL};
+    PyObject *buf;
+    int create = 0;
+    unsigned int nprocs = 0, nms = 0, counter_base = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$pIII:Node", kwlist, &buf, &create, &nprocs, &nms,
+                                     &counter_base))
+        return NULL;
+    NodeObject *self = (NodeObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(buf, &self->view, PyBUF_WRITABLE) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    void *mem = self->view.buf;
+    size_t len = (size_t)self->view.len;
+    if (((uintptr_t)mem % GMPD_CACHELINE) != 0) {
+        PyBuffer_Release(&self->view);
+        Py_DECREF(self);
+        PyErr_SetString(PyExc_ValueError, "node buffer must be cache-line aligned (use an mmap)");
+        return NULL;
+    }
+    int r = create ? gmpd_node_init(mem, len, nprocs, nms, counter_base, (int32_t)getpid()) : gmpd_node_check(mem, len);
+    if (r != GMPD_OK) {
+        PyBuffer_Release(&self->view);
+        Py_DECREF(self);
+        if (create)
+            PyErr_Format(PyExc_ValueError,
+                         "cannot format a node with nprocs=%u nms=%u in %zu bytes "
+                         "(need 1..%u Ps, 1..%u Ms, %zu bytes)",
+                         nprocs, nms, len, GMPD_MAX_PROCS, GMPD_MAX_MS, gmpd_node_size(nprocs ? nprocs : 1, nms ? nms : 1));
+        else
+            PyErr_SetString(PyExc_ValueError, "not a gmpd node segment of this layout version "
+                                              "(created by another gmpd version, or not a node at all)");
+        return NULL;
+    }
+    self->nd = mem;
+    return (PyObject *)self;
+}
+
+static PyObject *node_close(NodeObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->nd != NULL) {
+        self->nd = NULL;
+        PyBuffer_Release(&self->view);
+    }
+    Py_RETURN_NONE;
+}
+
+static void node_dealloc(NodeObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    if (self->nd != NULL)
+        PyBuffer_Release(&self->view);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *node_runq(NodeObject *self, PyObject *args)
+{
+    long p, m;
+    if (!PyArg_ParseTuple(args, "ll:runq", &p, &m) || !check_p(self, p) || !check_m(self, m))
+        return NULL;
+    module_state *st = PyType_GetModuleState(Py_TYPE(self));
+    RunQObject *q = PyObject_New(RunQObject, st->runq_type);
+    if (q == NULL)
+        return NULL;
+    Py_INCREF(self);
+    q->node = self;
+    q->nd = self->nd;
+    q->p = (uint32_t)p;
+    q->m = (uint32_t)m;
+    q->inherit = 0;
+    return (PyObject *)q;
+}
+
+static PyObject *op_tuple(uint64_t w)
+{
+    uint32_t k = gmpd_op_kind(w);
+    return Py_BuildValue("(sIkI)", k < GMPD_OP__COUNT ? kind_names[k] : "?", gmpd_op_state(w),
+                         (unsigned long)gmpd_op_arg(w), gmpd_op_seq(w));
+}
+
+static PyObject *node_recover_m(NodeObject *self, PyObject *arg)
+{
+    long m = PyLong_AsLong(arg);
+    if ((m == -1 && PyErr_Occurred()) || !check_m(self, m))
+        return NULL;
+    uint32_t orphans[GMPD_RUNQ_SIZE + 1];
+    uint64_t w;
+    int completed;
+    int n = gmpd_recover_m(self->nd, (uint32_t)m, orphans, &w, &completed);
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "recover_m: invalid arguments");
+        return NULL;
+    }
+    PyObject *op = op_tuple(w), *gs = u32_tuple(orphans, n);
+    if (op == NULL || gs == NULL) {
+        Py_XDECREF(op);
+        Py_XDECREF(gs);
+        return NULL;
+    }
+    return Py_BuildValue("(NNO)", op, gs, completed ? Py_True : Py_False);
+}
+
+static PyObject *node_op_record(NodeObject *self, PyObject *arg)
+{
+    long m = PyLong_AsLong(arg);
+    if ((m == -1 && PyErr_Occurred()) || !check_m(self, m))
+        return NULL;
+    return op_tuple(__atomic_load_n(&gmpd_node_m(self->nd, (uint32_t)m)->op, __ATOMIC_ACQUIRE));
+}
+
+static PyObject *node_release(NodeObject *self, PyObject *arg)
+{
+    long m = PyLong_AsLong(arg);
+    if ((m == -1 && PyErr_Occurred()) || !check_m(self, m))
+        return NULL;
+    gmpd_release(self->nd, (uint32_t)m);
+    Py_RETURN_NONE;
+}
+
+static PyObject *node_runq_len(NodeObject *self, PyObject *arg)
+{
+    long p = PyLong_AsLong(arg);
+    if ((p == -1 && PyErr_Occurred()) || !check_p(self, p))
+        return NULL;
+    return PyLong_FromUnsignedLong(gmpd_runqlen(self->nd, (uint32_t)p));
+}
+
+static PyObject *node_runq_empty(NodeObject *self, PyObject *arg)
+{
+    long p = PyLong_AsLong(arg);
+    if ((p == -1 && PyErr_Occurred()) || !check_p(self, p))
+        return NULL;
+    return PyBool_FromLong(gmpd_runqempty(self->nd, (uint32_t)p));
+}
+
+/* -- P state -- */
+
+static PyObject *pstate_tuple(uint64_t s)
+{
+    return Py_BuildValue("(IiI)", gmpd_pstate_status(s), gmpd_pstate_owner(s), gmpd_pstate_epoch(s));
+}
+
+static int parse_pstate(PyObject *t, uint64_t *out)
+{
+    unsigned int status, epoch;
+    int owner;
+    if (!PyArg_ParseTuple(t, "IiI:pstate", &status, &owner, &epoch))
+        return 0;
+    if (status > GMPD_PDEAD || owner < -1 || owner >= (int)GMPD_MAX_MS) {
+        PyErr_SetString(PyExc_ValueError, "P state is (status 0..4, owner -1..1021, epoch)");
+        return 0;
+    }
+    *out = gmpd_pstate_make(status, owner, epoch);
+    return 1;
+}
+
+static PyObject *node_p_state(NodeObject *self, PyObject *arg)
+{
+    long p = PyLong_AsLong(arg);
+    if ((p == -1 && PyErr_Occurred()) || !check_p(self, p))
+        return NULL;
+    return pstate_tuple(gmpd_p_load(self->nd, (uint32_t)p));
+}
+
+static PyObject *node_p_cas(NodeObject *self, PyObject *args)
+{
+    long p;
+    PyObject *a, *b;
+    uint64_t ea, eb;
+    if (!PyArg_ParseTuple(args, "lO!O!:p_cas", &p, &PyTuple_Type, &a, &PyTuple_Type, &b) || !check_p(self, p) ||
+        !parse_pstate(a, &ea) || !parse_pstate(b, &eb))
+        return NULL;
+    return PyBool_FromLong(gmpd_p_cas(self->nd, (uint32_t)p, ea, eb));
+}
+
+typedef int (*ptrans_fn)(gmpd_node *, uint32_t, uint32_t, uint32_t);
+
+static PyObject *p_transition(NodeObject *self, PyObject *args, const char *fmt, ptrans_fn fn)
+{
+    long p, m;
+    unsigned int epoch;
+    if (!PyArg_ParseTuple(args, fmt, &p, &m, &epoch) || !check_p(self, p) || !check_m(self, m))
+        return NULL;
+    return PyBool_FromLong(fn(self->nd, (uint32_t)p, (uint32_t)m, epoch));
+}
+
+static PyObject *node_acquirep(NodeObject *self, PyObject *args)
+{
+    return p_transition(self, args, "llI:acquirep", gmpd_acquirep);
+}
+static PyObject *node_releasep(NodeObject *self, PyObject *args)
+{
+    return p_transition(self, args, "llI:releasep", gmpd_releasep);
+}
+static PyObject *node_entersyscall(NodeObject *self, PyObject *args)
+{
+    return p_transition(self, args, "llI:entersyscall", gmpd_entersyscall);
+}
+static PyObject *node_exitsyscall(NodeObject *self, PyObject *args)
+{
+    return p_transition(self, args, "llI:exitsyscall", gmpd_exitsyscall);
+}
+
+static PyObject *node_retake(NodeObject *self, PyObject *args)
+{
+    long p;
+    PyObject *seen;
+    uint64_t s;
+    if (!PyArg_ParseTuple(args, "lO!:retake", &p, &PyTuple_Type, &seen) || !check_p(self, p) ||
+        !parse_pstate(seen, &s))
+        return NULL;
+    int64_t e = gmpd_retake(self->nd, (uint32_t)p, s);
+    if (e < 0)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(e);
+}
+
+static PyObject *node_p_ticks(NodeObject *self, PyObject *arg)
+{
+    long p = PyLong_AsLong(arg);
+    if ((p == -1 && PyErr_Occurred()) || !check_p(self, p))
+        return NULL;
+    gmpd_p *pp = gmpd_node_p(self->nd, (uint32_t)p);
+    /* relaxed: statistics */
+    return Py_BuildValue("(III)", __atomic_load_n(&pp->schedtick, __ATOMIC_RELAXED),
+                         __atomic_load_n(&pp->syscalltick, __ATOMIC_RELAXED),
+                         __atomic_load_n(&pp->preempt, __ATOMIC_RELAXED));
+}
+
+static PyObject *node_schedtick(NodeObject *self, PyObject *arg)
+{
+    long p = PyLong_AsLong(arg);
+    if ((p == -1 && PyErr_Occurred()) || !check_p(self, p))
+        return NULL;
+    /* relaxed: owner-only counter that sysmon samples. */
+    return PyLong_FromUnsignedLong(__atomic_add_fetch(&gmpd_node_p(self->nd, (uint32_t)p)->schedtick, 1, __ATOMIC_RELAXED));
+}
+
+static PyObject *node_set_preempt(NodeObject *self, PyObject *args)
+{
+    long p;
+    int v;
+    if (!PyArg_ParseTuple(args, "lp:set_preempt", &p, &v) || !check_p(self, p))
+        return NULL;
+    /* release: whatever sysmon decided before is visible to the owner. */
+    __atomic_store_n(&gmpd_node_p(self->nd, (uint32_t)p)->preempt, (uint32_t)v, __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
+/* -- M slots -- */
+
+static PyObject *node_m_info(NodeObject *self, PyObject *arg)
+{
+    long m = PyLong_AsLong(arg);
+    if ((m == -1 && PyErr_Occurred()) || !check_m(self, m))
+        return NULL;
+    gmpd_m *mp = gmpd_node_m(self->nd, (uint32_t)m);
+    /* acquire: each word is read as its writer published it. */
+    uint32_t p = __atomic_load_n(&mp->p, __ATOMIC_ACQUIRE);
+    return Py_BuildValue("(IIiiKI)", __atomic_load_n(&mp->state, __ATOMIC_ACQUIRE),
+                         __atomic_load_n(&mp->curg, __ATOMIC_ACQUIRE), (int)p - 1,
+                         __atomic_load_n(&mp->pid, __ATOMIC_ACQUIRE),
+                         (unsigned long long)__atomic_load_n(&mp->heartbeat_ns, __ATOMIC_ACQUIRE),
+                         __atomic_load_n(&mp->park, __ATOMIC_ACQUIRE));
+}
+
+static PyObject *node_m_set(NodeObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"m", "state", "curg", "p", "pid", NULL};
+    long m;
+    long long state = -1, curg = -1, p = -2, pid = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "l|$LLLL:m_set", kwlist, &m, &state, &curg, &p, &pid) ||
+        !check_m(self, m))
+        return NULL;
+    gmpd_m *mp = gmpd_node_m(self->nd, (uint32_t)m);
+    /* release: readers (sysmon, scheddetail) see what preceded each update. */
+    if (state >= 0)
+        __atomic_store_n(&mp->state, (uint32_t)state, __ATOMIC_RELEASE);
+    if (curg >= 0)
+        __atomic_store_n(&mp->curg, (uint32_t)curg, __ATOMIC_RELEASE);
+    if (p >= -1)
+        __atomic_store_n(&mp->p, (uint32_t)(p + 1), __ATOMIC_RELEASE);
+    if (pid >= 0)
+        __atomic_store_n(&mp->pid, (int32_t)pid, __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
+static PyObject *node_m_cas_state(NodeObject *self, PyObject *args)
+{
+    long m;
+    unsigned int old, new_;
+    if (!PyArg_ParseTuple(args, "lII:m_cas_state", &m, &old, &new_) || !check_m(self, m))
+        return NULL;
+    gmpd_m *mp = gmpd_node_m(self->nd, (uint32_t)m);
+    /* acq_rel: M state changes hand work between the M and sysmon. */
+    return PyBool_FromLong(
+        __atomic_compare_exchange_n(&mp->state, &old, new_, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+}
+
+static PyObject *node_heartbeat(NodeObject *self, PyObject *arg)
+{
+    long m = PyLong_AsLong(arg);
+    if ((m == -1 && PyErr_Occurred()) || !check_m(self, m))
+        return NULL;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    /* relaxed: a liveness timestamp; nothing is published through it. */
+    __atomic_store_n(&gmpd_node_m(self->nd, (uint32_t)m)->heartbeat_ns, now, __ATOMIC_RELAXED);
+    return PyLong_FromUnsignedLongLong(now);
+}
+
+/* -- parking -- */
+
+static PyObject *node_park(NodeObject *self, PyObject *args)
+{
+    long m;
+    unsigned int seen;
+    double timeout = -1.0;
+    if (!PyArg_ParseTuple(args, "lI|d:park", &m, &seen, &timeout) || !check_m(self, m))
+        return NULL;
+    uint32_t *word = &gmpd_node_m(self->nd, (uint32_t)m)->park;
+    int64_t ns = timeout < 0 ? -1 : (int64_t)(timeout * 1e9);
+    int r;
+    Py_BEGIN_ALLOW_THREADS
+    r = gmpd_futex_wait(word, seen, ns);
+    Py_END_ALLOW_THREADS
+    if (r < 0) {
+        errno = -r;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyBool_FromLong(r == 0);
+}
+
+static PyObject *node_wake(NodeObject *self, PyObject *arg)
+{
+    long m = PyLong_AsLong(arg);
+    if ((m == -1 && PyErr_Occurred()) || !check_m(self, m))
+        return NULL;
+    uint32_t *word = &gmpd_node_m(self->nd, (uint32_t)m)->park;
+    /* release: work published before the wake is visible to the woken M,
+     * which re-reads the queues after futex_wait returns. */
+    __atomic_add_fetch(word, 1, __ATOMIC_RELEASE);
+    int r = gmpd_futex_wake(word, 1);
+    if (r < 0) {
+        errno = -r;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(r);
+}
+
+/* -- stress loops (tests and bench/runq.py) -- */
+
+static PyObject *node_stress(NodeObject *self, PyObject *args)
+{
+    const char *role;
+    Py_buffer ctl;
+    long p, m;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "sw*llK:stress", &role, &ctl, &p, &m, &seed))
+        return NULL;
+    PyObject *res = NULL;
+    if (!check_p(self, p) || !check_m(self, m))
+        goto done;
+    if (m >= (long)GMPD_STRESS_MAXLOGS) {
+        PyErr_SetString(PyExc_ValueError, "stress: M index must be < 64");
+        goto done;
+    }
+    gmpd_stress *st = ctl.buf;
+    if ((size_t)ctl.len < 4096 || (size_t)ctl.len < gmpd_stress_size(st->nlogs, st->logcap) ||
+        (uint32_t)m >= st->nlogs || st->nprocs > self->nd->nprocs) {
+        PyErr_SetString(PyExc_ValueError, "stress: control segment too small or not initialised");
+        goto done;
+    }
+    int owner = strcmp(role, "owner") == 0;
+    if (!owner && strcmp(role, "thief") != 0) {
+        PyErr_SetString(PyExc_ValueError, "stress: role is 'owner' or 'thief'");
+        goto done;
+    }
+    int r;
+    Py_BEGIN_ALLOW_THREADS
+    r = owner ? gmpd_stress_owner(self->nd, st, (uint32_t)p, (uint32_t)m, seed)
+              : gmpd_stress_thief(self->nd, st, (uint32_t)p, (uint32_t)m, seed);
+    Py_END_ALLOW_THREADS
+    res = PyLong_FromLong(r);
+done:
+    PyBuffer_Release(&ctl);
+    return res;
+}
+
+static PyObject *node_get_nprocs(NodeObject *self, void *Py_UNUSED(c))
+{
+    return node_ok(self) ? PyLong_FromUnsignedLong(self->nd->nprocs) : NULL;
+}
+static PyObject *node_get_nms(NodeObject *self, void *Py_UNUSED(c))
+{
+    return node_ok(self) ? PyLong_FromUnsignedLong(self->nd->nms) : NULL;
+}
+static PyObject *node_get_creator(NodeObject *self, void *Py_UNUSED(c))
+{
+    return node_ok(self) ? PyLong_FromLong(self->nd->creator_pid) : NULL;
+}
+static PyObject *node_get_closed(NodeObject *self, void *Py_UNUSED(c)) { return PyBool_FromLong(self->nd == NULL); }
+
+static PyMethodDef node_methods[] = {
+    {"close", (PyCFunction)node_close, METH_NOARGS, "Release the buffer; the node is unusable afterwards."},
+    {"runq", (PyCFunction)node_runq, METH_VARARGS, "runq(p, m) -> RunQ"},
+    {"recover_m", (PyCFunction)node_recover_m, METH_O,
+     "recover_m(m) -> ((kind, state, arg, seq), orphans, completed): recover a dead M's op record."},
+    {"op_record", (PyCFunction)node_op_record, METH_O, "op_record(m) -> (kind, state, arg, seq)"},
+    {"release", (PyCFunction)node_release, METH_O, "release(m): drop what M m holds."},
+    {"runq_len", (PyCFunction)node_runq_len, METH_O, "runq_len(p) -> int (runnext not counted)"},
+    {"runq_empty", (PyCFunction)node_runq_empty, METH_O, "runq_empty(p) -> bool"},
+    {"p_state", (PyCFunction)node_p_state, METH_O, "p_state(p) -> (status, owner, epoch)"},
+    {"p_cas", (PyCFunction)node_p_cas, METH_VARARGS, "p_cas(p, expect, new) -> bool"},
+    {"acquirep", (PyCFunction)node_acquirep, METH_VARARGS, "acquirep(p, m, epoch) -> bool: IDLE -> RUNNING"},
+    {"releasep", (PyCFunction)node_releasep, METH_VARARGS, "releasep(p, m, epoch) -> bool: RUNNING -> IDLE"},
+    {"entersyscall", (PyCFunction)node_entersyscall, METH_VARARGS, "entersyscall(p, m, epoch) -> bool"},
+    {"exitsyscall", (PyCFunction)node_exitsyscall, METH_VARARGS,
+     "exitsyscall(p, m, epoch) -> bool: fast path, fails if the P was retaken"},
+    {"retake", (PyCFunction)node_retake, METH_VARARGS, "retake(p, seen_state) -> new epoch | None"},
+    {"p_ticks", (PyCFunction)node_p_ticks, METH_O, "p_ticks(p) -> (schedtick, syscalltick, preempt)"},
+    {"schedtick", (PyCFunction)node_schedtick, METH_O, "schedtick(p) -> int: bump and return"},
+    {"set_preempt", (PyCFunction)node_set_preempt, METH_VARARGS, "set_preempt(p, flag)"},
+    {"m_info", (PyCFunction)node_m_info, METH_O, "m_info(m) -> (state, curg, p, pid, heartbeat_ns, park)"},
+    {"m_set", (PyCFunction)(void (*)(void))node_m_set, METH_VARARGS | METH_KEYWORDS,
+     "m_set(m, *, state, curg, p, pid)"},
+    {"m_cas_state", (PyCFunction)node_m_cas_state, METH_VARARGS, "m_cas_state(m, old, new) -> bool"},
+    {"heartbeat", (PyCFunction)node_heartbeat, METH_O, "heartbeat(m) -> ns: store CLOCK_MONOTONIC now"},
+    {"park", (PyCFunction)node_park, METH_VARARGS,
+     "park(m, seen, timeout=-1) -> bool: futex-sleep while M m's park word == seen; False on timeout"},
+    {"wake", (PyCFunction)node_wake, METH_O, "wake(m) -> int: bump M m's park word and wake it"},
+    {"stress", (PyCFunction)node_stress, METH_VARARGS, "stress(role, ctl, p, m, seed) -> int (C-level loop)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef node_getset[] = {
+    {"nprocs", (getter)node_get_nprocs, NULL, "number of Ps", NULL},
+    {"nms", (getter)node_get_nms, NULL, "number of M slots", NULL},
+    {"creator_pid", (getter)node_get_creator, NULL, "pid that formatted the segment", NULL},
+    {"closed", (getter)node_get_closed, NULL, "whether close() was called", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot node_slots[] = {
+    {Py_tp_new, node_new},
+    {Py_tp_dealloc, node_dealloc},
+    {Py_tp_methods, node_methods},
+    {Py_tp_getset, node_getset},
+    {Py_tp_doc, "A node segment: Ps (status, epoch, ticks, runnext, ring), M slots and op records."},
+    {0, NULL},
+};
+
+static PyType_Spec node_spec = {
+    .name = "gmpd._native.Node",
+    .basicsize = sizeof(NodeObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = node_slots,
+};
+
+/* ---- module ---------------------------------------------------------------- */
+
+static PyObject *mod_node_size(PyObject *Py_UNUSED(mod), PyObject *args)
+{
+    unsigned int nprocs, nms;
+    if (!PyArg_ParseTuple(args, "II:node_size", &nprocs, &nms))
+        return NULL;
+    return PyLong_FromSize_t(gmpd_node_size(nprocs, nms));
+}
+
+static PyObject *mod_stress_size(PyObject *Py_UNUSED(mod), PyObject *args)
+{
+    unsigned int nlogs, total;
+    if (!PyArg_ParseTuple(args, "II:stress_size", &nlogs, &total))
+        return NULL;
+    return PyLong_FromSize_t(gmpd_stress_size(nlogs, total));
+}
+
+static PyObject *mod_stress_init(PyObject *Py_UNUSED(mod), PyObject *args)
+{
+    Py_buffer b;
+    unsigned int total, nlogs, nprocs;
+    if (!PyArg_ParseTuple(args, "w*III:stress_init", &b, &total, &nlogs, &nprocs))
+        return NULL;
+    int r = gmpd_stress_init(b.buf, (size_t)b.len, total, nlogs, nprocs);
+    PyBuffer_Release(&b);
+    if (r != GMPD_OK) {
+        PyErr_SetString(PyExc_ValueError, "stress_init: buffer too small or bad counts (nlogs <= 64)");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_set_crash_point(PyObject *Py_UNUSED(mod), PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0 || n >= GMPD_CRASH__COUNT) {
+        PyErr_Format(PyExc_ValueError, "crash point must be 0..%d", GMPD_CRASH__COUNT - 1);
+        return NULL;
+    }
+    gmpd_crash_at = (int)n;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"_set_crash_point", mod_set_crash_point, METH_O,
+     "_set_crash_point(n): tests only -- SIGKILL this process when it reaches crash point n (0: off)."},
+    {"node_size", mod_node_size, METH_VARARGS, "node_size(nprocs, nms) -> bytes needed"},
+    {"stress_size", mod_stress_size, METH_VARARGS, "stress_size(nlogs, total) -> bytes needed"},
+    {"stress_init", mod_stress_init, METH_VARARGS, "stress_init(buffer, total, nlogs, nprocs)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static int module_exec(PyObject *mod)
+{
+    module_state *st = PyModule_GetState(mod);
+    st->node_type = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &node_spec, NULL);
+    if (st->node_type == NULL || PyModule_AddType(mod, st->node_type) < 0)
+        return -1;
+    st->runq_type = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &runq_spec, NULL);
+    if (st->runq_type == NULL || PyModule_AddType(mod, st->runq_type) < 0)
+        return -1;
+    if (PyModule_AddIntConstant(mod, "RUNQ_SIZE", GMPD_RUNQ_SIZE) < 0 ||
+        PyModule_AddIntConstant(mod, "LAYOUT_VERSION", GMPD_LAYOUT_VERSION) < 0 ||
+        PyModule_AddIntConstant(mod, "MAX_PROCS", GMPD_MAX_PROCS) < 0 ||
+        PyModule_AddIntConstant(mod, "MAX_MS", GMPD_MAX_MS) < 0 ||
+        PyModule_AddIntConstant(mod, "STRESS_HEADER", 4096) < 0 ||
+        PyModule_AddIntConstant(mod, "CRASH_POINTS", GMPD_CRASH__COUNT) < 0)
+        return -1;
+    return 0;
+}
+
+static int module_traverse(PyObject *mod, visitproc visit, void *arg)
+{
+    module_state *st = PyModule_GetState(mod);
+    Py_VISIT(st->node_type);
+    Py_VISIT(st->runq_type);
+    return 0;
+}
+
+static int module_clear(PyObject *mod)
+{
+    module_state *st = PyModule_GetState(mod);
+    Py_CLEAR(st->node_type);
+    Py_CLEAR(st->runq_type);
+    return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef gmpd_native_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "gmpd._native",
+    .m_doc = "gmpd's node shared memory: Go's per-P run queues, P/M state words, futex parking.",
+    .m_size = sizeof(module_state),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+};
+
+PyMODINIT_FUNC PyInit__native(void) { return PyModuleDef_Init(&gmpd_native_module); }

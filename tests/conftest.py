@@ -1,0 +1,63 @@
+"""Shared fixtures.  Every test proves it left no process and no segment behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gmpd.shm import NodeMemory, list_segments
+
+
+def children_of(pid: int) -> set[int]:
+    """Every live (or unreaped) descendant of ``pid``, read from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {c for c, p in parents.items() if p in frontier} - found
+        found |= frontier
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers() -> Iterator[None]:
+    before = set(list_segments())
+    yield
+    deadline = time.monotonic() + 5
+    while (kids := children_of(os.getpid())) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not kids, f"test left processes behind: {sorted(kids)}"
+    leaked = set(list_segments()) - before
+    assert not leaked, f"test left shared-memory segments behind: {sorted(leaked)}"
+
+
+@pytest.fixture
+def nm() -> Iterator[NodeMemory]:
+    with NodeMemory.create(4, 4) as node:
+        yield node
+
+
+def run_child(code: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run Python ``code`` in a fresh interpreter (so it can be killed alone)."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
