@@ -34,10 +34,8 @@ import time
 from dataclasses import dataclass
 
 from gmpd.native import _native
+from gmpd.runq import OpState, recover_m
 from gmpd.shm import NodeMemory, Segment
-
-PUT_KINDS = frozenset({"put", "put_next", "put_slow"})
-HELD = 2
 
 
 @dataclass(frozen=True)
@@ -134,17 +132,18 @@ class _Harness:
 
     # -- recovery (module docstring, steps 2-4) --
     def recover(self, w: _Worker) -> None:
-        (kind, state, arg, _seq), orphans, _completed = self.nm.node.recover_m(w.m)
-        self.caught[state] += 1
-        if orphans and state == HELD:
+        rec = recover_m(self.nm.node, w.m)
+        orphans = rec.orphans
+        self.caught[rec.state] += 1
+        if orphans and rec.state == OpState.HELD:
             log = self.log(w.m)
             k = len(orphans)
             if len(log) >= k and tuple(log[len(log) - k :]) == orphans:
                 orphans = ()  # already recorded by the dead M
             log.release()
         self.recovered.extend(orphans)
-        if w.role == "owner" and kind in PUT_KINDS and arg == self._u32(1):
-            self._set_u32(1, arg + 1)
+        if w.role == "owner" and rec.accepted(self._u32(1)):
+            self._set_u32(1, rec.arg + 1)
 
     def kill_one(self) -> None:
         live = [w for w in self.workers if w.in_loop()]

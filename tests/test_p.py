@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import textwrap
 import time
 
+from gmpd.runq import PStatus
 from gmpd.shm import NodeMemory
 
-IDLE, RUNNING, SYSCALL = 0, 1, 2
+IDLE, RUNNING, SYSCALL = PStatus.IDLE, PStatus.RUNNING, PStatus.SYSCALL
 
 
 def test_p_starts_idle_unowned_epoch_zero(nm: NodeMemory) -> None:
@@ -54,7 +54,7 @@ def test_p_retake_bumps_epoch_and_fences_the_old_m(nm: NodeMemory) -> None:
 
 def test_p_cas_generic_and_ticks(nm: NodeMemory) -> None:
     node = nm.node
-    assert node.p_cas(1, (IDLE, -1, 0), (4, -1, 0))
+    assert node.p_cas(1, (IDLE, -1, 0), (PStatus.DEAD, -1, 0))
     assert not node.p_cas(1, (IDLE, -1, 0), (RUNNING, 0, 1))
     assert node.schedtick(1) == 1
     node.set_preempt(1, True)
@@ -105,4 +105,3 @@ def test_park_across_processes_wakes_fast_and_burns_no_cpu(nm: NodeMemory) -> No
     assert proc.returncode == 0
     # Python start-up costs CPU; half a second of spinning would cost ~0.5 s more.
     assert usage.ru_utime + usage.ru_stime < 0.4, "a parked M must not burn CPU"
-    assert resource.getrusage(resource.RUSAGE_SELF) is not None
