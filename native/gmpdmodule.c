@@ -76,6 +76,25 @@ static int check_m(NodeObject *self, long m)
     return 1;
 }
 
+/* A single P or M index argument (METH_O), range-checked. */
+static int arg_p(NodeObject *self, PyObject *arg, uint32_t *out)
+{
+    long v = PyLong_AsLong(arg);
+    if ((v == -1 && PyErr_Occurred()) || !check_p(self, v))
+        return 0;
+    *out = (uint32_t)v;
+    return 1;
+}
+
+static int arg_m(NodeObject *self, PyObject *arg, uint32_t *out)
+{
+    long v = PyLong_AsLong(arg);
+    if ((v == -1 && PyErr_Occurred()) || !check_m(self, v))
+        return 0;
+    *out = (uint32_t)v;
+    return 1;
+}
+
 static PyObject *u32_tuple(const uint32_t *v, int n)
 {
     PyObject *t = PyTuple_New(n);
@@ -323,8 +342,8 @@ static PyObject *node_runq(NodeObject *self, PyObject *args)
     Py_INCREF(self);
     q->node = self;
     q->nd = self->nd;
-    q->p = (uint32_t)p;
-    q->m = (uint32_t)m;
+    q->p = p;
+    q->m = m;
     q->inherit = 0;
     return (PyObject *)q;
 }
@@ -338,13 +357,13 @@ static PyObject *op_tuple(uint64_t w)
 
 static PyObject *node_recover_m(NodeObject *self, PyObject *arg)
 {
-    long m = PyLong_AsLong(arg);
-    if ((m == -1 && PyErr_Occurred()) || !check_m(self, m))
+    uint32_t m;
+    if (!arg_m(self, arg, &m))
         return NULL;
     uint32_t orphans[GMPD_RUNQ_SIZE + 1];
     uint64_t w;
     int completed;
-    int n = gmpd_recover_m(self->nd, (uint32_t)m, orphans, &w, &completed);
+    int n = gmpd_recover_m(self->nd, m, orphans, &w, &completed);
     if (n < 0) {
         PyErr_SetString(PyExc_ValueError, "recover_m: invalid arguments");
         return NULL;
@@ -360,35 +379,36 @@ static PyObject *node_recover_m(NodeObject *self, PyObject *arg)
 
 static PyObject *node_op_record(NodeObject *self, PyObject *arg)
 {
-    long m = PyLong_AsLong(arg);
-    if ((m == -1 && PyErr_Occurred()) || !check_m(self, m))
+    uint32_t m;
+    if (!arg_m(self, arg, &m))
         return NULL;
-    return op_tuple(__atomic_load_n(&gmpd_node_m(self->nd, (uint32_t)m)->op, __ATOMIC_ACQUIRE));
+    /* acquire: the record's fields as its M published them. */
+    return op_tuple(__atomic_load_n(&gmpd_node_m(self->nd, m)->op, __ATOMIC_ACQUIRE));
 }
 
 static PyObject *node_release(NodeObject *self, PyObject *arg)
 {
-    long m = PyLong_AsLong(arg);
-    if ((m == -1 && PyErr_Occurred()) || !check_m(self, m))
+    uint32_t m;
+    if (!arg_m(self, arg, &m))
         return NULL;
-    gmpd_release(self->nd, (uint32_t)m);
+    gmpd_release(self->nd, m);
     Py_RETURN_NONE;
 }
 
 static PyObject *node_runq_len(NodeObject *self, PyObject *arg)
 {
-    long p = PyLong_AsLong(arg);
-    if ((p == -1 && PyErr_Occurred()) || !check_p(self, p))
+    uint32_t p;
+    if (!arg_p(self, arg, &p))
         return NULL;
-    return PyLong_FromUnsignedLong(gmpd_runqlen(self->nd, (uint32_t)p));
+    return PyLong_FromUnsignedLong(gmpd_runqlen(self->nd, p));
 }
 
 static PyObject *node_runq_empty(NodeObject *self, PyObject *arg)
 {
-    long p = PyLong_AsLong(arg);
-    if ((p == -1 && PyErr_Occurred()) || !check_p(self, p))
+    uint32_t p;
+    if (!arg_p(self, arg, &p))
         return NULL;
-    return PyBool_FromLong(gmpd_runqempty(self->nd, (uint32_t)p));
+    return PyBool_FromLong(gmpd_runqempty(self->nd, p));
 }
 
 /* -- P state -- */
@@ -414,10 +434,10 @@ static int parse_pstate(PyObject *t, uint64_t *out)
 
 static PyObject *node_p_state(NodeObject *self, PyObject *arg)
 {
-    long p = PyLong_AsLong(arg);
-    if ((p == -1 && PyErr_Occurred()) || !check_p(self, p))
+    uint32_t p;
+    if (!arg_p(self, arg, &p))
         return NULL;
-    return pstate_tuple(gmpd_p_load(self->nd, (uint32_t)p));
+    return pstate_tuple(gmpd_p_load(self->nd, p));
 }
 
 static PyObject *node_p_cas(NodeObject *self, PyObject *args)
@@ -428,7 +448,7 @@ static PyObject *node_p_cas(NodeObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "lO!O!:p_cas", &p, &PyTuple_Type, &a, &PyTuple_Type, &b) || !check_p(self, p) ||
         !parse_pstate(a, &ea) || !parse_pstate(b, &eb))
         return NULL;
-    return PyBool_FromLong(gmpd_p_cas(self->nd, (uint32_t)p, ea, eb));
+    return PyBool_FromLong(gmpd_p_cas(self->nd, p, ea, eb));
 }
 
 typedef int (*ptrans_fn)(gmpd_node *, uint32_t, uint32_t, uint32_t);
@@ -439,7 +459,7 @@ static PyObject *p_transition(NodeObject *self, PyObject *args, const char *fmt,
     unsigned int epoch;
     if (!PyArg_ParseTuple(args, fmt, &p, &m, &epoch) || !check_p(self, p) || !check_m(self, m))
         return NULL;
-    return PyBool_FromLong(fn(self->nd, (uint32_t)p, (uint32_t)m, epoch));
+    return PyBool_FromLong(fn(self->nd, p, m, epoch));
 }
 
 static PyObject *node_acquirep(NodeObject *self, PyObject *args)
@@ -467,7 +487,7 @@ static PyObject *node_retake(NodeObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "lO!:retake", &p, &PyTuple_Type, &seen) || !check_p(self, p) ||
         !parse_pstate(seen, &s))
         return NULL;
-    int64_t e = gmpd_retake(self->nd, (uint32_t)p, s);
+    int64_t e = gmpd_retake(self->nd, p, s);
     if (e < 0)
         Py_RETURN_NONE;
     return PyLong_FromLongLong(e);
@@ -475,10 +495,10 @@ static PyObject *node_retake(NodeObject *self, PyObject *args)
 
 static PyObject *node_p_ticks(NodeObject *self, PyObject *arg)
 {
-    long p = PyLong_AsLong(arg);
-    if ((p == -1 && PyErr_Occurred()) || !check_p(self, p))
+    uint32_t p;
+    if (!arg_p(self, arg, &p))
         return NULL;
-    gmpd_p *pp = gmpd_node_p(self->nd, (uint32_t)p);
+    gmpd_p *pp = gmpd_node_p(self->nd, p);
     /* relaxed: statistics */
     return Py_BuildValue("(III)", __atomic_load_n(&pp->schedtick, __ATOMIC_RELAXED),
                          __atomic_load_n(&pp->syscalltick, __ATOMIC_RELAXED),
@@ -487,11 +507,11 @@ static PyObject *node_p_ticks(NodeObject *self, PyObject *arg)
 
 static PyObject *node_schedtick(NodeObject *self, PyObject *arg)
 {
-    long p = PyLong_AsLong(arg);
-    if ((p == -1 && PyErr_Occurred()) || !check_p(self, p))
+    uint32_t p;
+    if (!arg_p(self, arg, &p))
         return NULL;
     /* relaxed: owner-only counter that sysmon samples. */
-    return PyLong_FromUnsignedLong(__atomic_add_fetch(&gmpd_node_p(self->nd, (uint32_t)p)->schedtick, 1, __ATOMIC_RELAXED));
+    return PyLong_FromUnsignedLong(__atomic_add_fetch(&gmpd_node_p(self->nd, p)->schedtick, 1, __ATOMIC_RELAXED));
 }
 
 static PyObject *node_set_preempt(NodeObject *self, PyObject *args)
@@ -501,7 +521,7 @@ static PyObject *node_set_preempt(NodeObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "lp:set_preempt", &p, &v) || !check_p(self, p))
         return NULL;
     /* release: whatever sysmon decided before is visible to the owner. */
-    __atomic_store_n(&gmpd_node_p(self->nd, (uint32_t)p)->preempt, (uint32_t)v, __ATOMIC_RELEASE);
+    __atomic_store_n(&gmpd_node_p(self->nd, p)->preempt, (uint32_t)v, __ATOMIC_RELEASE);
     Py_RETURN_NONE;
 }
 
@@ -509,10 +529,10 @@ static PyObject *node_set_preempt(NodeObject *self, PyObject *args)
 
 static PyObject *node_m_info(NodeObject *self, PyObject *arg)
 {
-    long m = PyLong_AsLong(arg);
-    if ((m == -1 && PyErr_Occurred()) || !check_m(self, m))
+    uint32_t m;
+    if (!arg_m(self, arg, &m))
         return NULL;
-    gmpd_m *mp = gmpd_node_m(self->nd, (uint32_t)m);
+    gmpd_m *mp = gmpd_node_m(self->nd, m);
     /* acquire: each word is read as its writer published it. */
     uint32_t p = __atomic_load_n(&mp->p, __ATOMIC_ACQUIRE);
     return Py_BuildValue("(IIiiKI)", __atomic_load_n(&mp->state, __ATOMIC_ACQUIRE),
@@ -530,7 +550,7 @@ static PyObject *node_m_set(NodeObject *self, PyObject *args, PyObject *kwargs)
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "l|$LLLL:m_set", kwlist, &m, &state, &curg, &p, &pid) ||
         !check_m(self, m))
         return NULL;
-    gmpd_m *mp = gmpd_node_m(self->nd, (uint32_t)m);
+    gmpd_m *mp = gmpd_node_m(self->nd, m);
     /* release: readers (sysmon, scheddetail) see what preceded each update. */
     if (state >= 0)
         __atomic_store_n(&mp->state, (uint32_t)state, __ATOMIC_RELEASE);
@@ -549,7 +569,7 @@ static PyObject *node_m_cas_state(NodeObject *self, PyObject *args)
     unsigned int old, new_;
     if (!PyArg_ParseTuple(args, "lII:m_cas_state", &m, &old, &new_) || !check_m(self, m))
         return NULL;
-    gmpd_m *mp = gmpd_node_m(self->nd, (uint32_t)m);
+    gmpd_m *mp = gmpd_node_m(self->nd, m);
     /* acq_rel: M state changes hand work between the M and sysmon. */
     return PyBool_FromLong(
         __atomic_compare_exchange_n(&mp->state, &old, new_, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
@@ -557,14 +577,14 @@ static PyObject *node_m_cas_state(NodeObject *self, PyObject *args)
 
 static PyObject *node_heartbeat(NodeObject *self, PyObject *arg)
 {
-    long m = PyLong_AsLong(arg);
-    if ((m == -1 && PyErr_Occurred()) || !check_m(self, m))
+    uint32_t m;
+    if (!arg_m(self, arg, &m))
         return NULL;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
     /* relaxed: a liveness timestamp; nothing is published through it. */
-    __atomic_store_n(&gmpd_node_m(self->nd, (uint32_t)m)->heartbeat_ns, now, __ATOMIC_RELAXED);
+    __atomic_store_n(&gmpd_node_m(self->nd, m)->heartbeat_ns, now, __ATOMIC_RELAXED);
     return PyLong_FromUnsignedLongLong(now);
 }
 
@@ -577,7 +597,7 @@ static PyObject *node_park(NodeObject *self, PyObject *args)
     double timeout = -1.0;
     if (!PyArg_ParseTuple(args, "lI|d:park", &m, &seen, &timeout) || !check_m(self, m))
         return NULL;
-    uint32_t *word = &gmpd_node_m(self->nd, (uint32_t)m)->park;
+    uint32_t *word = &gmpd_node_m(self->nd, m)->park;
     int64_t ns = timeout < 0 ? -1 : (int64_t)(timeout * 1e9);
     int r;
     Py_BEGIN_ALLOW_THREADS
@@ -592,10 +612,10 @@ static PyObject *node_park(NodeObject *self, PyObject *args)
 
 static PyObject *node_wake(NodeObject *self, PyObject *arg)
 {
-    long m = PyLong_AsLong(arg);
-    if ((m == -1 && PyErr_Occurred()) || !check_m(self, m))
+    uint32_t m;
+    if (!arg_m(self, arg, &m))
         return NULL;
-    uint32_t *word = &gmpd_node_m(self->nd, (uint32_t)m)->park;
+    uint32_t *word = &gmpd_node_m(self->nd, m)->park;
     /* release: work published before the wake is visible to the woken M,
      * which re-reads the queues after futex_wait returns. */
     __atomic_add_fetch(word, 1, __ATOMIC_RELEASE);
@@ -626,7 +646,7 @@ static PyObject *node_stress(NodeObject *self, PyObject *args)
     }
     gmpd_stress *st = ctl.buf;
     if ((size_t)ctl.len < 4096 || (size_t)ctl.len < gmpd_stress_size(st->nlogs, st->logcap) ||
-        (uint32_t)m >= st->nlogs || st->nprocs > self->nd->nprocs) {
+        m >= st->nlogs || st->nprocs > self->nd->nprocs) {
         PyErr_SetString(PyExc_ValueError, "stress: control segment too small or not initialised");
         goto done;
     }
@@ -637,8 +657,8 @@ static PyObject *node_stress(NodeObject *self, PyObject *args)
     }
     int r;
     Py_BEGIN_ALLOW_THREADS
-    r = owner ? gmpd_stress_owner(self->nd, st, (uint32_t)p, (uint32_t)m, seed)
-              : gmpd_stress_thief(self->nd, st, (uint32_t)p, (uint32_t)m, seed);
+    r = owner ? gmpd_stress_owner(self->nd, st, p, m, seed)
+              : gmpd_stress_thief(self->nd, st, p, m, seed);
     Py_END_ALLOW_THREADS
     res = PyLong_FromLong(r);
 done:

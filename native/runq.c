@@ -410,6 +410,8 @@ uint32_t gmpd_runqget(gmpd_node *nd, uint32_t p, uint32_t mid, int *inherit)
             rec_begin(mp);
             return 0;
         }
+        /* relaxed: we wrote this slot ourselves; a thief that takes it first
+         * makes our CAS fail and this read is dropped. */
         uint32_t g = __atomic_load_n(&pp->runq[h % GMPD_RUNQ_SIZE], __ATOMIC_RELAXED);
         mp->rp = p;
         mp->h = h;
@@ -461,7 +463,7 @@ int gmpd_runqsteal(gmpd_node *nd, uint32_t p, uint32_t victim, uint32_t mid, int
          * victim's owner (tail), so the slots we read are its writes. */
         uint64_t hw = __atomic_load_n(&vp->head, __ATOMIC_ACQUIRE);
         uint32_t h = w_low(hw);
-        uint32_t vt = __atomic_load_n(&vp->tail, __ATOMIC_ACQUIRE);
+        uint32_t vt = __atomic_load_n(&vp->tail, __ATOMIC_ACQUIRE); /* acquire: see above */
         n = vt - h;
         n = n - n / 2;
         if (n == 0) {
@@ -471,8 +473,10 @@ int gmpd_runqsteal(gmpd_node *nd, uint32_t p, uint32_t victim, uint32_t mid, int
             uint64_t next = __atomic_load_n(&vp->runnext, __ATOMIC_ACQUIRE);
             if (w_low(next) == 0)
                 break;
+            /* relaxed: only a hint for the back-off, as in Go. */
             if (gmpd_pstate_status(__atomic_load_n(&vp->state, __ATOMIC_RELAXED)) == GMPD_PRUNNING)
                 usleep3();
+            /* relaxed: past our tail, published later by the tail store. */
             __atomic_store_n(&pp->runq[t % GMPD_RUNQ_SIZE], w_low(next), __ATOMIC_RELAXED);
             mp->rp = p;
             mp->victim = victim;
@@ -517,6 +521,7 @@ int gmpd_runqsteal(gmpd_node *nd, uint32_t p, uint32_t victim, uint32_t mid, int
     return 0;
 
 grabbed:;
+    /* relaxed: our own slot, written by this thread above. */
     uint32_t g = __atomic_load_n(&pp->runq[(t + n - 1) % GMPD_RUNQ_SIZE], __ATOMIC_RELAXED);
     if (n > 1)
         /* release: the copied slots are visible before the new tail. */
@@ -541,7 +546,7 @@ int gmpd_runqdrain(gmpd_node *nd, uint32_t p, uint32_t mid)
     gmpd_m *mp = gmpd_node_m(nd, mid);
     rec_begin(mp);
     uint32_t k = 0, seq = 0;
-    uint64_t next = __atomic_load_n(&pp->runnext, __ATOMIC_RELAXED);
+    uint64_t next = __atomic_load_n(&pp->runnext, __ATOMIC_RELAXED); /* relaxed: validated by the CAS */
     if (w_low(next) != 0) {
         mp->rp = p;
         mp->g = w_low(next);
@@ -562,6 +567,7 @@ int gmpd_runqdrain(gmpd_node *nd, uint32_t p, uint32_t mid)
         if (t == h)
             break;
         for (uint32_t i = 0; i < t - h; i++)
+            /* relaxed: as in runqget; a failed CAS drops these reads. */
             mp->batch[k + i] = __atomic_load_n(&pp->runq[(h + i) % GMPD_RUNQ_SIZE], __ATOMIC_RELAXED);
         mp->rp = p;
         mp->h = h;
@@ -603,6 +609,7 @@ int gmpd_runqempty(gmpd_node *nd, uint32_t p)
 {
     gmpd_p *pp = gmpd_node_p(nd, p);
     for (;;) {
+        /* acquire on all four: the loads stay in this order (Go's runqempty). */
         uint32_t h = w_low(__atomic_load_n(&pp->head, __ATOMIC_ACQUIRE));
         uint32_t t = __atomic_load_n(&pp->tail, __ATOMIC_ACQUIRE);
         uint32_t next = w_low(__atomic_load_n(&pp->runnext, __ATOMIC_ACQUIRE));
@@ -628,7 +635,7 @@ static int took_effect(gmpd_m *mp, uint32_t mid, uint32_t seq, uint64_t *word, u
     uint64_t w = __atomic_load_n(word, __ATOMIC_ACQUIRE);
     if (w == w_make(tag_of(mid, seq), want_low))
         return 1;
-    return __atomic_load_n(&mp->confirmed, __ATOMIC_ACQUIRE) == seq;
+    return __atomic_load_n(&mp->confirmed, __ATOMIC_ACQUIRE) == seq; /* acquire: as above */
 }
 
 /* Recover the op record of dead M `mid`: finish or roll back its in-flight
@@ -653,6 +660,7 @@ int gmpd_recover_m(gmpd_node *nd, uint32_t mid, uint32_t *orphans, uint64_t *opw
         gmpd_p *vp = gmpd_node_p(nd, mp->victim < nd->nprocs ? mp->victim : mp->rp);
         switch (kind) {
         case GMPD_OP_PUT:
+            /* acquire: the dead owner was the only tail writer. */
             took = __atomic_load_n(&pp->tail, __ATOMIC_ACQUIRE) != mp->t;
             if (!took)
                 orphans[n++] = mp->g;
@@ -811,6 +819,7 @@ int64_t gmpd_retake(gmpd_node *nd, uint32_t p, uint64_t seen)
     uint32_t epoch = gmpd_pstate_epoch(seen) + 1u;
     if (!gmpd_p_cas(nd, p, seen, gmpd_pstate_make(GMPD_PIDLE, -1, epoch)))
         return -1;
-    __atomic_add_fetch(&gmpd_node_p(nd, p)->syscalltick, 1, __ATOMIC_RELAXED); /* as above */
+    /* relaxed: a counter sysmon only compares, as above. */
+    __atomic_add_fetch(&gmpd_node_p(nd, p)->syscalltick, 1, __ATOMIC_RELAXED);
     return epoch;
 }
