@@ -20,9 +20,22 @@ except ImportError as exc:  # pragma: no cover - exercised only on broken instal
 Node = _native.Node
 RunQ = _native.RunQ
 node_size = _native.node_size
+gtab_size = _native.gtab_size
+ARENA_BYTES: int = _native.ARENA_BYTES
 RUNQ_SIZE: int = _native.RUNQ_SIZE
 MAX_PROCS: int = _native.MAX_PROCS
 MAX_MS: int = _native.MAX_MS
 CRASH_POINTS: int = _native.CRASH_POINTS
 
-__all__ = ["CRASH_POINTS", "MAX_MS", "MAX_PROCS", "RUNQ_SIZE", "Node", "RunQ", "_native", "node_size"]
+__all__ = [
+    "ARENA_BYTES",
+    "CRASH_POINTS",
+    "MAX_MS",
+    "MAX_PROCS",
+    "RUNQ_SIZE",
+    "Node",
+    "RunQ",
+    "_native",
+    "gtab_size",
+    "node_size",
+]

@@ -25,14 +25,14 @@ from pathlib import Path
 from types import TracebackType
 
 from gmpd.errors import SegmentError
-from gmpd.native import Node, RunQ, node_size
+from gmpd.native import Node, RunQ, gtab_size, node_size
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "gmpd-"
 
 
-def _name(kind: str) -> str:
-    return f"{PREFIX}{os.getuid()}-{os.getpid()}-{kind}-{secrets.token_hex(4)}"
+def _name(kind: str, token: str | None = None) -> str:
+    return f"{PREFIX}{os.getuid()}-{os.getpid()}-{kind}-{token or secrets.token_hex(4)}"
 
 
 @dataclass
@@ -49,10 +49,11 @@ class Segment:
         return SHM_DIR / self.name
 
     @classmethod
-    def create(cls, size: int, kind: str) -> Segment:
+    def create(cls, size: int, kind: str, token: str | None = None) -> Segment:
+        """A new segment of ``size`` bytes (sparse: pages cost memory once touched)."""
         if size <= 0:
             raise ValueError(f"segment size must be positive, not {size}")
-        name = _name(kind)
+        name = _name(kind, token)
         path = SHM_DIR / name
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -101,36 +102,50 @@ class Segment:
 
 
 class NodeMemory:
-    """A node segment with its :class:`gmpd.native.Node` view.
+    """A node's two segments with their :class:`gmpd.native.Node` view.
 
-    ``NodeMemory.create(nprocs, nms)`` formats a new node (the caller owns it);
-    ``NodeMemory.attach(name)`` maps an existing one.  Use as a context
-    manager, or call :meth:`close`.
+    ``gmpd-…-node-<token>`` holds Ps, Ms and run queues; ``gmpd-…-gtab-<token>``
+    (sparse, 256 MiB of address space per P) holds G records and payloads.
+    ``NodeMemory.create(nprocs, nms)`` formats a new node (the caller owns
+    both files); ``NodeMemory.attach(name)`` maps an existing one.  Use as a
+    context manager, or call :meth:`close`.
     """
 
-    def __init__(self, segment: Segment, node: Node) -> None:
+    def __init__(self, segment: Segment, gtab: Segment, node: Node) -> None:
         self.segment = segment
+        self.gtab = gtab
         self.node = node
 
     @classmethod
     def create(cls, nprocs: int, nms: int, *, counter_base: int = 0) -> NodeMemory:
-        seg = Segment.create(node_size(nprocs, nms), "node")
+        token = secrets.token_hex(4)
+        seg = Segment.create(node_size(nprocs, nms), "node", token)
+        gtab: Segment | None = None
         try:
             node = Node(seg.buf, create=True, nprocs=nprocs, nms=nms, counter_base=counter_base)
+            gtab = Segment.create(gtab_size(nprocs), "gtab", token)
+            node.attach_gtab(gtab.buf)
         except BaseException:
+            if gtab is not None:
+                gtab.close()
             seg.close()
             raise
-        return cls(seg, node)
+        return cls(seg, gtab, node)
 
     @classmethod
     def attach(cls, name: str) -> NodeMemory:
         seg = Segment.attach(name)
+        gtab: Segment | None = None
         try:
             node = Node(seg.buf)
-        except ValueError as exc:
+            gtab = Segment.attach(name.replace("-node-", "-gtab-", 1))
+            node.attach_gtab(gtab.buf)
+        except (ValueError, SegmentError) as exc:
+            if gtab is not None:
+                gtab.close()
             seg.close()
             raise SegmentError(f"{seg.path}: {exc}") from exc
-        return cls(seg, node)
+        return cls(seg, gtab, node)
 
     @property
     def name(self) -> str:
@@ -141,6 +156,7 @@ class NodeMemory:
 
     def close(self) -> None:
         self.node.close()
+        self.gtab.close()
         self.segment.close()
 
     def __enter__(self) -> NodeMemory:

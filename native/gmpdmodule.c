@@ -16,6 +16,7 @@
 
 #include <time.h>
 
+#include "gtab.h"
 #include "runq.h"
 #include "stress.h"
 
@@ -23,6 +24,8 @@ typedef struct {
     PyObject_HEAD
     Py_buffer view;
     gmpd_node *nd;
+    Py_buffer gview; /* the G table segment, once attach_gtab() was called */
+    void *gtab;
 } NodeObject;
 
 typedef struct {
@@ -314,6 +317,10 @@ static PyObject *node_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 
 static PyObject *node_close(NodeObject *self, PyObject *Py_UNUSED(ignored))
 {
+    if (self->gtab != NULL) {
+        self->gtab = NULL;
+        PyBuffer_Release(&self->gview);
+    }
     if (self->nd != NULL) {
         self->nd = NULL;
         PyBuffer_Release(&self->view);
@@ -324,6 +331,8 @@ static PyObject *node_close(NodeObject *self, PyObject *Py_UNUSED(ignored))
 static void node_dealloc(NodeObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    if (self->gtab != NULL)
+        PyBuffer_Release(&self->gview);
     if (self->nd != NULL)
         PyBuffer_Release(&self->view);
     tp->tp_free(self);
@@ -666,6 +675,252 @@ done:
     return res;
 }
 
+
+/* -- G table (gtab.c) -- */
+
+static int gtab_ok(NodeObject *self)
+{
+    if (!node_ok(self))
+        return 0;
+    if (self->gtab == NULL) {
+        PyErr_SetString(PyExc_ValueError, "no G table attached (call attach_gtab first)");
+        return 0;
+    }
+    return 1;
+}
+
+/* A G handle argument that names a unit inside an existing P's arena. */
+static int parse_handle(NodeObject *self, PyObject *arg, uint32_t *h)
+{
+    if (!gtab_ok(self) || !parse_g(arg, h))
+        return 0;
+    if (gmpd_gh_p(*h) >= self->nd->nprocs || gmpd_gh_unit(*h) == 0) {
+        PyErr_Format(PyExc_ValueError, "G handle %#x names no arena unit of this node", *h);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *node_attach_gtab(NodeObject *self, PyObject *buf)
+{
+    if (!node_ok(self))
+        return NULL;
+    if (self->gtab != NULL) {
+        PyErr_SetString(PyExc_ValueError, "a G table is already attached");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(buf, &self->gview, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if ((size_t)self->gview.len < gmpd_gtab_size(self->nd->nprocs)) {
+        PyBuffer_Release(&self->gview);
+        PyErr_Format(PyExc_ValueError, "G table buffer too small: %zd bytes, need %zu", self->gview.len,
+                     gmpd_gtab_size(self->nd->nprocs));
+        return NULL;
+    }
+    self->gtab = self->gview.buf;
+    Py_RETURN_NONE;
+}
+
+static PyObject *node_g_new(NodeObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"p", "payload", "parent", "root_id", NULL};
+    long p;
+    Py_buffer data;
+    unsigned int parent = 0;
+    unsigned long long root_id = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "ly*|$IK:g_new", kwlist, &p, &data, &parent, &root_id))
+        return NULL;
+    PyObject *res = NULL;
+    if (!gtab_ok(self) || !check_p(self, p))
+        goto done;
+    if ((size_t)data.len > UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "payload larger than 4 GiB");
+        goto done;
+    }
+    uint32_t h = gmpd_galloc(self->nd, self->gtab, (uint32_t)p, (uint32_t)data.len);
+    if (h == 0) {
+        PyErr_Format(PyExc_MemoryError, "P %ld's G arena has no room for %zd bytes (%u units live of %u)", p,
+                     data.len, gmpd_gtab_live_units(self->nd, (uint32_t)p), GMPD_ARENA_UNITS);
+        goto done;
+    }
+    gmpd_grec *r = gmpd_grec_at(self->gtab, h);
+    r->parent = parent;
+    r->root_id = root_id;
+    memcpy(r + 1, data.buf, (size_t)data.len);
+    /* release: header and payload are complete before the state says so. */
+    __atomic_store_n(&r->state, GMPD_G_RUNNABLE, __ATOMIC_RELEASE);
+    res = PyLong_FromUnsignedLong(h);
+done:
+    PyBuffer_Release(&data);
+    return res;
+}
+
+static PyObject *node_g_payload(NodeObject *self, PyObject *arg)
+{
+    uint32_t h;
+    if (!parse_handle(self, arg, &h))
+        return NULL;
+    gmpd_grec *r = gmpd_grec_at(self->gtab, h);
+    /* acquire: pairs with the release that published the record. */
+    if (__atomic_load_n(&r->state, __ATOMIC_ACQUIRE) == GMPD_G_FREE) {
+        PyErr_Format(PyExc_ValueError, "G %#x is free", h);
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)(r + 1), (Py_ssize_t)r->len);
+}
+
+static PyObject *node_g_info(NodeObject *self, PyObject *arg)
+{
+    uint32_t h;
+    if (!parse_handle(self, arg, &h))
+        return NULL;
+    gmpd_grec *r = gmpd_grec_at(self->gtab, h);
+    /* acquire on state: the other fields were written before it. */
+    uint32_t st = __atomic_load_n(&r->state, __ATOMIC_ACQUIRE);
+    return Py_BuildValue("(IIIKIIIII)", st, r->gen, r->parent, (unsigned long long)r->root_id, r->len,
+                         __atomic_load_n(&r->result, __ATOMIC_ACQUIRE), r->status,
+                         __atomic_load_n(&r->waiter, __ATOMIC_ACQUIRE), __atomic_load_n(&r->owner, __ATOMIC_ACQUIRE));
+}
+
+static PyObject *node_g_cas_state(NodeObject *self, PyObject *args)
+{
+    PyObject *ho;
+    unsigned int old, new_;
+    uint32_t h;
+    if (!PyArg_ParseTuple(args, "OII:g_cas_state", &ho, &old, &new_) || !parse_handle(self, ho, &h))
+        return NULL;
+    /* acq_rel: a state change hands the G between Ms. */
+    return PyBool_FromLong(__atomic_compare_exchange_n(&gmpd_grec_at(self->gtab, h)->state, &old, new_, 0,
+                                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+}
+
+static PyObject *node_g_set_owner(NodeObject *self, PyObject *args)
+{
+    PyObject *ho;
+    int m;
+    uint32_t h;
+    if (!PyArg_ParseTuple(args, "Oi:g_set_owner", &ho, &m) || !parse_handle(self, ho, &h))
+        return NULL;
+    if (m >= 0 && !check_m(self, m))
+        return NULL;
+    /* release: read by sysmon and by recovery after the M dies. */
+    __atomic_store_n(&gmpd_grec_at(self->gtab, h)->owner, (uint32_t)(m + 1), __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
+/* Store a G's result: allocate it in P p's arena (the caller owns p), link
+ * it, mark the G DONE, and futex-wake the waiting M if one registered. */
+static PyObject *node_g_set_result(NodeObject *self, PyObject *args)
+{
+    PyObject *ho;
+    long p;
+    Py_buffer data;
+    unsigned int status;
+    uint32_t h;
+    if (!PyArg_ParseTuple(args, "Oly*I:g_set_result", &ho, &p, &data, &status))
+        return NULL;
+    PyObject *res = NULL;
+    if (!parse_handle(self, ho, &h) || !check_p(self, p))
+        goto done;
+    uint32_t rh = gmpd_galloc(self->nd, self->gtab, (uint32_t)p, (uint32_t)data.len);
+    if (rh == 0) {
+        PyErr_Format(PyExc_MemoryError, "P %ld's G arena has no room for a %zd-byte result", p, data.len);
+        goto done;
+    }
+    gmpd_grec *rr = gmpd_grec_at(self->gtab, rh);
+    memcpy(rr + 1, data.buf, (size_t)data.len);
+    __atomic_store_n(&rr->state, GMPD_G_DATA, __ATOMIC_RELAXED); /* relaxed: published below */
+    gmpd_grec *r = gmpd_grec_at(self->gtab, h);
+    r->status = status;
+    __atomic_store_n(&r->result, rh, __ATOMIC_RELAXED); /* relaxed: published below */
+    /* release: the result is complete before anyone sees DONE. */
+    __atomic_store_n(&r->state, GMPD_G_DONE, __ATOMIC_RELEASE);
+    /* acquire: a waiter registered before DONE is seen here (seq_cst pair
+     * with g_wait's registration, so one of us always sees the other). */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint32_t w = __atomic_load_n(&r->waiter, __ATOMIC_ACQUIRE);
+    if (w != 0 && w - 1 < self->nd->nms) {
+        uint32_t *word = &gmpd_node_m(self->nd, w - 1)->park;
+        __atomic_add_fetch(word, 1, __ATOMIC_RELEASE); /* release: as in wake() */
+        gmpd_futex_wake(word, 1);
+    }
+    res = PyLong_FromUnsignedLong(rh);
+done:
+    PyBuffer_Release(&data);
+    return res;
+}
+
+/* (status, bytes) once the G is DONE, else None. */
+static PyObject *node_g_result(NodeObject *self, PyObject *arg)
+{
+    uint32_t h;
+    if (!parse_handle(self, arg, &h))
+        return NULL;
+    gmpd_grec *r = gmpd_grec_at(self->gtab, h);
+    /* acquire: pairs with g_set_result's release of DONE. */
+    if (__atomic_load_n(&r->state, __ATOMIC_ACQUIRE) != GMPD_G_DONE)
+        Py_RETURN_NONE;
+    uint32_t rh = r->result;
+    if (rh == 0)
+        return Py_BuildValue("(Iy#)", r->status, "", (Py_ssize_t)0);
+    gmpd_grec *rr = gmpd_grec_at(self->gtab, rh);
+    return Py_BuildValue("(Iy#)", r->status, (const char *)(rr + 1), (Py_ssize_t)rr->len);
+}
+
+/* Register M m as the waiter of G h; returns True if h is already DONE. */
+static PyObject *node_g_wait_register(NodeObject *self, PyObject *args)
+{
+    PyObject *ho;
+    long m;
+    uint32_t h;
+    if (!PyArg_ParseTuple(args, "Ol:g_wait_register", &ho, &m) || !parse_handle(self, ho, &h) || !check_m(self, m))
+        return NULL;
+    gmpd_grec *r = gmpd_grec_at(self->gtab, h);
+    __atomic_store_n(&r->waiter, (uint32_t)(m + 1), __ATOMIC_RELEASE); /* release: read by the finisher */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* seq_cst: Dekker pair with g_set_result */
+    return PyBool_FromLong(__atomic_load_n(&r->state, __ATOMIC_ACQUIRE) == GMPD_G_DONE); /* acquire: as above */
+}
+
+static PyObject *node_g_free(NodeObject *self, PyObject *arg)
+{
+    uint32_t h;
+    if (!parse_handle(self, arg, &h))
+        return NULL;
+    gmpd_grec *r = gmpd_grec_at(self->gtab, h);
+    uint32_t rh = __atomic_load_n(&r->result, __ATOMIC_ACQUIRE); /* acquire: linked before DONE */
+    if (rh != 0)
+        gmpd_gfree(self->gtab, rh);
+    gmpd_gfree(self->gtab, h);
+    Py_RETURN_NONE;
+}
+
+static PyObject *node_g_arena(NodeObject *self, PyObject *arg)
+{
+    uint32_t p;
+    if (!gtab_ok(self) || !arg_p(self, arg, &p))
+        return NULL;
+    gmpd_greclaim(self->nd, self->gtab, p);
+    gmpd_p *pp = gmpd_node_p(self->nd, p);
+    return Py_BuildValue("(IIIII)", gmpd_gtab_live_units(self->nd, p), pp->arena_head, pp->arena_tail,
+                         pp->arena_wrap, pp->arena_hwm);
+}
+
+static PyObject *node_g_trim(NodeObject *self, PyObject *arg)
+{
+    uint32_t p;
+    if (!gtab_ok(self) || !arg_p(self, arg, &p))
+        return NULL;
+    return PyLong_FromSize_t(gmpd_gtab_trim(self->nd, self->gtab, p));
+}
+
+static PyObject *node_g_sweep(NodeObject *self, PyObject *arg)
+{
+    uint32_t p;
+    if (!gtab_ok(self) || !arg_p(self, arg, &p))
+        return NULL;
+    return PyLong_FromUnsignedLong(gmpd_gtab_sweep_building(self->nd, self->gtab, p));
+}
+
 static PyObject *node_get_nprocs(NodeObject *self, void *Py_UNUSED(c))
 {
     return node_ok(self) ? PyLong_FromUnsignedLong(self->nd->nprocs) : NULL;
@@ -709,6 +964,23 @@ static PyMethodDef node_methods[] = {
      "park(m, seen, timeout=-1) -> bool: futex-sleep while M m's park word == seen; False on timeout"},
     {"wake", (PyCFunction)node_wake, METH_O, "wake(m) -> int: bump M m's park word and wake it"},
     {"stress", (PyCFunction)node_stress, METH_VARARGS, "stress(role, ctl, p, m, seed) -> int (C-level loop)"},
+    {"attach_gtab", (PyCFunction)node_attach_gtab, METH_O, "attach_gtab(buffer): map the node's G table"},
+    {"g_new", (PyCFunction)(void (*)(void))node_g_new, METH_VARARGS | METH_KEYWORDS,
+     "g_new(p, payload, *, parent=0, root_id=0) -> handle: a RUNNABLE G in P p's arena (owner of p only)"},
+    {"g_payload", (PyCFunction)node_g_payload, METH_O, "g_payload(h) -> bytes"},
+    {"g_info", (PyCFunction)node_g_info, METH_O,
+     "g_info(h) -> (state, gen, parent, root_id, len, result, status, waiter, owner)"},
+    {"g_cas_state", (PyCFunction)node_g_cas_state, METH_VARARGS, "g_cas_state(h, old, new) -> bool"},
+    {"g_set_owner", (PyCFunction)node_g_set_owner, METH_VARARGS, "g_set_owner(h, m): M running it (-1: none)"},
+    {"g_set_result", (PyCFunction)node_g_set_result, METH_VARARGS,
+     "g_set_result(h, p, data, status) -> result handle: store in P p's arena, mark DONE, wake the waiter"},
+    {"g_result", (PyCFunction)node_g_result, METH_O, "g_result(h) -> (status, bytes) | None"},
+    {"g_wait_register", (PyCFunction)node_g_wait_register, METH_VARARGS,
+     "g_wait_register(h, m) -> bool: M m waits for h (its park word is bumped at DONE); True if already DONE"},
+    {"g_free", (PyCFunction)node_g_free, METH_O, "g_free(h): free the G and its result"},
+    {"g_arena", (PyCFunction)node_g_arena, METH_O, "g_arena(p) -> (live, head, tail, wrap, hwm) in 64-byte units"},
+    {"g_trim", (PyCFunction)node_g_trim, METH_O, "g_trim(p) -> bytes returned to the kernel"},
+    {"g_sweep", (PyCFunction)node_g_sweep, METH_O, "g_sweep(p) -> n: free BUILDING records of a dead allocator"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -744,6 +1016,14 @@ static PyObject *mod_node_size(PyObject *Py_UNUSED(mod), PyObject *args)
     if (!PyArg_ParseTuple(args, "II:node_size", &nprocs, &nms))
         return NULL;
     return PyLong_FromSize_t(gmpd_node_size(nprocs, nms));
+}
+
+static PyObject *mod_gtab_size(PyObject *Py_UNUSED(mod), PyObject *arg)
+{
+    unsigned long n = PyLong_AsUnsignedLong(arg);
+    if (n == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromSize_t(gmpd_gtab_size((uint32_t)n));
 }
 
 static PyObject *mod_stress_size(PyObject *Py_UNUSED(mod), PyObject *args)
@@ -786,6 +1066,7 @@ static PyMethodDef module_methods[] = {
     {"_set_crash_point", mod_set_crash_point, METH_O,
      "_set_crash_point(n): tests only -- SIGKILL this process when it reaches crash point n (0: off)."},
     {"node_size", mod_node_size, METH_VARARGS, "node_size(nprocs, nms) -> bytes needed"},
+    {"gtab_size", mod_gtab_size, METH_O, "gtab_size(nprocs) -> bytes (sparse) of the G table segment"},
     {"stress_size", mod_stress_size, METH_VARARGS, "stress_size(nlogs, total) -> bytes needed"},
     {"stress_init", mod_stress_init, METH_VARARGS, "stress_init(buffer, total, nlogs, nprocs)"},
     {NULL, NULL, 0, NULL},
@@ -805,7 +1086,8 @@ static int module_exec(PyObject *mod)
         PyModule_AddIntConstant(mod, "MAX_PROCS", GMPD_MAX_PROCS) < 0 ||
         PyModule_AddIntConstant(mod, "MAX_MS", GMPD_MAX_MS) < 0 ||
         PyModule_AddIntConstant(mod, "STRESS_HEADER", 4096) < 0 ||
-        PyModule_AddIntConstant(mod, "CRASH_POINTS", GMPD_CRASH__COUNT) < 0)
+        PyModule_AddIntConstant(mod, "CRASH_POINTS", GMPD_CRASH__COUNT) < 0 ||
+        PyModule_AddIntConstant(mod, "ARENA_BYTES", (long)GMPD_ARENA_BYTES) < 0)
         return -1;
     return 0;
 }

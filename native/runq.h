@@ -109,9 +109,14 @@ typedef struct gmpd_p {
     /* line 2: runnext = [tag:32][g:32]; owner sets non-zero, anyone CASes to 0 */
     uint64_t runnext;
     uint8_t _pad2[GMPD_CACHELINE - 8];
-    /* line 3: tail counter; written by the owner only (store-release) */
+    /* line 3: written by the owner only: tail (store-release) and the
+     * allocator state of this P's G arena (gtab.c), in 64-byte units */
     uint32_t tail;
-    uint8_t _pad3[GMPD_CACHELINE - 4];
+    uint32_t arena_head; /* next free unit */
+    uint32_t arena_tail; /* oldest unit not yet reclaimed */
+    uint32_t arena_wrap; /* where head wrapped back to unit 1 (0: not wrapped) */
+    uint32_t arena_hwm;  /* highest unit ever handed out (pages touched) */
+    uint8_t _pad3[GMPD_CACHELINE - 20];
     uint32_t runq[GMPD_RUNQ_SIZE]; /* G handles, never pointers */
 } gmpd_p;
 

@@ -1,0 +1,112 @@
+"""G records and payloads in per-P arenas of node shared memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from gmpd.g import GState, handle_p
+from gmpd.shm import NodeMemory
+
+
+def test_g_new_payload_and_info(nm: NodeMemory) -> None:
+    node = nm.node
+    h = node.g_new(2, b"hello", parent=7, root_id=99)
+    assert handle_p(h) == 2
+    assert node.g_payload(h) == b"hello"
+    state, gen, parent, root_id, length, result, _status, waiter, owner = node.g_info(h)
+    assert (state, parent, root_id, length, result, waiter, owner) == (GState.RUNNABLE, 7, 99, 5, 0, 0, 0)
+    assert gen >= 1
+
+
+def test_g_result_roundtrip_and_free(nm: NodeMemory) -> None:
+    node = nm.node
+    h = node.g_new(0, b"task")
+    assert node.g_result(h) is None
+    assert node.g_cas_state(h, GState.RUNNABLE, GState.RUNNING)
+    assert not node.g_cas_state(h, GState.RUNNABLE, GState.RUNNING)
+    rh = node.g_set_result(h, 1, b"answer", 0)  # run on another P: result lives in P1's arena
+    assert handle_p(rh) == 1
+    assert node.g_result(h) == (0, b"answer")
+    node.g_free(h)
+    assert node.g_arena(0)[0] == 0
+    assert node.g_arena(1)[0] == 0, "freeing a G frees its result too"
+    with pytest.raises(ValueError, match="free"):
+        node.g_payload(h)
+
+
+def test_g_large_payload_20_mb(nm: NodeMemory) -> None:
+    blob = os.urandom(20 * 2**20)
+    h = nm.node.g_new(0, blob)
+    assert nm.node.g_payload(h) == blob
+    nm.node.g_free(h)
+
+
+def test_g_arena_full_is_a_clear_error(nm: NodeMemory) -> None:
+    with pytest.raises(MemoryError, match="arena has no room"):
+        nm.node.g_new(0, b"x" * (257 * 2**20))
+
+
+def test_g_arena_reuses_pages_so_memory_stays_flat(nm: NodeMemory) -> None:
+    node = nm.node
+    live: list[int] = []
+    for i in range(200_000):
+        live.append(node.g_new(0, b"x" * 200))
+        if len(live) > 50:  # a window of in-flight Gs, freed out of order too
+            node.g_free(live.pop(i % 7))
+    for h in live:
+        node.g_free(h)
+    _live, head, _tail, _wrap, hwm = node.g_arena(0)
+    assert hwm * 64 <= 5 * 2**20, f"arena grew to {hwm * 64} bytes for 200k small Gs"
+    assert nm.gtab.path.stat().st_blocks * 512 <= 6 * 2**20
+    assert head == 1, "an empty arena restarts at its front"
+
+
+def test_g_arena_shrinks_back_after_a_burst(nm: NodeMemory) -> None:
+    node = nm.node
+    burst = [node.g_new(1, b"y" * 2**20) for _ in range(40)]  # 40 MiB live at once
+    blocks_peak = nm.gtab.path.stat().st_blocks
+    assert blocks_peak * 512 >= 40 * 2**20
+    for h in burst:
+        node.g_free(h)
+    freed = node.g_trim(1)
+    assert freed >= 39 * 2**20
+    assert nm.gtab.path.stat().st_blocks * 512 <= 2**20
+
+
+def test_g_sweep_frees_records_of_a_dead_allocator(nm: NodeMemory) -> None:
+    node = nm.node
+    keep = node.g_new(3, b"queued")
+    assert node.g_cas_state(keep, GState.RUNNABLE, GState.BUILDING)  # as if killed mid g_new
+    done = node.g_new(3, b"other")
+    assert node.g_sweep(3) == 1
+    assert node.g_info(keep)[0] == GState.FREE
+    assert node.g_info(done)[0] == GState.RUNNABLE
+
+
+def test_g_result_wakes_a_waiter_in_another_process(nm: NodeMemory) -> None:
+    node = nm.node
+    h = node.g_new(0, b"child")
+    seen = node.m_info(2)[5]
+    assert node.g_wait_register(h, 2) is False
+    code = f"""
+        from gmpd.shm import NodeMemory
+        nm = NodeMemory.attach({nm.name!r})
+        nm.node.g_set_result({h}, 1, b"done", 0)
+        nm.close()
+    """
+    subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=True, timeout=30)
+    assert node.park(2, seen, 5.0) is True, "the waiter's park word was bumped"
+    assert node.g_result(h) == (0, b"done")
+    assert node.g_wait_register(h, 2) is True
+
+
+def test_g_handles_are_checked(nm: NodeMemory) -> None:
+    with pytest.raises(ValueError, match="names no arena unit"):
+        nm.node.g_payload(4 << 22 | 1)
+    with pytest.raises(ValueError, match="names no arena unit"):
+        nm.node.g_payload(1 << 22)
