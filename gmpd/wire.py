@@ -1,0 +1,276 @@
+"""The wire: every message between gmpd processes, typed at the edge.
+
+A frame is one msgpack array ``[PROTOCOL, kind, field, ...]``.  ``decode``
+checks the protocol version, the kind, the number of fields and every
+field's type before it builds the message object, so nothing untyped gets
+past this module; anything else raises :class:`WireError`, which receivers
+count and drop (a bad frame never takes a process down).
+
+Who sends what (ids: client task id ``tid``; M index ``m``; P index ``p``)::
+
+    client -> coordinator   Hello, Submit(tasks), Cancel(tids), Bye
+    coordinator -> client   Welcome, Started(tids), Results(results), Cancelled(tids)
+    M -> coordinator        Hello, LeaseRequest, GetWork, Spill, Results, Renew, Release
+    coordinator -> M        Grant(p, epoch, work), Work(work), Revoke(p, epoch), Bye
+
+Work is a list of root tasks ``(tid, payload)`` plus node-local G handles
+(Gs spilled to the global queue by ``runqputslow``; their payload stays in
+node shared memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar
+
+import msgpack
+
+from gmpd.errors import GmpdError
+
+PROTOCOL = 1
+
+
+class WireError(GmpdError, ValueError):
+    """A frame that is not a valid gmpd message (dropped and counted by the receiver)."""
+
+
+# -- field checkers: each returns the value (normalised) or raises WireError --
+
+Check = Callable[[Any], Any]
+
+
+def _u(bits: int) -> Check:
+    top = 1 << bits
+
+    def check(v: Any) -> int:
+        if type(v) is not int or not 0 <= v < top:
+            raise WireError(f"expected an unsigned {bits}-bit integer, got {v!r:.40}")
+        return v
+
+    return check
+
+
+def _i32(v: Any) -> int:
+    if type(v) is not int or not -(1 << 31) <= v < 1 << 31:
+        raise WireError(f"expected a signed 32-bit integer, got {v!r:.40}")
+    return v
+
+
+def _bytes(v: Any) -> bytes:
+    if type(v) is not bytes:
+        raise WireError(f"expected bytes, got {type(v).__name__}")
+    return v
+
+
+def _str(v: Any) -> str:
+    if type(v) is not str or len(v) > 256:
+        raise WireError(f"expected a short string, got {v!r:.40}")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise WireError(f"expected a bool, got {v!r:.40}")
+    return v
+
+
+def _list(item: Check) -> Check:
+    def check(v: Any) -> list[Any]:
+        if type(v) is not list:
+            raise WireError(f"expected a list, got {type(v).__name__}")
+        return [item(x) for x in v]
+
+    return check
+
+
+def _tuple(*items: Check) -> Check:
+    def check(v: Any) -> tuple[Any, ...]:
+        if type(v) is not list or len(v) != len(items):
+            raise WireError(f"expected a {len(items)}-item array, got {v!r:.40}")
+        return tuple(c(x) for c, x in zip(items, v, strict=True))
+
+    return check
+
+
+U8, U32, U64 = _u(8), _u(32), _u(64)
+TASK = _tuple(U64, _bytes)  # (tid, payload)
+RESULT = _tuple(U64, U8, _bytes)  # (tid, status, payload)
+
+
+class Message:
+    """Base of every wire message.  Subclasses are frozen dataclasses."""
+
+    KIND: ClassVar[int]
+    SCHEMA: ClassVar[tuple[Check, ...]]
+    FIELDS: ClassVar[tuple[str, ...]]
+
+
+_KINDS: dict[int, type[Message]] = {}
+M = TypeVar("M", bound=type[Message])
+
+
+def _message(kind: int, *schema: Check) -> Callable[[M], M]:
+    def register(cls: M) -> M:
+        if kind in _KINDS:
+            raise AssertionError(f"wire kind {kind} registered twice")
+        cls.KIND, cls.SCHEMA = kind, schema
+        cls.FIELDS = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+        if len(cls.FIELDS) != len(schema):
+            raise AssertionError(f"{cls.__name__}: {len(cls.FIELDS)} fields, {len(schema)} checkers")
+        _KINDS[kind] = cls
+        return cls
+
+    return register
+
+
+# Result status values.
+OK, RAISED = 0, 1
+
+
+@_message(1, _str, U32, _str, _i32)
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    role: str  # "client", "m" or "node"
+    pid: int
+    node: str  # node segment name ("" for a client)
+    m: int  # M index (-1 for a client or node agent)
+
+
+@_message(2, U32)
+@dataclass(frozen=True, slots=True)
+class Welcome(Message):
+    nprocs: int
+
+
+@_message(3, _list(TASK))
+@dataclass(frozen=True, slots=True)
+class Submit(Message):
+    tasks: list[tuple[int, bytes]]
+
+
+@_message(4, _list(U64))
+@dataclass(frozen=True, slots=True)
+class Cancel(Message):
+    tids: list[int]
+
+
+@_message(5, _list(U64))
+@dataclass(frozen=True, slots=True)
+class Started(Message):
+    tids: list[int]
+
+
+@_message(6, _list(RESULT))
+@dataclass(frozen=True, slots=True)
+class Results(Message):
+    results: list[tuple[int, int, bytes]]
+
+
+@_message(7, _list(U64))
+@dataclass(frozen=True, slots=True)
+class Cancelled(Message):
+    tids: list[int]
+
+
+@_message(8, U32, _bool)
+@dataclass(frozen=True, slots=True)
+class LeaseRequest(Message):
+    m: int
+    spinning: bool
+
+
+@_message(9, _i32, U32, U32, _list(TASK), _list(U32))
+@dataclass(frozen=True, slots=True)
+class Grant(Message):
+    p: int  # -1: no P is free
+    epoch: int
+    ttl_ms: int
+    roots: list[tuple[int, bytes]]
+    locals: list[int]
+
+
+@_message(10, U32, U32, U32, U32, U32)
+@dataclass(frozen=True, slots=True)
+class GetWork(Message):
+    m: int
+    p: int
+    epoch: int
+    max: int
+    wait_ms: int  # 0: answer now; else hold the request until work or timeout
+
+
+@_message(11, _list(TASK), _list(U32))
+@dataclass(frozen=True, slots=True)
+class Work(Message):
+    roots: list[tuple[int, bytes]]
+    locals: list[int]
+
+
+@_message(12, U32, U32, _list(U32))
+@dataclass(frozen=True, slots=True)
+class Spill(Message):
+    p: int
+    epoch: int
+    handles: list[int]
+
+
+@_message(13, U32, U32, U32)
+@dataclass(frozen=True, slots=True)
+class Renew(Message):
+    m: int
+    p: int
+    epoch: int
+
+
+@_message(14, U32, U32, U32)
+@dataclass(frozen=True, slots=True)
+class Release(Message):
+    m: int
+    p: int
+    epoch: int
+
+
+@_message(15, U32, U32)
+@dataclass(frozen=True, slots=True)
+class Revoke(Message):
+    p: int
+    epoch: int
+
+
+@_message(16, _str)
+@dataclass(frozen=True, slots=True)
+class Bye(Message):
+    reason: str
+
+
+def encode(msg: Message) -> bytes:
+    """One frame for ``msg``."""
+    out: bytes = msgpack.packb(
+        [PROTOCOL, msg.KIND, *(getattr(msg, f) for f in msg.FIELDS)], use_bin_type=True
+    )
+    return out
+
+
+def decode(frame: bytes) -> Message:
+    """The message in ``frame``, fully type-checked, or :class:`WireError`."""
+    try:
+        obj = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise WireError(f"not a msgpack frame: {exc}") from None
+    if type(obj) is not list or len(obj) < 2:
+        raise WireError("a frame is an array [protocol, kind, ...]")
+    if obj[0] != PROTOCOL:
+        raise WireError(f"protocol version {obj[0]!r:.20} is not {PROTOCOL}")
+    cls = _KINDS.get(obj[1]) if type(obj[1]) is int else None
+    if cls is None:
+        raise WireError(f"unknown message kind {obj[1]!r:.20}")
+    values = obj[2:]
+    if len(values) != len(cls.SCHEMA):
+        raise WireError(f"{cls.__name__} has {len(cls.SCHEMA)} fields, the frame has {len(values)}")
+    return cls(*(check(v) for check, v in zip(cls.SCHEMA, values, strict=True)))
+
+
+def kinds() -> dict[int, type[Message]]:
+    """Every registered message class by kind (for tests and fuzzing)."""
+    return dict(_KINDS)
