@@ -1,11 +1,22 @@
 """gmpd: Go's G-M-P scheduler rebuilt for Python as a multi-process task scheduler.
 
-The public surface is re-exported here; the modules are private kernels.
-So far: the node shared memory with Go's per-P run queues (``gmpd.runq``,
-``gmpd.shm``).  The runtime (``Executor``, ``go``) arrives with issue 3.
+The public surface is re-exported here; the modules are private kernels:
+``gmpd.Executor`` (a concurrent.futures.Executor on an embedded local
+cluster) and ``gmpd.go`` (start a G from a client or from inside a task).
 """
 
+from gmpd.api import go
 from gmpd.errors import GmpdError, InternalError, NativeExtensionMissing, SegmentError
+from gmpd.executor import ClusterLost, Executor
 
 __version__ = "0.1.0"
-__all__ = ["GmpdError", "InternalError", "NativeExtensionMissing", "SegmentError", "__version__"]
+__all__ = [
+    "ClusterLost",
+    "Executor",
+    "GmpdError",
+    "InternalError",
+    "NativeExtensionMissing",
+    "SegmentError",
+    "__version__",
+    "go",
+]

@@ -544,11 +544,20 @@ static PyObject *node_m_info(NodeObject *self, PyObject *arg)
     gmpd_m *mp = gmpd_node_m(self->nd, m);
     /* acquire: each word is read as its writer published it. */
     uint32_t p = __atomic_load_n(&mp->p, __ATOMIC_ACQUIRE);
-    return Py_BuildValue("(IIiiKI)", __atomic_load_n(&mp->state, __ATOMIC_ACQUIRE),
+    return Py_BuildValue("(IIiiKII)", __atomic_load_n(&mp->state, __ATOMIC_ACQUIRE),
                          __atomic_load_n(&mp->curg, __ATOMIC_ACQUIRE), (int)p - 1,
                          __atomic_load_n(&mp->pid, __ATOMIC_ACQUIRE),
                          (unsigned long long)__atomic_load_n(&mp->heartbeat_ns, __ATOMIC_ACQUIRE),
-                         __atomic_load_n(&mp->park, __ATOMIC_ACQUIRE));
+                         __atomic_load_n(&mp->park, __ATOMIC_ACQUIRE), __atomic_load_n(&mp->nrun, __ATOMIC_RELAXED));
+}
+
+static PyObject *node_m_ran(NodeObject *self, PyObject *arg)
+{
+    uint32_t m;
+    if (!arg_m(self, arg, &m))
+        return NULL;
+    /* relaxed: a statistic. */
+    return PyLong_FromUnsignedLong(__atomic_add_fetch(&gmpd_node_m(self->nd, m)->nrun, 1, __ATOMIC_RELAXED));
 }
 
 static PyObject *node_m_set(NodeObject *self, PyObject *args, PyObject *kwargs)
@@ -886,12 +895,24 @@ static PyObject *node_g_free(NodeObject *self, PyObject *arg)
     uint32_t h;
     if (!parse_handle(self, arg, &h))
         return NULL;
-    gmpd_grec *r = gmpd_grec_at(self->gtab, h);
-    uint32_t rh = __atomic_load_n(&r->result, __ATOMIC_ACQUIRE); /* acquire: linked before DONE */
-    if (rh != 0)
-        gmpd_gfree(self->gtab, rh);
-    gmpd_gfree(self->gtab, h);
+    gmpd_grelease(self->gtab, h);
     Py_RETURN_NONE;
+}
+
+static PyObject *node_g_claim(NodeObject *self, PyObject *arg)
+{
+    uint32_t h;
+    if (!parse_handle(self, arg, &h))
+        return NULL;
+    return PyBool_FromLong(gmpd_gclaim(self->gtab, h));
+}
+
+static PyObject *node_g_take(NodeObject *self, PyObject *arg)
+{
+    uint32_t h;
+    if (!parse_handle(self, arg, &h))
+        return NULL;
+    return PyBool_FromLong(gmpd_gtake(self->gtab, h));
 }
 
 static PyObject *node_g_arena(NodeObject *self, PyObject *arg)
@@ -919,6 +940,39 @@ static PyObject *node_g_sweep(NodeObject *self, PyObject *arg)
     if (!gtab_ok(self) || !arg_p(self, arg, &p))
         return NULL;
     return PyLong_FromUnsignedLong(gmpd_gtab_sweep_building(self->nd, self->gtab, p));
+}
+
+/* -- scheduler counters -- */
+
+static PyObject *node_sched_add(NodeObject *self, PyObject *args)
+{
+    unsigned int i;
+    int delta;
+    if (!node_ok(self) || !PyArg_ParseTuple(args, "Ii:sched_add", &i, &delta))
+        return NULL;
+    if (i >= GMPD_SC__COUNT) {
+        PyErr_Format(PyExc_IndexError, "scheduler counter %u out of range", i);
+        return NULL;
+    }
+    return PyLong_FromLong((int32_t)gmpd_sched_add(self->nd, i, delta));
+}
+
+static PyObject *node_sched(NodeObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!node_ok(self))
+        return NULL;
+    PyObject *t = PyTuple_New(GMPD_SC__COUNT);
+    if (t == NULL)
+        return NULL;
+    for (int i = 0; i < GMPD_SC__COUNT; i++) {
+        PyObject *x = PyLong_FromLong((int32_t)gmpd_sched_load(self->nd, (uint32_t)i));
+        if (x == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, i, x);
+    }
+    return t;
 }
 
 static PyObject *node_get_nprocs(NodeObject *self, void *Py_UNUSED(c))
@@ -955,7 +1009,8 @@ static PyMethodDef node_methods[] = {
     {"p_ticks", (PyCFunction)node_p_ticks, METH_O, "p_ticks(p) -> (schedtick, syscalltick, preempt)"},
     {"schedtick", (PyCFunction)node_schedtick, METH_O, "schedtick(p) -> int: bump and return"},
     {"set_preempt", (PyCFunction)node_set_preempt, METH_VARARGS, "set_preempt(p, flag)"},
-    {"m_info", (PyCFunction)node_m_info, METH_O, "m_info(m) -> (state, curg, p, pid, heartbeat_ns, park)"},
+    {"m_info", (PyCFunction)node_m_info, METH_O, "m_info(m) -> (state, curg, p, pid, heartbeat_ns, park, nrun)"},
+    {"m_ran", (PyCFunction)node_m_ran, METH_O, "m_ran(m) -> int: count one more G run by M m"},
     {"m_set", (PyCFunction)(void (*)(void))node_m_set, METH_VARARGS | METH_KEYWORDS,
      "m_set(m, *, state, curg, p, pid)"},
     {"m_cas_state", (PyCFunction)node_m_cas_state, METH_VARARGS, "m_cas_state(m, old, new) -> bool"},
@@ -964,6 +1019,8 @@ static PyMethodDef node_methods[] = {
      "park(m, seen, timeout=-1) -> bool: futex-sleep while M m's park word == seen; False on timeout"},
     {"wake", (PyCFunction)node_wake, METH_O, "wake(m) -> int: bump M m's park word and wake it"},
     {"stress", (PyCFunction)node_stress, METH_VARARGS, "stress(role, ctl, p, m, seed) -> int (C-level loop)"},
+    {"sched_add", (PyCFunction)node_sched_add, METH_VARARGS, "sched_add(i, delta) -> new value of counter i"},
+    {"sched", (PyCFunction)node_sched, METH_NOARGS, "sched() -> tuple of every scheduler counter"},
     {"attach_gtab", (PyCFunction)node_attach_gtab, METH_O, "attach_gtab(buffer): map the node's G table"},
     {"g_new", (PyCFunction)(void (*)(void))node_g_new, METH_VARARGS | METH_KEYWORDS,
      "g_new(p, payload, *, parent=0, root_id=0) -> handle: a RUNNABLE G in P p's arena (owner of p only)"},
@@ -977,7 +1034,10 @@ static PyMethodDef node_methods[] = {
     {"g_result", (PyCFunction)node_g_result, METH_O, "g_result(h) -> (status, bytes) | None"},
     {"g_wait_register", (PyCFunction)node_g_wait_register, METH_VARARGS,
      "g_wait_register(h, m) -> bool: M m waits for h (its park word is bumped at DONE); True if already DONE"},
-    {"g_free", (PyCFunction)node_g_free, METH_O, "g_free(h): free the G and its result"},
+    {"g_free", (PyCFunction)node_g_free, METH_O, "g_free(h): drop a reference; the last frees the G and its result"},
+    {"g_claim", (PyCFunction)node_g_claim, METH_O, "g_claim(h) -> bool: a joiner takes a queued RUNNABLE G"},
+    {"g_take", (PyCFunction)node_g_take, METH_O,
+     "g_take(h) -> bool: a popped G becomes RUNNING; False if a joiner claimed it (reference dropped)"},
     {"g_arena", (PyCFunction)node_g_arena, METH_O, "g_arena(p) -> (live, head, tail, wrap, hwm) in 64-byte units"},
     {"g_trim", (PyCFunction)node_g_trim, METH_O, "g_trim(p) -> bytes returned to the kernel"},
     {"g_sweep", (PyCFunction)node_g_sweep, METH_O, "g_sweep(p) -> n: free BUILDING records of a dead allocator"},

@@ -104,6 +104,62 @@ void gmpd_gfree(void *gtab, uint32_t handle)
     __atomic_store_n(&gmpd_grec_at(gtab, handle)->state, GMPD_G_FREE, __ATOMIC_RELEASE);
 }
 
+static void free_with_result(void *gtab, uint32_t handle)
+{
+    gmpd_grec *r = gmpd_grec_at(gtab, handle);
+    uint32_t rh = __atomic_load_n(&r->result, __ATOMIC_ACQUIRE); /* acquire: linked before DONE */
+    if (rh != 0)
+        gmpd_gfree(gtab, rh);
+    gmpd_gfree(gtab, handle);
+}
+
+/* Join-helping: a parent waiting for child `handle` that is still RUNNABLE
+ * (somewhere in a queue) takes it to run inline.  The queue entry stays, so
+ * the record gets two references: that entry's (dropped by whoever pops it:
+ * gmpd_gtake fails and releases) and the joiner's (dropped after it read the
+ * result).  refs is stored before the claiming CAS, whose release makes it
+ * visible to a popper whose CAS then fails (acquire on failure).
+ * Returns 1 if claimed.  Runs in: the parent's M. */
+int gmpd_gclaim(void *gtab, uint32_t handle)
+{
+    gmpd_grec *r = gmpd_grec_at(gtab, handle);
+    __atomic_store_n(&r->refs, 2, __ATOMIC_RELAXED); /* relaxed: published by the CAS */
+    uint32_t want = GMPD_G_RUNNABLE;
+    /* acq_rel: see above. */
+    if (__atomic_compare_exchange_n(&r->state, &want, GMPD_G_RUNNING, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return 1;
+    __atomic_store_n(&r->refs, 0, __ATOMIC_RELAXED); /* relaxed: nobody else reads refs of a non-claimed G */
+    return 0;
+}
+
+/* A G popped from a queue: RUNNABLE -> RUNNING, or, if a joiner claimed it
+ * first, drop the queue's reference.  Returns 1 if the caller must run it.
+ * Runs in: any M that took `handle` from a run queue or the global queue. */
+int gmpd_gtake(void *gtab, uint32_t handle)
+{
+    gmpd_grec *r = gmpd_grec_at(gtab, handle);
+    uint32_t want = GMPD_G_RUNNABLE;
+    /* acq_rel on success: the payload is read after; acquire on failure:
+     * see the joiner's refs (gmpd_gclaim). */
+    if (__atomic_compare_exchange_n(&r->state, &want, GMPD_G_RUNNING, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return 1;
+    gmpd_grelease(gtab, handle);
+    return 0;
+}
+
+/* Drop one reference; the last one frees the G and its result.
+ * Runs in: whoever is done with the G (the consumer of its result, or the
+ * popper of a claimed G's stale queue entry). */
+void gmpd_grelease(void *gtab, uint32_t handle)
+{
+    gmpd_grec *r = gmpd_grec_at(gtab, handle);
+    /* acquire: pairs with gmpd_gclaim's CAS (refs == 2 is visible). */
+    if (__atomic_load_n(&r->refs, __ATOMIC_ACQUIRE) == 0 ||
+        /* acq_rel: the last dropper sees everything the other did. */
+        __atomic_sub_fetch(&r->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        free_with_result(gtab, handle);
+}
+
 uint32_t gmpd_gtab_live_units(gmpd_node *nd, uint32_t p)
 {
     gmpd_p *pp = gmpd_node_p(nd, p);

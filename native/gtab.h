@@ -50,7 +50,10 @@ typedef struct gmpd_grec {
     uint32_t status;  /* result status (runtime-defined: ok / exception) */
     uint32_t waiter;  /* M index + 1 to wake when DONE, 0 if nobody waits */
     uint32_t owner;   /* M index + 1 running it, 0 if none */
-    uint8_t _pad[GMPD_GUNIT - 44];
+    uint32_t refs;    /* 0: one owner frees it; 2: claimed by a joiner while
+                       * still queued -- the queue entry and the joiner each
+                       * drop one, the last frees (gmpd_gclaim) */
+    uint8_t _pad[GMPD_GUNIT - 48];
 } gmpd_grec;
 
 static inline uint32_t gmpd_gh_p(uint32_t h) { return h >> 22; }
@@ -60,6 +63,9 @@ size_t gmpd_gtab_size(uint32_t nprocs);
 gmpd_grec *gmpd_grec_at(void *gtab, uint32_t handle);
 uint32_t gmpd_galloc(gmpd_node *nd, void *gtab, uint32_t p, uint32_t nbytes);
 void gmpd_gfree(void *gtab, uint32_t handle);
+int gmpd_gclaim(void *gtab, uint32_t handle);
+int gmpd_gtake(void *gtab, uint32_t handle);
+void gmpd_grelease(void *gtab, uint32_t handle);
 uint32_t gmpd_greclaim(gmpd_node *nd, void *gtab, uint32_t p);
 uint32_t gmpd_gtab_live_units(gmpd_node *nd, uint32_t p);
 size_t gmpd_gtab_trim(gmpd_node *nd, void *gtab, uint32_t p);

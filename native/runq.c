@@ -737,6 +737,30 @@ int gmpd_p_cas(gmpd_node *nd, uint32_t p, uint64_t expect, uint64_t desired)
                                        __ATOMIC_ACQUIRE);
 }
 
+/* ---- scheduler counters ----------------------------------------------- */
+
+uint32_t gmpd_sched_add(gmpd_node *nd, uint32_t i, int32_t delta)
+{
+    /* acq_rel: nmspinning/npidle follow Go's "publish work, then read the
+     * counters" order, so updates must not move across the caller's queue
+     * operations. */
+    uint32_t v = __atomic_add_fetch(&nd->sched[i], (uint32_t)delta, __ATOMIC_ACQ_REL);
+    if (i == GMPD_SC_RUNNING) {
+        /* relaxed: a statistic, raised by CAS so it only grows. */
+        uint32_t mx = __atomic_load_n(&nd->sched[GMPD_SC_RUNNING_MAX], __ATOMIC_RELAXED);
+        while ((int32_t)v > (int32_t)mx &&
+               !__atomic_compare_exchange_n(&nd->sched[GMPD_SC_RUNNING_MAX], &mx, v, 0, __ATOMIC_RELAXED,
+                                            __ATOMIC_RELAXED))
+            ;
+    }
+    return v;
+}
+
+uint32_t gmpd_sched_load(gmpd_node *nd, uint32_t i)
+{
+    return __atomic_load_n(&nd->sched[i], __ATOMIC_ACQUIRE); /* acquire: pairs with the adds */
+}
+
 /* ---- futex ------------------------------------------------------------- */
 
 /* Sleep while *word == expect, at most timeout_ns (< 0: forever).

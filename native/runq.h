@@ -128,7 +128,7 @@ typedef struct gmpd_m {
     int32_t pid;
     uint64_t heartbeat_ns; /* CLOCK_MONOTONIC ns of the M's last heartbeat */
     uint32_t park;      /* futex word: a wake counter (notewakeup bumps it) */
-    uint32_t _r0;
+    uint32_t nrun;      /* Gs this M slot has run (statistics) */
     uint8_t _pad0[GMPD_CACHELINE - 32];
     /* line 1: written by *other* Ms (see runq.c §Recovery: confirmation) */
     uint32_t confirmed;
@@ -143,6 +143,25 @@ typedef struct gmpd_m {
     uint8_t _pad3[GMPD_CACHELINE - 4];
 } gmpd_m;
 
+/* Node-wide scheduler counters (gmpd_node.sched[]), Go's sched fields and
+ * the statistics the runtime exposes.  Updated with atomic adds. */
+enum gmpd_sched_counter {
+    GMPD_SC_NMSPINNING = 0, /* Ms spinning: out of local work, looking */
+    GMPD_SC_NPIDLE,         /* idle Ps (maintained by the coordinator) */
+    GMPD_SC_NMIDLE,         /* parked Ms */
+    GMPD_SC_RUNNING,        /* Ms running task code right now */
+    GMPD_SC_RUNNING_MAX,    /* most Ms ever seen running task code at once */
+    GMPD_SC_STEALS,         /* successful steals */
+    GMPD_SC_STOLEN,         /* Gs moved by steals */
+    GMPD_SC_GLOBAL_TAKES,   /* batches taken from the global queue */
+    GMPD_SC_SPINS,          /* times an M became spinning */
+    GMPD_SC_PARKS,          /* times an M parked */
+    GMPD_SC_WAKEUPS,        /* futex wake-ups sent */
+    GMPD_SC_SPILLS,         /* runqputslow batches sent to the global queue */
+    GMPD_SC_INLINE,         /* Gs run inline by a waiting parent (join-helping) */
+    GMPD_SC__COUNT
+};
+
 typedef struct gmpd_node {
     uint64_t magic;
     uint32_t version;
@@ -156,6 +175,8 @@ typedef struct gmpd_node {
     uint32_t m_stride;
     int32_t creator_pid;
     uint32_t counter_base;
+    uint8_t _pad[GMPD_CACHELINE - 56];
+    uint32_t sched[GMPD_CACHELINE / 4]; /* enum gmpd_sched_counter; own cache line */
 } gmpd_node;
 
 /* ---- layout ---------------------------------------------------------- */
@@ -199,6 +220,9 @@ int gmpd_releasep(gmpd_node *nd, uint32_t p, uint32_t mid, uint32_t epoch);
 int gmpd_entersyscall(gmpd_node *nd, uint32_t p, uint32_t mid, uint32_t epoch);
 int gmpd_exitsyscall(gmpd_node *nd, uint32_t p, uint32_t mid, uint32_t epoch);
 int64_t gmpd_retake(gmpd_node *nd, uint32_t p, uint64_t seen);
+
+uint32_t gmpd_sched_add(gmpd_node *nd, uint32_t i, int32_t delta);
+uint32_t gmpd_sched_load(gmpd_node *nd, uint32_t i);
 
 /* ---- parking: futex on a shared word (not FUTEX_PRIVATE) ------------- */
 int gmpd_futex_wait(uint32_t *word, uint32_t expect, int64_t timeout_ns);

@@ -64,7 +64,7 @@ def test_p_cas_generic_and_ticks(nm: NodeMemory) -> None:
 def test_m_slot_fields(nm: NodeMemory) -> None:
     node = nm.node
     node.m_set(2, state=3, curg=42, p=1, pid=os.getpid())
-    state, curg, p, pid, _hb, _park = node.m_info(2)
+    state, curg, p, pid, _hb, _park, _nrun = node.m_info(2)
     assert (state, curg, p, pid) == (3, 42, 1, os.getpid())
     assert node.m_cas_state(2, 3, 4)
     assert not node.m_cas_state(2, 3, 5)

@@ -17,7 +17,7 @@
  *     nondeterministically, which covers stealWork's "runnext on the last
  *     pass"), logging what it gets; stops once the owner is done.
  *   - CRASH_THIEF / CRASH_OWNER: a Killer process may, once, at any moment
- *     kill M1 / M0.  The victim's body is wrapped in `unless { kill[m] }`,
+ *     kill M1 / M0.  The victim's body is wrapped in `unless { kflag[m] }`,
  *     so it stops before any of its atomic steps (never inside one: an
  *     `atomic`/`d_step` below is one C atomic access).  Then a Recovery
  *     process (only after the death, as the C precondition "the M is dead
@@ -68,6 +68,9 @@
 #endif
 #ifndef BASE
 #define BASE 254                /* counter_base */
+#endif
+#ifndef PRE
+#define PRE 0                   /* Gs 1..PRE already queued in P0 at start */
 #endif
 #ifndef REPLACE
 #define REPLACE 1               /* start a replacement M after recovery */
@@ -133,8 +136,8 @@ byte lt[NM * B];                /* the last B entries of each M's log */
 byte cursor = 1;                /* owner: next G it will put */
 bool owner_done;                /* owner finished (thieves may stop) */
 bool done[NM];                  /* M slot finished (incl. replacement) */
-bool kill[NM];                  /* the Killer fired at M */
-bool dead[NM];                  /* M stopped because of kill[] */
+bool kflag[NM];                  /* the Killer fired at M */
+bool dead[NM];                  /* M stopped because of kflag[] */
 
 /* ---- the op record (runq.c: rec_set, rec_begin, rec_step, rec_hold1) -- */
 inline rec_set(M, ARG, SEQ, KIND, ST)
@@ -343,7 +346,7 @@ inline runqget(P, M)
 }
 
 /* ---- gmpd_runqsteal: n := grabbed (0 none, ENOSPACE), x := the G ------ */
-inline runqsteal(P, V, M, SRN)
+inline runqsteal(P, V, M)
 {
     x = 0; n = 0; kind = 0;
     rec_begin(M);
@@ -358,8 +361,8 @@ inline runqsteal(P, V, M, SRN)
             if
             :: n == 0 ->
                 if
-                :: !SRN -> break
-                :: else
+                :: break                                /* steal_runnext == 0 */
+                :: skip                                 /* steal_runnext == 1 */
                 fi;
                 d_step { nt = rn_tm[V]; ns = rn_ts[V]; ng = rn_g[V] };
                 if
@@ -380,13 +383,14 @@ inline runqsteal(P, V, M, SRN)
                 j = 0;
                 do
                 :: j < n ->
-                    gg = runq[V * SIZE + (hc + j) % SIZE];      /* victim slot */
-                    runq[P * SIZE + (t + j) % SIZE] = gg;       /* own slot */
+                    /* load victim slot, store own slot past own tail (no
+                     * one else reads it: no crash point needed between) */
+                    runq[P * SIZE + (t + j) % SIZE] = runq[V * SIZE + (hc + j) % SIZE];
                     j++
                 :: else -> break
                 od;
                 j = 0;
-                d_step { gg = 0; rp[M] = P; vic[M] = V; mh[M] = hc; mn[M] = n; mt[M] = t };
+                d_step { rp[M] = P; vic[M] = V; mh[M] = hc; mn[M] = n; mt[M] = t };
                 rec_step(M, 0, OP_STEAL);
                 confirm(htm, hts, M);
                 cas_head(V, M, WRAP(hc + n));
@@ -414,7 +418,12 @@ inline runqsteal(P, V, M, SRN)
 /* ---- the two Ms -------------------------------------------------------- */
 #define LOCALS \
     byte x, r, n, j, q, h, t, vt, hc, htm, hts, nt, ns, ng, gg, kicked, seq, kind; \
-    bit ok, srn, nxt
+    bit ok, nxt
+/* A dead process keeps its slot in the state vector: zero its locals so
+ * that states after the crash do not differ by what it had in registers. */
+#define DIE(m) \
+    d_step { dead[m] = 1; x = 0; r = 0; n = 0; j = 0; q = 0; h = 0; t = 0; vt = 0; hc = 0; htm = 0; \
+             hts = 0; nt = 0; ns = 0; ng = 0; gg = 0; kicked = 0; seq = 0; kind = 0; ok = 0; nxt = 0; g = 0 }
 
 proctype Owner(byte g0; bit first)
 {
@@ -465,22 +474,21 @@ proctype Owner(byte g0; bit first)
         od;
         rec_begin(0);                                   /* gmpd_release */
         d_step { owner_done = 1; done[0] = 1 }
-    } unless { (first && kill[0]) -> dead[0] = 1 }
+    } unless { (first && kflag[0]) -> DIE(0) }
 }
 
 proctype Thief(bit first)
 {
     LOCALS;
+    byte g;                                             /* unused (DIE) */
     {
         do
         :: runqget(1, 1);
             if
             :: x == 0 ->
-                if
-                :: srn = 0
-                :: srn = 1
-                fi;
-                runqsteal(1, 0, 1, srn)
+                /* stealWork: steal_runnext is chosen where it matters,
+                 * inside runqsteal (only when the ring looks empty) */
+                runqsteal(1, 0, 1)
             :: else
             fi;
             if
@@ -488,22 +496,14 @@ proctype Thief(bit first)
             :: else
             fi;
             d_step { x = 0; n = 0; h = 0; t = 0; vt = 0; hc = 0; htm = 0; hts = 0; nt = 0; ns = 0; ng = 0;
-                     gg = 0; seq = 0; kind = 0; ok = 0; srn = 0 }
+                     gg = 0; seq = 0; kind = 0; ok = 0 }
         :: owner_done -> break
         od;
         rec_begin(1);                                   /* gmpd_release */
         done[1] = 1
-    } unless { (first && kill[1]) -> dead[1] = 1 }
+    } unless { (first && kflag[1]) -> DIE(1) }
 }
 
-/* ---- the crash: M `m` may be SIGKILLed once, at any point ------------ */
-proctype Killer(byte m)
-{
-    if
-    :: atomic { !done[m] -> kill[m] = 1 }
-    :: skip
-    fi
-}
 
 /* ---- gmpd_recover_m + the harness (_runq_stress.py recover) ----------- */
 #define IS_PUT(k) ((k) == OP_PUT || (k) == OP_PUTNEXT || (k) == OP_PUTSLOW)
@@ -523,7 +523,11 @@ proctype Recovery(byte m)
 {
     byte w_arg, w_seq, w_kind, w_st, took, no, i, pp, vp, wtm, wts, wlow, resume;
     byte orph[B];
-end_wait:
+    /* the crash: M `m` may be SIGKILLed once, at any point before it is
+     * done (its `unless` then stops it before its next step) */
+    /* (if m finishes first this waits forever: a valid end state) */
+end_kill:
+    atomic { !done[m] -> kflag[m] = 1 };
     dead[m];                                            /* reaped */
     d_step { w_arg = op_arg[m]; w_seq = op_seq[m]; w_kind = op_kind[m]; w_st = op_st[m] };
     if
@@ -655,7 +659,9 @@ end_wait:
 #else
         done[1] = 1
 #endif
-    fi
+    fi;
+    d_step { w_arg = 0; w_seq = 0; w_kind = 0; w_st = 0; took = 0; no = 0; i = 0; pp = 0; vp = 0;
+             wtm = 0; wts = 0; wlow = 0; resume = 0; orph[0] = 0; orph[1] = 0; orph[B - 1] = 0 }
 }
 
 /* ---- setup and the final check --------------------------------------- */
@@ -668,17 +674,23 @@ init
         :: p < NP -> head_c[p] = BASE; tail[p] = BASE; p++
         :: else -> break
         od;
-        p = 0
+        p = 0;
+        i = 1;
+        do
+        :: i <= PRE -> runq[WRAP(BASE + i - 1) % SIZE] = i; i++
+        :: else -> break
+        od;
+        i = 0;
+        tail[0] = WRAP(BASE + PRE);
+        cursor = PRE + 1
     };
     atomic {
-        run Owner(1, 1);
+        run Owner(PRE + 1, 1);
         run Thief(1);
 #ifdef CRASH_OWNER
-        run Killer(0);
         run Recovery(0);
 #endif
 #ifdef CRASH_THIEF
-        run Killer(1);
         run Recovery(1);
 #endif
     };

@@ -1,0 +1,370 @@
+"""The coordinator: P lease table, global run queue, root-task table.
+
+One process per cluster, one ZeroMQ ROUTER socket.  Who sends what::
+
+    client                      coordinator                          M (per P)
+      |-- Hello ------------------> |                                    |
+      |<----------------- Welcome --|                                    |
+      |-- Submit(tasks) ----------> | grq.append; serve waiters; wakep   |
+      |                             |-- futex wake (node shm) ---------> | parked M
+      |                             |<------------ LeaseRequest(m) ------|
+      |                             |-- Grant(p, epoch, batch) --------> | runs Gs
+      |<------------- Started(tids) |                                    |
+      |                             |<------------- GetWork(p, epoch) ---| local queue empty
+      |                             |-- Work(batch) / held until work -->|
+      |                             |<--------------------- Spill(gs) ---| runqputslow
+      |                             |<------------------ Results(...) ---|
+      |<------------ Results(...) --|                                    |
+      |                             |<-------------- Renew(p, epoch) ----| heartbeat thread
+      |                             |<------------- Release(p, epoch) ---| stopm: no work
+      |-- Bye --------------------> |-- Bye --------------------------->  | exit
+
+Rules kept from Go (reference §3): a global batch is
+``min(128, len, len // GOMAXPROCS + 1)``; new work wakes one parked M only
+when there is an idle P and no spinning M (``wakep``); an M that ran out of
+work "spins" by holding a long-poll GetWork (at most half the busy Ps spin)
+before it releases its P and parks.
+
+Leases: a grant carries an epoch (bumped on every grant of that P) and a TTL
+renewed by the M's heartbeat thread.  A message naming a stale epoch is
+answered with Revoke; an expired lease makes the P idle under a new epoch,
+which the P state word in node shared memory enforces too.
+
+Runs in: the coordinator process only.  Single-threaded: every handler runs
+to completion on the poll loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from gmpd import wire
+from gmpd.runq import PStatus
+from gmpd.sched import Counter, MState
+from gmpd.shm import NodeMemory
+
+
+@dataclass
+class PLease:
+    p: int
+    epoch: int = 0
+    m: int = -1  # holder, -1 when idle
+    expires: float = 0.0
+
+
+@dataclass
+class MInfo:
+    m: int
+    ident: bytes
+    pid: int
+    p: int = -1
+    waiting: wire.GetWork | None = None  # a held long-poll request
+    deadline: float = 0.0
+
+
+@dataclass
+class Root:
+    client: bytes
+    payload: bytes
+    started: bool = False
+
+
+@dataclass
+class Stats:
+    submitted: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    grants: int = 0
+    global_takes: int = 0
+    spilled: int = 0
+    wakeups: int = 0
+    bad_frames: int = 0
+    lost_peers: int = 0
+    expired_leases: int = 0
+
+
+@dataclass
+class Coordinator:
+    endpoint: str
+    nprocs: int
+    node_name: str
+    lease_ttl: float
+    lifeline: int  # pid whose exit ends the cluster (the client)
+    ctx: zmq.Context[zmq.Socket[bytes]] = field(default_factory=zmq.Context)
+    stats: Stats = field(default_factory=Stats)
+
+    def __post_init__(self) -> None:
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(self.endpoint)
+        self.nm = NodeMemory.attach(self.node_name)
+        self.ps = [PLease(p) for p in range(self.nprocs)]
+        self.idle_ps: collections.deque[int] = collections.deque(range(self.nprocs))
+        self.grq: collections.deque[tuple[int, int]] = (
+            collections.deque()
+        )  # (tid, 0) root | (0, handle) local
+        self.roots: dict[int, Root] = {}
+        self.ms: dict[int, MInfo] = {}
+        self.by_ident: dict[bytes, int] = {}  # M idents (main and heartbeat sockets) -> m
+        self.clients: set[bytes] = set()
+        self.out_results: dict[bytes, list[tuple[int, int, bytes]]] = collections.defaultdict(list)
+        self.out_started: dict[bytes, list[int]] = collections.defaultdict(list)
+        self.running = True
+        self.nm.node.sched_add(Counter.NPIDLE, self.nprocs)  # every P starts idle
+
+    # ---- sending ----------------------------------------------------------
+
+    def send(self, ident: bytes, msg: wire.Message) -> None:
+        try:
+            self.sock.send_multipart([ident, wire.encode(msg)], copy=False)
+        except zmq.ZMQError as exc:  # ROUTER_MANDATORY: the peer is gone
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.stats.lost_peers += 1
+
+    def flush(self) -> None:
+        for ident, tids in self.out_started.items():
+            if tids:
+                self.send(ident, wire.Started(tids))
+        self.out_started.clear()
+        for ident, results in self.out_results.items():
+            if results:
+                self.send(ident, wire.Results(results))
+        self.out_results.clear()
+
+    # ---- the global queue -------------------------------------------------
+
+    def take_batch(self, limit: int) -> tuple[list[tuple[int, bytes]], list[int]]:
+        """Go's globrunqgetbatch: min(limit, len, len/GOMAXPROCS + 1) entries."""
+        n = min(limit, len(self.grq), len(self.grq) // self.nprocs + 1)
+        roots: list[tuple[int, bytes]] = []
+        locals_: list[int] = []
+        while n > 0 and self.grq:
+            tid, handle = self.grq.popleft()
+            if handle:
+                locals_.append(handle)
+                n -= 1
+                continue
+            root = self.roots.get(tid)
+            if root is None or root.started:
+                continue  # cancelled while queued
+            root.started = True
+            self.out_started[root.client].append(tid)
+            roots.append((tid, root.payload))
+            n -= 1
+        if roots or locals_:
+            self.stats.global_takes += 1
+        return roots, locals_
+
+    def serve_waiters(self) -> None:
+        """Answer held GetWork long-polls (spinning Ms) while work lasts."""
+        for info in self.ms.values():
+            if not self.grq:
+                return
+            req = info.waiting
+            if req is not None:
+                info.waiting = None
+                roots, locals_ = self.take_batch(req.max)
+                self.send(info.ident, wire.Work(roots, locals_))
+
+    def spinning(self) -> int:
+        return sum(1 for info in self.ms.values() if info.waiting is not None)
+
+    def wakep(self) -> None:
+        """Wake one parked M if there is queued work, an idle P and no spinner."""
+        if not self.grq or not self.idle_ps or self.spinning():
+            return
+        node = self.nm.node
+        for info in self.ms.values():
+            if info.p < 0 and node.m_cas_state(info.m, MState.PARKED, MState.WAKING):
+                node.wake(info.m)
+                self.stats.wakeups += 1
+                return
+
+    # ---- leases -----------------------------------------------------------
+
+    def lease_ok(self, m: int, p: int, epoch: int) -> bool:
+        return 0 <= p < self.nprocs and self.ps[p].m == m and self.ps[p].epoch == epoch
+
+    def grant(self, info: MInfo) -> None:
+        if info.p >= 0:  # it already holds one: re-send it (its Grant may be in flight)
+            lease = self.ps[info.p]
+        elif self.idle_ps:
+            lease = self.ps[self.idle_ps.popleft()]
+            self.nm.node.sched_add(Counter.NPIDLE, -1)
+            lease.epoch += 1
+            lease.m = info.m
+            info.p = lease.p
+            self.stats.grants += 1
+        else:
+            self.send(info.ident, wire.Grant(-1, 0, 0, [], []))
+            return
+        lease.expires = time.monotonic() + self.lease_ttl
+        roots, locals_ = self.take_batch(128)
+        self.send(info.ident, wire.Grant(lease.p, lease.epoch, int(self.lease_ttl * 1000), roots, locals_))
+
+    def make_idle(self, p: int) -> None:
+        lease = self.ps[p]
+        holder = self.ms.get(lease.m)
+        if holder is not None:
+            holder.p = -1
+            holder.waiting = None
+        lease.m = -1
+        self.idle_ps.append(p)
+        self.nm.node.sched_add(Counter.NPIDLE, 1)
+
+    def expire_leases(self, now: float) -> None:
+        for lease in self.ps:
+            if lease.m >= 0 and lease.expires < now:
+                seen = self.nm.node.p_state(lease.p)
+                self.stats.expired_leases += 1
+                lease.epoch += 1
+                self.nm.node.p_cas(lease.p, seen, (PStatus.IDLE, -1, lease.epoch))
+                self.make_idle(lease.p)
+
+    # ---- handlers ---------------------------------------------------------
+
+    def on_hello(self, ident: bytes, msg: wire.Hello) -> None:
+        if msg.role == "client":
+            self.clients.add(ident)
+            self.send(ident, wire.Welcome(self.nprocs))
+        elif msg.role == "m" and 0 <= msg.m < self.nm.node.nms:
+            info = self.ms.get(msg.m)
+            if info is None or info.pid != msg.pid:
+                info = self.ms[msg.m] = MInfo(msg.m, ident, msg.pid)
+            self.by_ident[ident] = msg.m
+        elif msg.role == "m-hb" and msg.m in self.ms:
+            self.by_ident[ident] = msg.m
+
+    def on_submit(self, ident: bytes, msg: wire.Submit) -> None:
+        for tid, payload in msg.tasks:
+            self.roots[tid] = Root(ident, payload)
+            self.grq.append((tid, 0))
+        self.stats.submitted += len(msg.tasks)
+
+    def on_cancel(self, ident: bytes, msg: wire.Cancel) -> None:
+        done = []
+        for tid in msg.tids:
+            root = self.roots.get(tid)
+            if root is not None and not root.started and root.client == ident:
+                del self.roots[tid]
+                done.append(tid)
+        self.stats.cancelled += len(done)
+        if done:
+            self.send(ident, wire.Cancelled(done))
+
+    def on_results(self, msg: wire.Results) -> None:
+        for tid, status, payload in msg.results:
+            root = self.roots.pop(tid, None)
+            if root is not None:  # a duplicate (the G ran twice) is dropped here
+                self.out_results[root.client].append((tid, status, payload))
+                self.stats.completed += 1
+
+    def on_m_message(self, info: MInfo, msg: wire.Message) -> None:
+        if isinstance(msg, wire.LeaseRequest):
+            self.grant(info)
+        elif isinstance(msg, wire.GetWork):
+            if not self.lease_ok(info.m, msg.p, msg.epoch):
+                self.send(info.ident, wire.Revoke(msg.p, msg.epoch))
+                return
+            self.ps[msg.p].expires = time.monotonic() + self.lease_ttl
+            if self.grq or msg.wait_ms == 0:
+                self.send(info.ident, wire.Work(*self.take_batch(msg.max)))
+            else:
+                info.waiting, info.deadline = msg, time.monotonic() + msg.wait_ms / 1000
+        elif isinstance(msg, wire.Spill):
+            self.grq.extend((0, h) for h in msg.handles)
+            self.stats.spilled += len(msg.handles)
+        elif isinstance(msg, wire.Renew) and self.lease_ok(info.m, msg.p, msg.epoch):
+            self.ps[msg.p].expires = time.monotonic() + self.lease_ttl
+        elif isinstance(msg, wire.Release) and self.lease_ok(info.m, msg.p, msg.epoch):
+            self.make_idle(msg.p)
+
+    def dispatch(self, ident: bytes, frame: bytes) -> None:
+        try:
+            msg = wire.decode(frame)
+        except wire.WireError:
+            self.stats.bad_frames += 1
+            return
+        if isinstance(msg, wire.Hello):
+            self.on_hello(ident, msg)
+        elif isinstance(msg, wire.Results):
+            self.on_results(msg)
+        elif isinstance(msg, wire.Submit) and ident in self.clients:
+            self.on_submit(ident, msg)
+        elif isinstance(msg, wire.Cancel) and ident in self.clients:
+            self.on_cancel(ident, msg)
+        elif isinstance(msg, wire.Bye) and ident in self.clients:
+            self.running = False
+        elif ident in self.by_ident and self.by_ident[ident] in self.ms:
+            self.on_m_message(self.ms[self.by_ident[ident]], msg)
+        else:
+            self.stats.bad_frames += 1  # well-formed but from the wrong peer
+
+    # ---- loop -------------------------------------------------------------
+
+    def timers(self, now: float) -> None:
+        for info in self.ms.values():
+            if info.waiting is not None and info.deadline <= now:
+                info.waiting = None
+                self.send(info.ident, wire.Work([], []))
+        self.expire_leases(now)
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        lifeline = os.pidfd_open(self.lifeline)
+        poller.register(lifeline, zmq.POLLIN)
+        next_timer = 0.0
+        while self.running:
+            events = dict(poller.poll(2))
+            if lifeline in events:
+                break  # the client is gone: the whole cluster goes
+            for _ in range(1000):  # drain what is there, then act on it
+                try:
+                    ident, frame = self.sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except ValueError:  # not exactly two frames
+                    self.stats.bad_frames += 1
+                    continue
+                self.dispatch(ident, frame)
+            self.serve_waiters()
+            self.wakep()
+            now = time.monotonic()
+            if now >= next_timer:
+                self.timers(now)
+                next_timer = now + 0.001
+            self.flush()
+        for info in self.ms.values():
+            self.send(info.ident, wire.Bye("shutdown"))
+            self.nm.node.wake(info.m)  # a parked M reads its socket once woken
+        os.close(lifeline)
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+        self.nm.close()
+
+
+def main(endpoint: str, nprocs: int, node_name: str, lease_ttl: float, lifeline: int) -> int:
+    """Entry point (called in a process forked by the node agent)."""
+    coord = Coordinator(endpoint, nprocs, node_name, lease_ttl, lifeline)
+    try:
+        coord.run()
+    finally:
+        with contextlib.suppress(Exception):
+            coord.close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - started by gmpd.node
+    sys.exit(main(sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), int(sys.argv[5])))

@@ -1,0 +1,314 @@
+"""gmpd.Executor: a concurrent.futures.Executor on an embedded local cluster.
+
+Constructing one execs the node agent (gmpd.node), which starts the
+coordinator and GOMAXPROCS = ``max_workers`` Ms.  The client side is one IO
+thread with one DEALER socket: ``submit`` pickles (cloudpickle) in the
+caller's thread and appends to an outbox; the IO thread sends whatever has
+accumulated as one Submit frame, and completes futures from the batched
+Started / Results / Cancelled frames it receives.
+
+Every submitted task ends in exactly one state at its submitter: a result,
+an exception (with the remote traceback as ``__cause__``), or cancelled.
+
+Runs in: the client process (user threads and the gmpd-client IO thread).
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import functools
+import itertools
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor as _BaseExecutor
+from concurrent.futures import Future
+from typing import Any
+
+import cloudpickle
+import zmq
+
+from gmpd import wire
+from gmpd.errors import GmpdError
+from gmpd.m import load_outcome
+from gmpd.shm import NodeMemory
+from gmpd.stats import Statistics, snapshot
+
+START_TIMEOUT = 30.0
+SUBMIT_BATCH = 1024  # tasks per Submit frame at most
+
+_live: weakref.WeakSet[Executor] = weakref.WeakSet()
+_active: list[weakref.ref[Executor]] = []
+
+
+class ClusterLost(GmpdError):
+    """The embedded cluster exited while tasks were outstanding."""
+
+
+class LocalCluster:
+    """The processes of an embedded cluster, seen from the client."""
+
+    def __init__(self, nprocs: int, lease_ttl: float, spin_ms: int) -> None:
+        self.rundir = tempfile.mkdtemp(prefix="gmpd-", dir=os.environ.get("XDG_RUNTIME_DIR") or None)
+        os.chmod(self.rundir, 0o700)
+        self.endpoint = f"ipc://{self.rundir}/coord"
+        cmd = [sys.executable, "-m", "gmpd.node", self.rundir, str(nprocs), str(os.getpid()), os.getcwd()]
+        cmd += [json.dumps([p for p in sys.path if isinstance(p, str)]), str(lease_ttl), str(spin_ms)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        if not select.select([self.proc.stdout], [], [], START_TIMEOUT)[0]:
+            self.kill()
+            raise GmpdError(f"the gmpd node agent did not start within {START_TIMEOUT:.0f} s")
+        line = self.proc.stdout.readline().decode().split()
+        if not line or line[0] != "ready":
+            self.kill()
+            raise GmpdError(f"the gmpd node agent failed to start (exit status {self.proc.poll()})")
+        self.node_name = line[1]
+        self.nm: NodeMemory | None = NodeMemory.attach(self.node_name)  # read-only use: statistics
+
+    def wait(self, timeout: float = 10.0) -> None:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.cleanup()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        self.proc.wait()
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        nm = getattr(self, "nm", None)
+        if nm is not None:
+            nm.close()
+            self.nm = None
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+class _ClientIO(threading.Thread):
+    def __init__(self, cluster: LocalCluster) -> None:
+        super().__init__(name="gmpd-client", daemon=True)
+        self.cluster = cluster
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.connect(cluster.endpoint)
+        self.outbox: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.cancels: collections.deque[int] = collections.deque()
+        self.futures: dict[int, Future[Any]] = {}
+        self.tids = itertools.count(1)
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        self.closing = False
+        self.done = threading.Event()
+        self.submitted = self.completed = 0
+
+    # -- called from user threads --
+    def submit(self, fut: Future[Any], payload: bytes) -> None:
+        tid = next(self.tids)
+        self.submitted += 1
+        self.futures[tid] = fut
+        fut.add_done_callback(functools.partial(self.on_done, tid))
+        self.outbox.append((tid, payload))
+        self.kick()
+
+    def on_done(self, tid: int, fut: Future[Any]) -> None:
+        if fut.cancelled():  # the user cancelled it while pending: tell the coordinator
+            self.cancels.append(tid)
+            self.kick()
+
+    def kick(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self.wake_w, b"\0")
+
+    def close(self) -> None:
+        self.closing = True
+        self.kick()
+
+    # -- the IO thread --
+    def send(self, msg: wire.Message) -> None:
+        self.sock.send(wire.encode(msg), copy=False)
+
+    def pump_out(self) -> None:
+        while self.outbox:
+            n = min(len(self.outbox), SUBMIT_BATCH)
+            self.send(wire.Submit([self.outbox.popleft() for _ in range(n)]))
+        if self.cancels:
+            tids = []
+            while self.cancels:
+                tids.append(self.cancels.popleft())
+            self.send(wire.Cancel(tids))
+
+    def on_message(self, msg: wire.Message) -> None:
+        if isinstance(msg, wire.Started):
+            for tid in msg.tids:
+                fut = self.futures.get(tid)
+                if fut is not None and not fut.done():
+                    fut.set_running_or_notify_cancel()
+        elif isinstance(msg, wire.Results):
+            for tid, status, data in msg.results:
+                fut = self.futures.pop(tid, None)
+                self.completed += 1
+                if fut is None or fut.cancelled():
+                    continue
+                ok, value = load_outcome(status, data)
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+        elif isinstance(msg, wire.Cancelled):
+            for tid in msg.tids:
+                self.futures.pop(tid, None)
+
+    def fail_all(self, exc: BaseException) -> None:
+        for fut in list(self.futures.values()):
+            if not fut.done() and (fut.running() or fut.set_running_or_notify_cancel()):
+                fut.set_exception(exc)
+        self.futures.clear()
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.wake_r, zmq.POLLIN)
+        lifeline = os.pidfd_open(self.cluster.proc.pid)
+        poller.register(lifeline, zmq.POLLIN)
+        self.send(wire.Hello("client", os.getpid(), "", -1))
+        try:
+            while True:
+                self.pump_out()
+                if self.closing and not self.futures and not self.outbox:
+                    break
+                events = dict(poller.poll(1000))
+                if self.wake_r in events:
+                    os.read(self.wake_r, 65536)
+                if lifeline in events:
+                    self.fail_all(ClusterLost("the gmpd cluster exited; its tasks' results are lost"))
+                    return
+                while True:
+                    try:
+                        frame = self.sock.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    with contextlib.suppress(wire.WireError):
+                        self.on_message(wire.decode(frame))
+            self.send(wire.Bye("client shutdown"))
+        finally:
+            self.sock.close(1000)
+            self.ctx.term()
+            os.close(lifeline)
+            self.cluster.wait()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            self.done.set()
+
+
+def _chunks(iterables: tuple[Iterable[Any], ...], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    it = zip(*iterables, strict=False)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
+    return [fn(*args) for args in chunk]
+
+
+class Executor(_BaseExecutor):
+    """A concurrent.futures.Executor whose workers are gmpd Ms.
+
+    ``max_workers`` is GOMAXPROCS, the number of Ps (default: the CPU count).
+    """
+
+    def __init__(self, max_workers: int | None = None, *, lease_ttl: float = 5.0, spin_ms: int = 2) -> None:
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        if max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._max_workers = max_workers
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self._cluster = LocalCluster(max_workers, lease_ttl, spin_ms)
+        self._io = _ClientIO(self._cluster)
+        self._io.start()
+        _live.add(self)
+        _active.append(weakref.ref(self))
+
+    @property
+    def max_workers(self) -> int:
+        return self._max_workers
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            fut: Future[Any] = Future()
+            try:
+                payload = bytes(cloudpickle.dumps((fn, args, kwargs)))
+            except Exception as exc:
+                fut.set_running_or_notify_cancel()
+                fut.set_exception(exc)
+                return fut
+            self._io.submit(fut, payload)
+            return fut
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        results = super().map(
+            _run_chunk, itertools.repeat(fn), _chunks(iterables, chunksize), timeout=timeout
+        )
+        return itertools.chain.from_iterable(results)
+
+    def statistics(self) -> Statistics:
+        """A frozen snapshot of Ps, Ms and the scheduler counters."""
+        nm = self._cluster.nm
+        if nm is None:
+            raise RuntimeError("statistics() after the cluster has shut down")
+        return snapshot(nm, self._io.submitted, self._io.completed)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+        if cancel_futures:
+            for fut in list(self._io.futures.values()):
+                fut.cancel()
+        self._io.close()
+        if wait:
+            self._io.done.wait()
+        _live.discard(self)
+
+
+def active_executor() -> Executor | None:
+    """The most recently created Executor that is not shut down."""
+    while _active:
+        ex = _active[-1]()
+        if ex is not None and not ex._shutdown:
+            return ex
+        _active.pop()
+    return None
+
+
+@atexit.register
+def _python_exit() -> None:
+    for ex in list(_live):
+        ex.shutdown(wait=True)

@@ -1,0 +1,450 @@
+"""An M: one worker process running the schedule loop of gmpd.sched.
+
+The main thread runs the loop and task code; a heartbeat thread (its own
+socket) renews the P lease and exits the process if the node agent dies, so
+a task that never returns cannot stop the lease from being renewed or keep
+an orphan M alive.
+
+Runs in: an M process (forked by the node agent's template process).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import select
+import threading
+import time
+import traceback
+from concurrent.futures import Future
+from typing import Any
+
+import cloudpickle
+import zmq
+
+from gmpd import wire
+from gmpd.errors import GmpdError
+from gmpd.runq import PStatus, RunQ
+from gmpd.sched import FAIRNESS_TICK, GLOBAL_BATCH, STEAL_TRIES, Counter, MState, steal_order
+from gmpd.shm import NodeMemory
+
+REQUEST_TIMEOUT_MS = 10_000
+FLUSH_EVERY = 64  # results per Results message at most
+FLUSH_AGE = 0.002  # seconds a result may wait for company
+MAX_INLINE_DEPTH = 32  # nesting bound for join-helping
+
+CURRENT: M | None = None  # this process's M, while it runs task code
+
+
+class Shutdown(Exception):
+    """The coordinator said Bye, or stopped answering."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a task, as text (the __cause__)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _exc_payload(exc: BaseException, where: str = "") -> bytes:
+    tb = "".join(traceback.format_exception(exc))
+    text = f'\n"""\nTraceback in gmpd M {os.getpid()}{where}:\n{tb}"""'
+    try:
+        return bytes(cloudpickle.dumps((exc, text)))
+    except Exception:
+        fallback = GmpdError(f"task raised {type(exc).__name__}: {exc!r:.500} (and it could not be pickled)")
+        return bytes(cloudpickle.dumps((fallback, text)))
+
+
+def run_payload(payload: bytes) -> tuple[int, bytes]:
+    """Unpickle and call a task; (status, pickled result or exception)."""
+    try:
+        fn, args, kwargs = cloudpickle.loads(payload)
+    except BaseException as exc:
+        return wire.RAISED, _exc_payload(exc, " while unpickling the task")
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task, not the M
+        return wire.RAISED, _exc_payload(exc)
+    try:
+        return wire.OK, bytes(cloudpickle.dumps(result))
+    except BaseException as exc:
+        err = pickle.PicklingError(
+            f"the task's result of type {type(result).__name__} cannot be pickled: {exc}"
+        )
+        return wire.RAISED, _exc_payload(err, " while pickling the result")
+
+
+def load_outcome(status: int, data: bytes) -> tuple[bool, Any]:
+    """(ok, value-or-exception) from a status and payload; used by clients too."""
+    try:
+        value = cloudpickle.loads(data)
+    except BaseException as exc:
+        return False, GmpdError(
+            f"cannot unpickle the task's {'result' if status == wire.OK else 'error'}: {exc}"
+        )
+    if status == wire.OK:
+        return True, value
+    err, text = value
+    err.__cause__ = RemoteTraceback(text)
+    return False, err
+
+
+class ChildFuture(Future[Any]):
+    """The future of a G spawned inside a task.  ``result()`` helps: while
+    the child is not done, the waiting M runs Gs of its own P inline."""
+
+    def __init__(self, m: M, handle: int) -> None:
+        super().__init__()
+        self._m, self._h = m, handle
+
+    def _collect(self, timeout: float | None) -> None:
+        if self.done():
+            return
+        status, data = self._m.wait_child(self._h, timeout)
+        ok, value = load_outcome(status, data)
+        self._m.node.g_free(self._h)
+        if ok:
+            self.set_result(value)
+        else:
+            self.set_exception(value)
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._collect(timeout)
+        return super().result(0)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._collect(timeout)
+        return super().exception(0)
+
+
+class M:
+    def __init__(self, nm: NodeMemory, m: int, endpoint: str, lifeline: int, spin_ms: int) -> None:
+        self.nm, self.node, self.m = nm, nm.node, m
+        self.nprocs = self.node.nprocs
+        self.endpoint, self.lifeline, self.spin_ms = endpoint, lifeline, spin_ms
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.connect(endpoint)
+        self.p, self.epoch = -1, 0
+        self.runq: RunQ | None = None
+        self.pending = 0  # a G handed over with a grant or a batch, to run first
+        self.curg = 0
+        self.depth = 0
+        self.results: list[tuple[int, int, bytes]] = []
+        self.oldest = 0.0
+        self.rng = random.Random(os.getpid())
+        self.stopping = False
+
+    # ---- talking to the coordinator ---------------------------------------
+
+    def send(self, msg: wire.Message) -> None:
+        self.sock.send(wire.encode(msg), copy=False)
+
+    def recv(self, timeout_ms: int) -> wire.Message:
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            left = int((deadline - time.monotonic()) * 1000)
+            if left < 0 or not self.sock.poll(max(left, 0)):
+                raise Shutdown("the coordinator stopped answering")
+            try:
+                msg = wire.decode(self.sock.recv())
+            except wire.WireError:
+                continue
+            if isinstance(msg, wire.Bye):
+                raise Shutdown(msg.reason)
+            return msg
+
+    def call(self, msg: wire.Message, timeout_ms: int = REQUEST_TIMEOUT_MS) -> wire.Message:
+        self.send(msg)
+        return self.recv(timeout_ms)
+
+    def flush(self) -> None:
+        if self.results:
+            self.send(wire.Results(self.results))
+            self.results = []
+
+    def spill(self, batch: tuple[int, ...]) -> None:
+        """A full ring's half + 1 go to the global queue (runqputslow)."""
+        assert self.runq is not None
+        self.send(wire.Spill(self.p, self.epoch, list(batch)))
+        self.runq.release()
+        self.node.sched_add(Counter.SPILLS, 1)
+
+    # ---- P ---------------------------------------------------------------
+
+    def adopt(self, grant: wire.Grant) -> None:
+        """Install a granted P (CAS on its state word with the new epoch)."""
+        while True:
+            seen = self.node.p_state(grant.p)
+            if seen[2] >= grant.epoch and seen[1] != self.m:
+                return  # a newer grant exists: this one is stale
+            if self.node.p_cas(grant.p, seen, (PStatus.RUNNING, self.m, grant.epoch)):
+                break
+        self.p, self.epoch = grant.p, grant.epoch
+        self.runq = self.nm.runq(grant.p, self.m)
+        self.node.m_set(self.m, p=grant.p, state=MState.IDLE)
+        self.pending = self.take_work(grant.roots, grant.locals)
+
+    def drop_p(self) -> None:
+        """releasep, then tell the coordinator (stopm's first half)."""
+        if self.p < 0:
+            return
+        self.flush()
+        self.node.releasep(self.p, self.m, self.epoch)
+        self.send(wire.Release(self.m, self.p, self.epoch))
+        self.node.m_set(self.m, p=-1)
+        self.p, self.runq = -1, None
+
+    def take_work(self, roots: list[tuple[int, bytes]], locals_: list[int]) -> int:
+        """Gs for a global batch: run the first, queue the rest locally."""
+        assert self.runq is not None
+        hs = [self.node.g_new(self.p, payload, root_id=tid) for tid, payload in roots] + locals_
+        for h in hs[1:]:
+            batch = self.runq.put(h)
+            if batch is not None:
+                self.spill(batch)
+        if hs:
+            self.node.sched_add(Counter.GLOBAL_TAKES, 1)
+        return hs[0] if hs else 0
+
+    def get_work(self, limit: int, wait_ms: int) -> int:
+        self.flush()
+        reply = self.call(
+            wire.GetWork(self.m, self.p, self.epoch, limit, wait_ms), REQUEST_TIMEOUT_MS + wait_ms
+        )
+        if isinstance(reply, wire.Revoke):
+            self.p, self.runq = -1, None  # our lease is gone; the P is someone else's
+            return 0
+        if isinstance(reply, wire.Work):
+            return self.take_work(reply.roots, reply.locals)
+        return 0
+
+    # ---- the schedule loop (gmpd.sched, steps 1-6) -------------------------
+
+    def steal(self, spinning: bool) -> int:
+        """Go's stealWork, if this M spins or spinners are under half the busy Ps."""
+        assert self.runq is not None
+        sched = self.node.sched()
+        if not spinning and 2 * sched[Counter.NMSPINNING] >= self.nprocs - sched[Counter.NPIDLE]:
+            return 0
+        for i in range(STEAL_TRIES):
+            for victim in steal_order(self.nprocs, self.rng):
+                if victim == self.p:
+                    continue
+                g = self.runq.steal(victim, runnext=i == STEAL_TRIES - 1)
+                if g is not None:
+                    self.node.sched_add(Counter.STEALS, 1)
+                    self.node.sched_add(Counter.STOLEN, len(self.runq) + 1)
+                    return g
+        return 0
+
+    def find_runnable(self) -> tuple[int, bool]:
+        """(G, inherit_time), or (0, False) when there is nothing to run or
+        the lease was revoked meanwhile (``self.runq`` is then None)."""
+        if self.pending:
+            g, self.pending = self.pending, 0
+            return g, False
+        tick = self.node.p_ticks(self.p)[0]
+        g = self.get_work(1, 0) if tick % FAIRNESS_TICK == 0 and tick > 0 else 0
+        runq = self.runq
+        if g or runq is None:
+            return g, False
+        local = runq.get()
+        if local is not None:
+            return local, runq.inherit_time
+        g = self.get_work(GLOBAL_BATCH, 0)
+        if not g and self.runq is not None:
+            g = self.steal(False) or self.spin()
+        return g, False
+
+    def spin(self) -> int:
+        """Out of work: look for some for spin_ms, as a spinning M."""
+        self.node.sched_add(Counter.NMSPINNING, 1)
+        self.node.sched_add(Counter.SPINS, 1)
+        self.node.m_set(self.m, state=MState.SPINNING)
+        try:
+            deadline = time.monotonic() + self.spin_ms / 1000
+            while time.monotonic() < deadline and self.runq is not None:
+                if g := self.get_work(GLOBAL_BATCH, 1):
+                    return g
+                if self.runq is not None and (g := self.steal(True)):
+                    return g
+            return 0
+        finally:
+            self.node.sched_add(Counter.NMSPINNING, -1)
+            self.node.m_set(self.m, state=MState.IDLE)
+
+    def stopm(self) -> None:
+        """Park on the futex until woken, then ask for a P."""
+        self.flush()
+        node = self.node
+        node.m_set(self.m, state=MState.PARKED)
+        node.sched_add(Counter.NMIDLE, 1)
+        node.sched_add(Counter.PARKS, 1)
+        try:
+            while node.m_info(self.m)[0] != MState.WAKING:
+                seen = node.m_info(self.m)[5]
+                if node.m_info(self.m)[0] == MState.WAKING:
+                    break
+                node.park(self.m, seen, 1.0)
+                if self.sock.poll(0):
+                    self.recv(0)  # only Bye arrives unasked
+        finally:
+            node.sched_add(Counter.NMIDLE, -1)
+        node.m_set(self.m, state=MState.SPINNING)
+        reply = self.call(wire.LeaseRequest(self.m, True))
+        if isinstance(reply, wire.Grant) and reply.p >= 0:
+            self.adopt(reply)
+
+    def wakep(self) -> None:
+        """Go's wakep, node-local: new Gs in our queue, an idle P, nobody spinning."""
+        sched = self.node.sched()
+        if sched[Counter.NMSPINNING] or not sched[Counter.NPIDLE]:
+            return
+        for other in range(self.node.nms):
+            if other != self.m and self.node.m_cas_state(other, MState.PARKED, MState.WAKING):
+                self.node.wake(other)
+                self.node.sched_add(Counter.WAKEUPS, 1)
+                return
+
+    def schedule(self) -> None:
+        while not self.stopping:
+            if self.p < 0:
+                self.stopm()
+                continue
+            g, inherit = self.find_runnable()
+            if g:
+                self.execute(g, inherit)
+            elif self.p >= 0:
+                self.drop_p()
+
+    # ---- running Gs --------------------------------------------------------
+
+    def execute(self, h: int, inherit: bool, claimed: bool = False) -> None:
+        """Run G h: taken from a queue (``g_take`` arbitrates with a joiner
+        that claimed it), or already ``claimed`` by this M as a joiner."""
+        node = self.node
+        assert self.runq is not None
+        if not claimed and not node.g_take(h):
+            self.runq.release()
+            return  # a waiting parent ran it inline; its queue entry was stale
+        if not inherit:
+            node.schedtick(self.p)
+        node.g_set_owner(h, self.m)
+        outer = self.curg
+        self.curg = h
+        node.m_set(self.m, curg=h, state=MState.RUNNING)
+        self.runq.release()  # recorded as curg: the queue no longer needs to hold it
+        info = node.g_info(h)
+        if not outer:  # an M counts once, however deep it nests inline runs
+            node.sched_add(Counter.RUNNING, 1)
+        try:
+            status, data = run_payload(node.g_payload(h))
+        finally:
+            if not outer:
+                node.sched_add(Counter.RUNNING, -1)
+        node.m_ran(self.m)
+        parent, root_id = info[2], info[3]
+        if parent == 0 and root_id:
+            self.results.append((root_id, status, data))
+            node.g_free(h)
+            if len(self.results) == 1:
+                self.oldest = time.monotonic()
+            if len(self.results) >= FLUSH_EVERY or time.monotonic() - self.oldest > FLUSH_AGE:
+                self.flush()
+        else:
+            node.g_set_result(h, self.p, data, status)
+        self.curg = outer
+        node.m_set(self.m, curg=outer, state=MState.RUNNING if outer else MState.IDLE)
+
+    def go(self, payload: bytes) -> ChildFuture:
+        """gmpd.go inside a task: the child goes into runnext, no socket."""
+        assert self.runq is not None
+        h = self.node.g_new(self.p, payload, parent=self.curg)
+        batch = self.runq.put_next(h)
+        if batch is not None:
+            self.spill(batch)
+        self.wakep()
+        return ChildFuture(self, h)
+
+    def inline(self, g: int, inherit: bool, claimed: bool) -> None:
+        self.depth += 1
+        self.node.sched_add(Counter.INLINE, 1)
+        try:
+            self.execute(g, inherit, claimed)
+        finally:
+            self.depth -= 1
+
+    def wait_child(self, h: int, timeout: float | None) -> tuple[int, bytes]:
+        """Join-helping (ForkJoinPool's): run child h inline if it is still
+        unstarted, wherever it is queued; else run Gs of our own P while it
+        runs elsewhere, nesting at most MAX_INLINE_DEPTH deep."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            out = self.node.g_result(h)
+            if out is not None:
+                return out
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"child G {h:#x} did not finish in {timeout} s")
+            if self.depth < MAX_INLINE_DEPTH and self.runq is not None:
+                if self.node.g_claim(h):
+                    self.inline(h, False, True)
+                    continue
+                g = self.runq.get()
+                if g is not None:
+                    self.inline(g, self.runq.inherit_time, False)
+                    continue
+            seen = self.node.m_info(self.m)[5]
+            if self.node.g_wait_register(h, self.m):
+                continue
+            self.node.park(self.m, seen, 0.005)
+
+    # ---- lifecycle --------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """Heartbeat thread: renew the lease; exit if the node agent dies."""
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        sock.send(wire.encode(wire.Hello("m-hb", os.getpid(), self.nm.name, self.m)))
+        lifeline = os.pidfd_open(self.lifeline)
+        try:
+            while not self.stopping:
+                if select.select([lifeline], [], [], 0.25)[0]:
+                    os._exit(0)  # our node agent is gone: nobody will clean up after us
+                self.node.heartbeat(self.m)
+                if self.p >= 0:
+                    sock.send(wire.encode(wire.Renew(self.m, self.p, self.epoch)))
+        finally:
+            sock.close(0)
+            os.close(lifeline)
+
+    def run(self) -> None:
+        global CURRENT  # noqa: PLW0603 - the one M this process is, for gmpd.go
+        CURRENT = self
+        self.node.m_set(self.m, pid=os.getpid(), state=MState.NEW)
+        self.send(wire.Hello("m", os.getpid(), self.nm.name, self.m))
+        hb = threading.Thread(target=self.heartbeat, name="gmpd-heartbeat", daemon=True)
+        hb.start()
+        try:
+            reply = self.call(wire.LeaseRequest(self.m, False))
+            if isinstance(reply, wire.Grant) and reply.p >= 0:
+                self.adopt(reply)
+            self.schedule()
+        except Shutdown:
+            pass
+        finally:
+            # No ctx.term() or join: the heartbeat thread may sit in select;
+            # the process exits (os._exit) right after this returns.
+            self.stopping = True
+            self.node.m_set(self.m, state=MState.EXITING, p=-1, curg=0)
+            self.sock.close(0)
+
+
+def main(nm: NodeMemory, m: int, endpoint: str, lifeline: int, spin_ms: int) -> None:
+    """Entry point of a forked M process."""
+    M(nm, m, endpoint, lifeline, spin_ms).run()

@@ -1,0 +1,199 @@
+"""The node agent: creates node shared memory and starts every other process.
+
+Embedded mode (``gmpd.Executor()``): the client execs one process,
+``python -m gmpd.node``, which never creates a ZeroMQ context, so it can
+fork safely.  Process tree and who watches whom::
+
+    client ──exec──> node agent (setsid; owns the node segments)
+                       ├─fork─> coordinator       exits when the client dies
+                       └─fork─> template          fork server, Go's templateThread
+                                  └─fork─> M0..Mk  exit when the node agent dies
+
+The template is forked before anything holds a socket and exists only to
+fork Ms from that clean state ("spawn <m>" on its command pipe; it reports
+"pid <m> <pid>" and "exit <m> <pid> <status>" back).  Ms inherit the node
+mapping.  The node agent exits when the client dies, or when the
+coordinator exits (shutdown), after killing what is left and unlinking the
+segments, so nothing outlives the cluster.
+
+Runs in: the node agent process (and, after fork, the template).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import select
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+
+from gmpd import coordinator, m
+from gmpd.shm import NodeMemory
+
+GRACE = 2.0  # seconds a process gets to exit by itself at shutdown
+
+
+def fork(fn: Callable[[], object], close: tuple[int, ...] = ()) -> int:
+    """Run ``fn`` in a forked child that never returns into our code."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child side; its effects are tested
+        code = 0
+        try:
+            for fd in close:
+                os.close(fd)
+            fn()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            os._exit(code)
+    return pid
+
+
+def template(nm: NodeMemory, cmd: int, report: int, *, endpoint: str, lifeline: int, spin_ms: int) -> None:
+    """The fork server: start Ms on request, reap them, report both.  When
+    the command pipe closes it waits for its Ms (SIGKILL after a grace), so
+    no M outlives it unnoticed."""
+    children: dict[int, int] = {}
+
+    def reap() -> None:
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            with contextlib.suppress(OSError):
+                os.write(report, f"exit {children.pop(pid, -1)} {pid} {status}\n".encode())
+
+    buf = b""
+    while True:
+        ready = select.select([cmd], [], [], 0.05)[0]
+        reap()
+        if not ready:
+            continue
+        data = os.read(cmd, 4096)
+        if not data:  # the node agent is shutting down or died
+            deadline = time.monotonic() + GRACE
+            while children and time.monotonic() < deadline:
+                time.sleep(0.005)
+                reap()
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            while children:
+                pid, _status = os.waitpid(-1, 0)
+                children.pop(pid, None)
+            return
+        buf += data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            mid = int(line.split()[1])
+            pid = fork(functools.partial(m.main, nm, mid, endpoint, lifeline, spin_ms), close=(cmd, report))
+            children[pid] = mid
+            os.write(report, f"pid {mid} {pid}\n".encode())
+
+
+class NodeAgent:
+    def __init__(self, rundir: str, nprocs: int, client: int, lease_ttl: float, spin_ms: int) -> None:
+        self.nprocs = nprocs
+        self.client = client
+        self.endpoint = f"ipc://{rundir}/coord"
+        self.nm = NodeMemory.create(nprocs, max(2 * nprocs, nprocs + 2))
+        self.coord = fork(
+            functools.partial(coordinator.main, self.endpoint, nprocs, self.nm.name, lease_ttl, client)
+        )
+        cmd_r, self.cmd = os.pipe()
+        self.reports, rep_w = os.pipe()
+        agent = os.getpid()
+        self.template = fork(
+            functools.partial(
+                template, self.nm, cmd_r, rep_w, endpoint=self.endpoint, lifeline=agent, spin_ms=spin_ms
+            ),
+            close=(self.cmd, self.reports),
+        )
+        os.close(cmd_r)
+        os.close(rep_w)
+        self.ms: dict[int, int] = {}  # pid -> M index
+
+    def spawn(self, mid: int) -> None:
+        os.write(self.cmd, f"spawn {mid}\n".encode())
+
+    def on_report(self, line: str) -> None:
+        what, mid, pid = line.split()[:3]
+        if what == "pid":
+            self.ms[int(pid)] = int(mid)
+        else:
+            self.ms.pop(int(pid), None)
+
+    def run(self) -> None:
+        for mid in range(self.nprocs):
+            self.spawn(mid)
+        client = os.pidfd_open(self.client)
+        coord = os.pidfd_open(self.coord)
+        sys.stdout.write(f"ready {self.nm.name}\n")
+        sys.stdout.flush()
+        buf = b""
+        try:
+            while True:
+                ready = select.select([client, coord, self.reports], [], [], 1.0)[0]
+                if client in ready or coord in ready:
+                    return
+                if self.reports in ready:
+                    data = os.read(self.reports, 65536)
+                    if not data:
+                        return
+                    buf += data
+                    while b"\n" in buf:
+                        line, buf = buf.split(b"\n", 1)
+                        self.on_report(line.decode())
+        finally:
+            os.close(client)
+            os.close(coord)
+
+    def stop(self) -> None:
+        """Let Ms and the coordinator finish (they got Bye), kill what lingers,
+        unlink the segments."""
+        deadline = time.monotonic() + GRACE
+        os.close(self.cmd)  # the template reaps (or kills) its Ms, then exits
+        _reap(self.coord, deadline)
+        _reap(self.template, deadline + GRACE)
+        self.nm.close()
+
+
+def _reap(pid: int, deadline: float) -> None:
+    """Wait for child ``pid`` until ``deadline``, then SIGKILL and wait."""
+    while time.monotonic() < deadline:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return
+        time.sleep(0.005)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m gmpd.node RUNDIR NPROCS CLIENT_PID CWD SYS_PATH_JSON LEASE_TTL SPIN_MS``."""
+    rundir, nprocs, client, cwd = argv[0], int(argv[1]), int(argv[2]), argv[3]
+    paths, lease_ttl, spin_ms = json.loads(argv[4]), float(argv[5]), int(argv[6])
+    os.setsid()  # the user's Ctrl-C reaches the client, which shuts us down
+    os.chdir(cwd)
+    sys.path[:0] = [p for p in paths if p not in sys.path]
+    agent = NodeAgent(rundir, nprocs, client, lease_ttl, spin_ms)
+    try:
+        agent.run()
+    finally:
+        agent.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

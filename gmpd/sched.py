@@ -1,0 +1,95 @@
+"""The scheduler: Go's G-M-P model across processes.  Read this before m.py.
+
+Concepts (``../shared/reference/go-scheduler.md`` §0, §3):
+
+- G, a task: a record and payload in node shared memory (gmpd.g).
+- M, a worker process (gmpd.m).  It runs task code only while it holds a P.
+- P, a lease granted by the coordinator with an epoch; GOMAXPROCS of them.
+  Each P owns a run queue (``runnext`` + 256-slot ring, native/runq.c).
+
+The schedule loop of an M holding P (``M.find_runnable``), Go's order:
+
+1. every 61st schedtick, one G from the global queue (fairness: two Gs that
+   keep respawning each other in ``runnext`` cannot starve the global queue);
+2. ``runnext``, then the local ring (``runqget``);
+3. a global batch of ``min(128, len, len/GOMAXPROCS + 1)`` (the coordinator
+   computes it; the M runs one and puts the rest in its ring);
+4. steal from a random same-node P: 4 passes over all Ps in coprime random
+   order, ``runnext`` only on the last pass; only if spinning Ms are fewer
+   than half the busy Ps (``2 * nmspinning < GOMAXPROCS - npidle``);
+5. spin: hold a long-poll GetWork at the coordinator for a short while,
+   stealing between polls (the M counts in ``nmspinning``);
+6. ``stopm``: release the P (shared memory first, then tell the
+   coordinator), park on the M's futex.
+
+Wake-ups (``wakep``): new work wakes one parked M only when there is an idle
+P and no spinning M.  Global work: the coordinator does it (it maps the node
+segment and futex-wakes directly).  A G spawned inside a task (``gmpd.go``)
+goes into the spawning P's ``runnext`` with no socket message; the spawning
+M then applies the same rule itself, locally: CAS a parked M's state from
+PARKED to WAKING and futex-wake it.  The woken M asks the coordinator for a
+lease; if no P is free it parks again.
+
+Invariant: at most GOMAXPROCS Ms run task code at once.  An M runs task code
+only between acquiring a P (a CAS on the P state word carrying the granted
+epoch) and releasing it, and a P has one holder; the ``RUNNING`` counter
+(incremented around each task) and its high-water mark ``RUNNING_MAX`` are
+in the node segment so tests and ``statistics()`` can prove it.
+
+Runs in: M processes (the loop) and the coordinator (wakep for global work).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+
+
+class MState(enum.IntEnum):
+    """An M's state word in node shared memory (owner: the M; the coordinator
+    and spawning Ms CAS PARKED -> WAKING)."""
+
+    NEW = 0
+    PARKED = 1
+    WAKING = 2
+    SPINNING = 3
+    RUNNING = 4
+    IDLE = 5  # holds a P, between Gs
+    EXITING = 6
+
+
+class Counter(enum.IntEnum):
+    """Node-wide counters (``enum gmpd_sched_counter`` in native/runq.h)."""
+
+    NMSPINNING = 0
+    NPIDLE = 1
+    NMIDLE = 2
+    RUNNING = 3
+    RUNNING_MAX = 4
+    STEALS = 5
+    STOLEN = 6
+    GLOBAL_TAKES = 7
+    SPINS = 8
+    PARKS = 9
+    WAKEUPS = 10
+    SPILLS = 11
+    INLINE = 12
+
+
+FAIRNESS_TICK = 61  # Go: schedtick % 61 takes one global G first
+STEAL_TRIES = 4  # Go's stealTries
+GLOBAL_BATCH = 128  # len(p.runq) / 2
+
+
+def steal_order(count: int, rng: random.Random) -> list[int]:
+    """Go's randomOrder: start anywhere, step by a stride coprime with count,
+    so every P is visited exactly once in a pseudo-random order."""
+    coprimes = [i for i in range(1, count + 1) if math.gcd(i, count) == 1]
+    pos = rng.randrange(count)
+    inc = rng.choice(coprimes)
+    order = []
+    for _ in range(count):
+        order.append(pos)
+        pos = (pos + inc) % count
+    return order

@@ -1,0 +1,82 @@
+"""Frozen statistics snapshots, read from node shared memory.
+
+Runs in: the client (``Executor.statistics()``); reads only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gmpd.runq import PStatus
+from gmpd.sched import Counter, MState
+from gmpd.shm import NodeMemory
+
+
+@dataclass(frozen=True)
+class PStats:
+    p: int
+    status: PStatus
+    owner: int  # M index, -1 if idle
+    epoch: int
+    runqsize: int
+    schedtick: int
+    syscalltick: int
+
+
+@dataclass(frozen=True)
+class MStats:
+    m: int
+    state: MState
+    pid: int
+    p: int
+    curg: int
+    tasks_run: int
+
+
+@dataclass(frozen=True)
+class Statistics:
+    gomaxprocs: int
+    ps: tuple[PStats, ...]
+    ms: tuple[MStats, ...]
+    tasks_submitted: int
+    tasks_completed: int
+    steals: int
+    stolen: int  # Gs moved by steals
+    global_takes: int
+    spins: int
+    parks: int
+    wakeups: int
+    spills: int
+    inline_runs: int  # Gs a waiting parent ran itself (join-helping)
+    running_max: int  # most Ms ever seen running task code at once
+
+
+def snapshot(nm: NodeMemory, submitted: int, completed: int) -> Statistics:
+    node = nm.node
+    ps = []
+    for p in range(node.nprocs):
+        status, owner, epoch = node.p_state(p)
+        schedtick, syscalltick, _preempt = node.p_ticks(p)
+        ps.append(PStats(p, PStatus(status), owner, epoch, node.runq_len(p), schedtick, syscalltick))
+    ms = []
+    for m in range(node.nms):
+        state, curg, p, pid, _hb, _park, nrun = node.m_info(m)
+        if pid:
+            ms.append(MStats(m, MState(state), pid, p, curg, nrun))
+    c = node.sched()
+    return Statistics(
+        gomaxprocs=node.nprocs,
+        ps=tuple(ps),
+        ms=tuple(ms),
+        tasks_submitted=submitted,
+        tasks_completed=completed,
+        steals=c[Counter.STEALS],
+        stolen=c[Counter.STOLEN],
+        global_takes=c[Counter.GLOBAL_TAKES],
+        spins=c[Counter.SPINS],
+        parks=c[Counter.PARKS],
+        wakeups=c[Counter.WAKEUPS],
+        spills=c[Counter.SPILLS],
+        inline_runs=c[Counter.INLINE],
+        running_max=c[Counter.RUNNING_MAX],
+    )

@@ -1,0 +1,256 @@
+"""gmpd.Executor: concurrent.futures semantics on the embedded cluster."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import CancelledError, as_completed, wait
+
+import pytest
+
+import gmpd
+from gmpd.m import RemoteTraceback
+from gmpd.shm import SHM_DIR
+from tests.conftest import children_of
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def boom(msg: str) -> None:
+    raise ValueError(msg)
+
+
+def sleep_then(x: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return x
+
+
+def echo(x: object) -> object:
+    return x
+
+
+def exit_task() -> None:
+    raise SystemExit(3)
+
+
+def unpicklable_result() -> object:
+    return threading.Lock()
+
+
+def fan(n: int) -> int:
+    futures = [gmpd.go(square, i) for i in range(n)]
+    return sum(f.result() for f in futures)
+
+
+def fib(n: int) -> int:
+    if n < 10:
+        a, b = 0, 1
+        for _ in range(n):
+            a, b = b, a + b
+        return a
+    left, right = gmpd.go(fib, n - 1), gmpd.go(fib, n - 2)
+    return int(left.result() + right.result())
+
+
+def spin_ms(ms: float) -> int:
+    end = time.perf_counter() + ms / 1000
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return n
+
+
+@pytest.fixture
+def ex() -> Iterator[gmpd.Executor]:
+    """A fresh 2-P cluster per test, so conftest's leftover check covers each."""
+    with gmpd.Executor(2) as executor:
+        yield executor
+
+
+def test_executor_submit_and_map(ex: gmpd.Executor) -> None:
+    assert ex.submit(square, 7).result() == 49
+    assert list(ex.map(square, range(100))) == [x * x for x in range(100)]
+    assert list(ex.map(square, range(1000), chunksize=64)) == [x * x for x in range(1000)]
+    assert list(ex.map(pow, [2, 3], [5, 2])) == [32, 9]
+
+
+def test_executor_closures_and_lambdas(ex: gmpd.Executor) -> None:
+    k = 10
+    assert ex.submit(lambda x: x + k, 5).result() == 15
+
+
+def test_executor_exception_carries_remote_traceback(ex: gmpd.Executor) -> None:
+    fut = ex.submit(boom, "bad input")
+    with pytest.raises(ValueError, match="bad input") as info:
+        fut.result()
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "boom" in str(cause)
+    assert ex.submit(square, 3).result() == 9, "the M keeps working after a task raised"
+
+
+def test_executor_system_exit_fails_only_that_task(ex: gmpd.Executor) -> None:
+    with pytest.raises(SystemExit):
+        ex.submit(exit_task).result()
+    assert ex.submit(square, 4).result() == 16
+
+
+def test_executor_unpicklable_argument_fails_only_that_task(ex: gmpd.Executor) -> None:
+    fut = ex.submit(echo, threading.Lock())
+    with pytest.raises(TypeError, match="pickle"):
+        fut.result()
+    assert ex.submit(square, 5).result() == 25
+
+
+def test_executor_unpicklable_result_fails_only_that_task(ex: gmpd.Executor) -> None:
+    with pytest.raises(pickle.PicklingError, match="cannot be pickled"):
+        ex.submit(unpicklable_result).result()
+    assert ex.submit(square, 6).result() == 36
+
+
+def test_executor_large_arguments_and_results(ex: gmpd.Executor) -> None:
+    blob = os.urandom(20 * 2**20)
+    assert ex.submit(echo, blob).result() == blob
+
+
+def test_executor_ten_thousand_tiny_tasks(ex: gmpd.Executor) -> None:
+    futures = [ex.submit(square, i) for i in range(10_000)]
+    assert sum(f.result() for f in futures) == sum(i * i for i in range(10_000))
+
+
+def test_executor_futures_work_with_wait_and_as_completed(ex: gmpd.Executor) -> None:
+    futures = [ex.submit(sleep_then, i, 0.01 * (i % 3)) for i in range(12)]
+    done, not_done = wait(futures, timeout=30)
+    assert len(done) == 12 and not not_done
+    assert sorted(f.result() for f in as_completed(futures)) == list(range(12))
+
+
+def test_executor_map_timeout(ex: gmpd.Executor) -> None:
+    it = ex.map(sleep_then, [1, 2], [2.0, 2.0], timeout=0.2)
+    with pytest.raises(TimeoutError):
+        list(it)
+
+
+def test_executor_cancel_while_pending(ex: gmpd.Executor) -> None:
+    blockers = [ex.submit(sleep_then, i, 0.3) for i in range(4)]
+    queued = [ex.submit(square, i) for i in range(50)]
+    cancelled = [f for f in queued if f.cancel()]
+    assert cancelled, "some queued futures must still be cancellable"
+    for f in cancelled:
+        with pytest.raises(CancelledError):
+            f.result()
+    for f in blockers + [f for f in queued if f not in cancelled]:
+        assert f.done() or f.result() is not None
+
+
+def test_executor_nested_fan_out_and_recursion(ex: gmpd.Executor) -> None:
+    assert ex.submit(fan, 400).result() == sum(i * i for i in range(400))
+    assert ex.submit(fib, 18).result() == 2584
+
+
+def test_executor_go_from_the_client_uses_the_active_executor(ex: gmpd.Executor) -> None:
+    assert gmpd.go(square, 9).result() == 81
+
+
+def test_executor_stealing_shows_in_statistics(ex: gmpd.Executor) -> None:
+    before = ex.statistics()
+    assert ex.submit(lambda: sum(f.result() for f in [gmpd.go(spin_ms, 2) for _ in range(200)])).result() > 0
+    after = ex.statistics()
+    assert after.steals > before.steals, "the other P must have stolen some of the 200 children"
+    assert after.stolen > before.stolen
+
+
+def test_executor_gomaxprocs_invariant_under_load(ex: gmpd.Executor) -> None:
+    futures = [ex.submit(spin_ms, 1) for _ in range(300)]
+    futures += [ex.submit(fan, 50) for _ in range(20)]
+    wait(futures)
+    stats = ex.statistics()
+    assert stats.running_max <= stats.gomaxprocs == 2
+    assert stats.running_max >= 1
+    assert sum(m.tasks_run for m in stats.ms) >= 300
+    assert {p.p for p in stats.ps} == {0, 1}
+
+
+def test_executor_max_workers_validation() -> None:
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+            gmpd.Executor(bad)
+
+
+def test_executor_submit_after_shutdown_raises() -> None:
+    ex = gmpd.Executor(1)
+    ex.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(square, 1)
+
+
+def test_executor_shutdown_cancel_futures() -> None:
+    ex = gmpd.Executor(1)
+    running = ex.submit(sleep_then, 1, 0.5)
+    deadline = time.monotonic() + 10
+    while not running.running() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert running.running(), "the client learns when a task has started"
+    queued = [ex.submit(square, i) for i in range(100)]
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert running.result() == 1
+    assert all(f.done() for f in queued)
+    assert any(f.cancelled() for f in queued)
+
+
+def test_executor_shutdown_without_wait_still_finishes_and_cleans_up() -> None:
+    ex = gmpd.Executor(2)
+    futures = [ex.submit(sleep_then, i, 0.05) for i in range(8)]
+    ex.shutdown(wait=False)
+    assert [f.result(timeout=30) for f in futures] == list(range(8))
+    ex._io.done.wait(30)
+
+
+def test_executor_client_sigkilled_takes_the_cluster_down() -> None:
+    code = """
+        import sys, time, gmpd
+        ex = gmpd.Executor(2)
+        print(ex._cluster.proc.pid, ex._cluster.node_name, flush=True)
+        ex.submit(time.sleep, 60)
+        time.sleep(60)
+    """
+    client = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True
+    )
+    assert client.stdout is not None
+    try:
+        agent_pid, node_name = client.stdout.readline().split()
+        deadline = time.monotonic() + 10
+        while len(cluster := children_of(client.pid)) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert int(agent_pid) in cluster and len(cluster) >= 5  # agent, coordinator, template, 2 Ms
+    finally:
+        client.send_signal(signal.SIGKILL)
+        client.wait()
+        client.stdout.close()
+    deadline = time.monotonic() + 10
+    alive: set[int] = set(cluster)
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in cluster if os.path.exists(f"/proc/{pid}") and _not_zombie(pid)}
+        time.sleep(0.05)
+    assert not alive, f"cluster processes outlived their client: {sorted(alive)}"
+    assert not (SHM_DIR / node_name).exists()
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
