@@ -43,12 +43,11 @@ pytest: build
 
 test: build native lint typecheck pytest
 
-# The runtime (Executor, task farm) arrives with issue 3; until then the demo
-# runs the real native run queue under a multi-process stress and benchmark.
+# The main job: a real CPU-bound farm (prime counting over heavy-tailed
+# ranges, with nested fan-out) on the embedded cluster, beside
+# ProcessPoolExecutor running the same work.
 demo: build
-	@echo "gmpd demo: the task-farm runtime is not built yet (issue 3)."
-	@echo "Running the native per-P run queue benchmark instead:"
-	$(BIN)/python bench/runq.py
+	$(BIN)/python examples/primes.py
 
 bench: build
 	$(BIN)/python bench/runq.py --json
