@@ -102,8 +102,9 @@ def main() -> int:
         f"ProcessPoolExecutor  primes={ppe_total:,}  farm {ppe_run:6.2f} s  (with start/stop {ppe_all:6.2f} s)"
     )
     print(
-        f"gmpd scheduler: {stats.steals} steals moved {stats.stolen} Gs, {stats.inline_runs} Gs run inline by "
-        f"waiting parents, {stats.global_takes} global batches, at most {stats.running_max} Ms running at once"
+        f"gmpd scheduler: {stats.steals} steals moved {stats.stolen} Gs; {stats.inline_runs} Gs run inline "
+        f"by waiting parents; {stats.global_takes} global batches; "
+        f"at most {stats.running_max} Ms running task code at once"
     )
     if gmpd_total != ppe_total:
         print("MISMATCH: the two answers differ", file=sys.stderr)
