@@ -75,9 +75,7 @@ def main() -> int:
     args = ap.parse_args()
     ranges = make_ranges(args.tasks, args.seed)
     span = sum(hi - lo for lo, hi in ranges)
-    print(
-        f"counting primes in {span:,} numbers: {len(ranges)} ranges of heavy-tailed length, {args.workers} workers"
-    )
+    print(f"counting primes in {span:,} numbers: {len(ranges)} heavy-tailed ranges, {args.workers} workers")
 
     t = time.perf_counter()
     with gmpd.Executor(args.workers) as ex:
@@ -95,12 +93,9 @@ def main() -> int:
         ppe_total = sum(f.result() for f in futures)
     ppe_run, ppe_all = time.perf_counter() - started, time.perf_counter() - t
 
-    print(
-        f"gmpd                 primes={gmpd_total:,}  farm {gmpd_run:6.2f} s  (with start/stop {gmpd_all:6.2f} s)"
-    )
-    print(
-        f"ProcessPoolExecutor  primes={ppe_total:,}  farm {ppe_run:6.2f} s  (with start/stop {ppe_all:6.2f} s)"
-    )
+    rows = (("gmpd", gmpd_total, gmpd_run, gmpd_all), ("PPE", ppe_total, ppe_run, ppe_all))
+    for name, total, run, whole in rows:
+        print(f"{name:<5} primes={total:,}  farm {run:6.2f} s  (with start and stop {whole:6.2f} s)")
     print(
         f"gmpd scheduler: {stats.steals} steals moved {stats.stolen} Gs; {stats.inline_runs} Gs run inline "
         f"by waiting parents; {stats.global_takes} global batches; "
