@@ -72,6 +72,9 @@
 #ifndef PRE
 #define PRE 0                   /* Gs 1..PRE already queued in P0 at start */
 #endif
+#ifndef OSTEAL
+#define OSTEAL 0                /* owner M0 steals once from P1 when P0 is empty */
+#endif
 #ifndef REPLACE
 #define REPLACE 1               /* start a replacement M after recovery */
 #endif
@@ -423,12 +426,13 @@ inline runqsteal(P, V, M)
  * that states after the crash do not differ by what it had in registers. */
 #define DIE(m) \
     d_step { dead[m] = 1; x = 0; r = 0; n = 0; j = 0; q = 0; h = 0; t = 0; vt = 0; hc = 0; htm = 0; \
-             hts = 0; nt = 0; ns = 0; ng = 0; gg = 0; kicked = 0; seq = 0; kind = 0; ok = 0; nxt = 0; g = 0 }
+             hts = 0; nt = 0; ns = 0; ng = 0; gg = 0; kicked = 0; seq = 0; kind = 0; ok = 0; nxt = 0; g = 0; osteal = 0 }
 
 proctype Owner(byte g0; bit first)
 {
     LOCALS;
     byte g = g0;
+    bit osteal;
     {
         do
         :: g <= NG ->
@@ -469,6 +473,15 @@ proctype Owner(byte g0; bit first)
         :: runqget(0, 0);
             if
             :: x != 0 -> log1(0, x)
+#if OSTEAL
+            :: x == 0 && !osteal ->                     /* findrunnable: steal */
+                osteal = 1;                             /* once, from P1 */
+                runqsteal(0, 1, 0);
+                if
+                :: x != 0 -> log1(0, x)
+                :: else
+                fi
+#endif
             :: else -> break
             fi
         od;
@@ -481,6 +494,7 @@ proctype Thief(bit first)
 {
     LOCALS;
     byte g;                                             /* unused (DIE) */
+    bit osteal;                                         /* unused (DIE) */
     {
         do
         :: runqget(1, 1);
