@@ -17,6 +17,7 @@ import select
 import threading
 import time
 import traceback
+import weakref
 from concurrent.futures import Future
 from typing import Any
 
@@ -99,12 +100,15 @@ class ChildFuture(Future[Any]):
     def __init__(self, m: M, handle: int) -> None:
         super().__init__()
         self._m, self._h = m, handle
+        # Dropped unread (fire-and-forget): the G is freed once it is done.
+        self._detach = weakref.finalize(self, m.node.g_detach, handle)
 
     def _collect(self, timeout: float | None) -> None:
         if self.done():
             return
         status, data = self._m.wait_child(self._h, timeout)
         ok, value = load_outcome(status, data)
+        self._detach.detach()
         self._m.node.g_free(self._h)
         if ok:
             self.set_result(value)
@@ -194,6 +198,7 @@ class M:
         if self.p < 0:
             return
         self.flush()
+        self.node.g_trim(self.p)  # going idle: give the arena's unused pages back
         self.node.releasep(self.p, self.m, self.epoch)
         self.send(wire.Release(self.m, self.p, self.epoch))
         self.node.m_set(self.m, p=-1)

@@ -21,6 +21,7 @@ class PStats:
     runqsize: int
     schedtick: int
     syscalltick: int
+    arena_live_bytes: int  # G records and payloads live in this P's arena
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Statistics:
     spills: int
     inline_runs: int  # Gs a waiting parent ran itself (join-helping)
     running_max: int  # most Ms ever seen running task code at once
+    gtab_resident_bytes: int  # memory the G table segment holds now
 
 
 def snapshot(nm: NodeMemory, submitted: int, completed: int) -> Statistics:
@@ -57,7 +59,8 @@ def snapshot(nm: NodeMemory, submitted: int, completed: int) -> Statistics:
     for p in range(node.nprocs):
         status, owner, epoch = node.p_state(p)
         schedtick, syscalltick, _preempt = node.p_ticks(p)
-        ps.append(PStats(p, PStatus(status), owner, epoch, node.runq_len(p), schedtick, syscalltick))
+        live = node.g_arena(p)[0] * 64
+        ps.append(PStats(p, PStatus(status), owner, epoch, node.runq_len(p), schedtick, syscalltick, live))
     ms = []
     for m in range(node.nms):
         state, curg, p, pid, _hb, _park, nrun = node.m_info(m)
@@ -79,4 +82,5 @@ def snapshot(nm: NodeMemory, submitted: int, completed: int) -> Statistics:
         spills=c[Counter.SPILLS],
         inline_runs=c[Counter.INLINE],
         running_max=c[Counter.RUNNING_MAX],
+        gtab_resident_bytes=nm.gtab.path.stat().st_blocks * 512,
     )

@@ -844,6 +844,10 @@ static PyObject *node_g_set_result(NodeObject *self, PyObject *args)
     __atomic_store_n(&r->result, rh, __ATOMIC_RELAXED); /* relaxed: published below */
     /* release: the result is complete before anyone sees DONE. */
     __atomic_store_n(&r->state, GMPD_G_DONE, __ATOMIC_RELEASE);
+    if (!gmpd_gpublished(self->nd, self->gtab, h)) {
+        res = PyLong_FromUnsignedLong(0); /* nobody wanted it: freed */
+        goto done;
+    }
     /* acquire: a waiter registered before DONE is seen here (seq_cst pair
      * with g_wait's registration, so one of us always sees the other). */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
@@ -895,7 +899,16 @@ static PyObject *node_g_free(NodeObject *self, PyObject *arg)
     uint32_t h;
     if (!parse_handle(self, arg, &h))
         return NULL;
-    gmpd_grelease(self->gtab, h);
+    gmpd_grelease(self->nd, self->gtab, h);
+    Py_RETURN_NONE;
+}
+
+static PyObject *node_g_detach(NodeObject *self, PyObject *arg)
+{
+    uint32_t h;
+    if (!parse_handle(self, arg, &h))
+        return NULL;
+    gmpd_gdetach(self->nd, self->gtab, h);
     Py_RETURN_NONE;
 }
 
@@ -912,7 +925,7 @@ static PyObject *node_g_take(NodeObject *self, PyObject *arg)
     uint32_t h;
     if (!parse_handle(self, arg, &h))
         return NULL;
-    return PyBool_FromLong(gmpd_gtake(self->gtab, h));
+    return PyBool_FromLong(gmpd_gtake(self->nd, self->gtab, h));
 }
 
 static PyObject *node_g_arena(NodeObject *self, PyObject *arg)
@@ -920,10 +933,16 @@ static PyObject *node_g_arena(NodeObject *self, PyObject *arg)
     uint32_t p;
     if (!gtab_ok(self) || !arg_p(self, arg, &p))
         return NULL;
-    gmpd_greclaim(self->nd, self->gtab, p);
-    gmpd_p *pp = gmpd_node_p(self->nd, p);
-    return Py_BuildValue("(IIIII)", gmpd_gtab_live_units(self->nd, p), pp->arena_head, pp->arena_tail,
-                         pp->arena_wrap, pp->arena_hwm);
+    gmpd_p *pp = gmpd_node_p(self->nd, p); /* a racy read for statistics: the owner writes these */
+    return Py_BuildValue("(III)", gmpd_gtab_live_units(self->nd, p), pp->arena_rover, pp->arena_top);
+}
+
+static PyObject *node_g_reclaim(NodeObject *self, PyObject *arg)
+{
+    uint32_t p;
+    if (!gtab_ok(self) || !arg_p(self, arg, &p))
+        return NULL;
+    return PyLong_FromUnsignedLong(gmpd_greclaim(self->nd, self->gtab, p));
 }
 
 static PyObject *node_g_trim(NodeObject *self, PyObject *arg)
@@ -1035,11 +1054,15 @@ static PyMethodDef node_methods[] = {
     {"g_wait_register", (PyCFunction)node_g_wait_register, METH_VARARGS,
      "g_wait_register(h, m) -> bool: M m waits for h (its park word is bumped at DONE); True if already DONE"},
     {"g_free", (PyCFunction)node_g_free, METH_O, "g_free(h): drop a reference; the last frees the G and its result"},
+    {"g_detach", (PyCFunction)node_g_detach, METH_O,
+     "g_detach(h): nobody will read child h's result; it is freed when done"},
     {"g_claim", (PyCFunction)node_g_claim, METH_O, "g_claim(h) -> bool: a joiner takes a queued RUNNABLE G"},
     {"g_take", (PyCFunction)node_g_take, METH_O,
      "g_take(h) -> bool: a popped G becomes RUNNING; False if a joiner claimed it (reference dropped)"},
-    {"g_arena", (PyCFunction)node_g_arena, METH_O, "g_arena(p) -> (live, head, tail, wrap, hwm) in 64-byte units"},
-    {"g_trim", (PyCFunction)node_g_trim, METH_O, "g_trim(p) -> bytes returned to the kernel"},
+    {"g_arena", (PyCFunction)node_g_arena, METH_O,
+     "g_arena(p) -> (live, rover, top) in 64-byte units (read-only)"},
+    {"g_reclaim", (PyCFunction)node_g_reclaim, METH_O, "g_reclaim(p) -> n: reclaim freed Gs (owner of p only)"},
+    {"g_trim", (PyCFunction)node_g_trim, METH_O, "g_trim(p) -> bytes returned to the kernel (owner of p only)"},
     {"g_sweep", (PyCFunction)node_g_sweep, METH_O, "g_sweep(p) -> n: free BUILDING records of a dead allocator"},
     {NULL, NULL, 0, NULL},
 };

@@ -1,16 +1,23 @@
 /*
- * gtab.c -- see gtab.h.  Allocator steps, for a reader checking it:
+ * gtab.c -- see gtab.h.  The allocator of one P's arena, for a reader
+ * checking it:
  *
- *   galloc(p, n):  1 reclaim FREE records at the tail
- *                  2 find `need` units: at head if it fits before the end
- *                    (or before tail when wrapped); otherwise, past the soft
- *                    size or at the end, wrap head to unit 1 if [1, tail)
- *                    has room
- *                  3 write the header (state BUILDING), then advance head
- *   The caller fills the payload and sets state RUNNABLE (release) before
- *   the handle goes anywhere.  A process killed between 3 and that leaves
- *   one BUILDING record: gmpd_gtab_sweep_building() frees it when the P is
- *   recovered.
+ *   [1, top) is tiled by blocks; each starts with a gmpd_grec header whose
+ *   `units` is the block size.  A block is free when its state is FREE.
+ *   Only the P's owner allocates, splits and coalesces (single writer);
+ *   any M frees a block by storing FREE (release) and counting its units.
+ *
+ *   galloc(n): next-fit from `rover`: walk the blocks; at a FREE block,
+ *     absorb the FREE blocks that follow it (coalesce), and take it if it
+ *     is big enough (splitting off the rest as a FREE block).  At `top`,
+ *     bump `top` if the arena is still under its soft size, else wrap the
+ *     scan to unit 1 once; only when a whole pass finds nothing, bump `top`
+ *     beyond the soft size.  A long-lived G pins only its own block.
+ *   The new block is BUILDING; the caller fills it and sets RUNNABLE
+ *   (release) before its handle goes anywhere.  A process killed between
+ *   the two leaves one BUILDING block: gmpd_gtab_sweep_building() frees it.
+ *   trim: lower `top` past trailing FREE blocks and punch the pages above
+ *     it out of the tmpfs file, so an idle node gives memory back.
  *
  * Runs in: the owner M of P p for galloc/greclaim/trim/sweep; any M for
  * gmpd_gfree and reads.
@@ -36,30 +43,58 @@ static gmpd_grec *unit_at(void *gtab, uint32_t p, uint32_t unit)
     return (gmpd_grec *)((char *)gtab + (size_t)p * GMPD_ARENA_BYTES + (size_t)unit * GMPD_GUNIT);
 }
 
+static int is_free(gmpd_grec *r)
+{
+    /* acquire: pairs with gmpd_gfree's release, so whoever freed the block
+     * has finished with it before we hand its units out again. */
+    return __atomic_load_n(&r->state, __ATOMIC_ACQUIRE) == GMPD_G_FREE;
+}
+
+/* Absorb the FREE blocks that follow the FREE block at u. */
+static void coalesce(void *gtab, uint32_t p, uint32_t u, uint32_t top)
+{
+    gmpd_grec *r = unit_at(gtab, p, u);
+    while (u + r->units < top && is_free(unit_at(gtab, p, u + r->units)))
+        r->units += unit_at(gtab, p, u + r->units)->units;
+}
+
 uint32_t gmpd_greclaim(gmpd_node *nd, void *gtab, uint32_t p)
 {
+    /* Lower top past trailing FREE blocks (one forward walk). */
     gmpd_p *pp = gmpd_node_p(nd, p);
-    uint32_t n = 0;
-    for (;;) {
-        if (pp->arena_tail == pp->arena_head) {
-            pp->arena_head = pp->arena_tail = 1; /* empty: restart at the front */
-            pp->arena_wrap = 0;
-            break;
+    uint32_t u = 1, last_live_end = 1, n = 0;
+    while (u < pp->arena_top) {
+        gmpd_grec *r = unit_at(gtab, p, u);
+        if (is_free(r)) {
+            coalesce(gtab, p, u, pp->arena_top);
+            n++;
+        } else {
+            last_live_end = u + r->units;
         }
-        if (pp->arena_wrap != 0 && pp->arena_tail == pp->arena_wrap) {
-            pp->arena_tail = 1;
-            pp->arena_wrap = 0;
-            continue;
-        }
-        gmpd_grec *r = unit_at(gtab, p, pp->arena_tail);
-        /* acquire: pairs with gmpd_gfree's release, so whoever freed it has
-         * finished reading it before we hand the units out again. */
-        if (__atomic_load_n(&r->state, __ATOMIC_ACQUIRE) != GMPD_G_FREE)
-            break;
-        pp->arena_tail += r->units;
-        n++;
+        u += r->units;
     }
+    pp->arena_top = last_live_end;
+    if (pp->arena_rover > last_live_end)
+        pp->arena_rover = 1;
     return n;
+}
+
+static uint32_t take(void *gtab, uint32_t p, uint32_t at, uint32_t need, uint32_t have)
+{
+    gmpd_grec *r = unit_at(gtab, p, at);
+    if (have > need) { /* split: the rest stays a FREE block */
+        gmpd_grec *rest = unit_at(gtab, p, at + need);
+        rest->units = have - need;
+        __atomic_store_n(&rest->state, GMPD_G_FREE, __ATOMIC_RELAXED); /* relaxed: owner-only until handed out */
+    }
+    uint32_t gen = r->gen + 1u;
+    memset(r, 0, sizeof(*r));
+    r->units = need;
+    r->gen = gen;
+    /* relaxed: nobody can reach this record until its handle is published
+     * through a run queue (release) or a message. */
+    __atomic_store_n(&r->state, GMPD_G_BUILDING, __ATOMIC_RELAXED);
+    return (p << 22) | at;
 }
 
 uint32_t gmpd_galloc(gmpd_node *nd, void *gtab, uint32_t p, uint32_t nbytes)
@@ -68,49 +103,60 @@ uint32_t gmpd_galloc(gmpd_node *nd, void *gtab, uint32_t p, uint32_t nbytes)
     if (nbytes > GMPD_ARENA_BYTES - 2 * GMPD_GUNIT)
         return 0;
     uint32_t need = 1u + (uint32_t)(((uint64_t)nbytes + GMPD_GUNIT - 1) / GMPD_GUNIT);
-    gmpd_greclaim(nd, gtab, p);
-    uint32_t head = pp->arena_head, tail = pp->arena_tail, at;
-    if (pp->arena_wrap != 0) { /* wrapped: free space is [head, tail) */
-        if (head + need >= tail)
-            return 0;
-        at = head;
-    } else if ((head + need > GMPD_ARENA_SOFT_UNITS || head + need > GMPD_ARENA_UNITS) && 1u + need < tail) {
-        pp->arena_wrap = head; /* past the soft size and the front is free: reuse it */
-        at = 1;
-    } else if (head + need <= GMPD_ARENA_UNITS) {
-        at = head;
-    } else {
-        return 0;
+    uint32_t u = pp->arena_rover, h = 0;
+    for (int pass = 0; pass < 2 && h == 0; pass++) {
+        while (u < pp->arena_top) {
+            gmpd_grec *r = unit_at(gtab, p, u);
+            if (is_free(r)) {
+                coalesce(gtab, p, u, pp->arena_top);
+                if (r->units >= need) {
+                    h = take(gtab, p, u, need, r->units);
+                    break;
+                }
+            }
+            u += r->units;
+        }
+        if (h == 0 && pp->arena_top + need <= GMPD_ARENA_SOFT_UNITS) {
+            u = pp->arena_top; /* still small: grow rather than scan again */
+            pp->arena_top += need;
+            h = take(gtab, p, u, need, need);
+        }
+        if (h == 0)
+            u = 1; /* second pass: from the front */
     }
-    gmpd_grec *r = unit_at(gtab, p, at);
-    uint32_t gen = r->gen + 1u;
-    memset(r, 0, sizeof(*r));
-    r->units = need;
-    r->gen = gen;
+    if (h == 0) {
+        if ((uint64_t)pp->arena_top + need > GMPD_ARENA_UNITS)
+            return 0;
+        u = pp->arena_top; /* nothing free fits anywhere: grow past the soft size */
+        pp->arena_top += need;
+        h = take(gtab, p, u, need, need);
+    }
+    gmpd_grec *r = gmpd_grec_at(gtab, h);
     r->len = nbytes;
-    /* relaxed: nobody can reach this record until its handle is published
-     * through a run queue (release) or a message. */
-    __atomic_store_n(&r->state, GMPD_G_BUILDING, __ATOMIC_RELAXED);
-    pp->arena_head = at + need;
-    if (at + need > pp->arena_hwm)
-        pp->arena_hwm = at + need;
-    return (p << 22) | at;
+    pp->arena_rover = u + need;
+    pp->arena_alloc += need;
+    if (pp->arena_top > pp->arena_hwm)
+        pp->arena_hwm = pp->arena_top;
+    return h;
 }
 
-void gmpd_gfree(void *gtab, uint32_t handle)
+void gmpd_gfree(gmpd_node *nd, void *gtab, uint32_t handle)
 {
+    gmpd_grec *r = gmpd_grec_at(gtab, handle);
+    /* relaxed: a statistic (live units = alloc - freed). */
+    __atomic_add_fetch(&gmpd_node_p(nd, gmpd_gh_p(handle))->arena_freed, r->units, __ATOMIC_RELAXED);
     /* release: everything this M did with the record happens before the
-     * owner's reclaim (acquire) can reuse its units. */
-    __atomic_store_n(&gmpd_grec_at(gtab, handle)->state, GMPD_G_FREE, __ATOMIC_RELEASE);
+     * owner's acquire in is_free() can reuse its units. */
+    __atomic_store_n(&r->state, GMPD_G_FREE, __ATOMIC_RELEASE);
 }
 
-static void free_with_result(void *gtab, uint32_t handle)
+static void free_with_result(gmpd_node *nd, void *gtab, uint32_t handle)
 {
     gmpd_grec *r = gmpd_grec_at(gtab, handle);
     uint32_t rh = __atomic_load_n(&r->result, __ATOMIC_ACQUIRE); /* acquire: linked before DONE */
     if (rh != 0)
-        gmpd_gfree(gtab, rh);
-    gmpd_gfree(gtab, handle);
+        gmpd_gfree(nd, gtab, rh);
+    gmpd_gfree(nd, gtab, handle);
 }
 
 /* Join-helping: a parent waiting for child `handle` that is still RUNNABLE
@@ -135,7 +181,7 @@ int gmpd_gclaim(void *gtab, uint32_t handle)
 /* A G popped from a queue: RUNNABLE -> RUNNING, or, if a joiner claimed it
  * first, drop the queue's reference.  Returns 1 if the caller must run it.
  * Runs in: any M that took `handle` from a run queue or the global queue. */
-int gmpd_gtake(void *gtab, uint32_t handle)
+int gmpd_gtake(gmpd_node *nd, void *gtab, uint32_t handle)
 {
     gmpd_grec *r = gmpd_grec_at(gtab, handle);
     uint32_t want = GMPD_G_RUNNABLE;
@@ -143,69 +189,87 @@ int gmpd_gtake(void *gtab, uint32_t handle)
      * see the joiner's refs (gmpd_gclaim). */
     if (__atomic_compare_exchange_n(&r->state, &want, GMPD_G_RUNNING, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         return 1;
-    gmpd_grelease(gtab, handle);
+    gmpd_grelease(nd, gtab, handle);
     return 0;
 }
 
 /* Drop one reference; the last one frees the G and its result.
  * Runs in: whoever is done with the G (the consumer of its result, or the
  * popper of a claimed G's stale queue entry). */
-void gmpd_grelease(void *gtab, uint32_t handle)
+void gmpd_grelease(gmpd_node *nd, void *gtab, uint32_t handle)
 {
     gmpd_grec *r = gmpd_grec_at(gtab, handle);
     /* acquire: pairs with gmpd_gclaim's CAS (refs == 2 is visible). */
     if (__atomic_load_n(&r->refs, __ATOMIC_ACQUIRE) == 0 ||
         /* acq_rel: the last dropper sees everything the other did. */
         __atomic_sub_fetch(&r->refs, 1, __ATOMIC_ACQ_REL) == 0)
-        free_with_result(gtab, handle);
+        free_with_result(nd, gtab, handle);
+}
+
+/* The future of child `handle` was dropped unread (a fire-and-forget
+ * gmpd.go): free it now if its result is out, else let the finisher do it.
+ * Runs in: the M that spawned it (a finalizer). */
+void gmpd_gdetach(gmpd_node *nd, void *gtab, uint32_t handle)
+{
+    gmpd_grec *r = gmpd_grec_at(gtab, handle);
+    uint32_t want = 0;
+    /* acq_rel: pairs with gmpd_gpublished's CAS; the loser frees. */
+    if (!__atomic_compare_exchange_n(&r->detach, &want, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        gmpd_grelease(nd, gtab, handle);
+}
+
+/* After a child's result is published (DONE): returns 0 if its future was
+ * detached, in which case this call freed it.  Runs in: the finisher. */
+int gmpd_gpublished(gmpd_node *nd, void *gtab, uint32_t handle)
+{
+    gmpd_grec *r = gmpd_grec_at(gtab, handle);
+    uint32_t want = 0;
+    /* acq_rel: as in gmpd_gdetach. */
+    if (__atomic_compare_exchange_n(&r->detach, &want, 2, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return 1;
+    gmpd_grelease(nd, gtab, handle);
+    return 0;
 }
 
 uint32_t gmpd_gtab_live_units(gmpd_node *nd, uint32_t p)
 {
     gmpd_p *pp = gmpd_node_p(nd, p);
-    if (pp->arena_wrap == 0)
-        return pp->arena_head - pp->arena_tail;
-    return (pp->arena_wrap - pp->arena_tail) + (pp->arena_head - 1u);
+    /* relaxed: statistics; freed units are added by any M. */
+    return pp->arena_alloc - __atomic_load_n(&pp->arena_freed, __ATOMIC_RELAXED);
 }
 
-/* Give back the pages above the live region (MADV_REMOVE punches the hole
+/* Give back the pages above the live blocks (MADV_REMOVE punches the hole
  * in the tmpfs file, so the memory really returns).  Returns bytes freed. */
 size_t gmpd_gtab_trim(gmpd_node *nd, void *gtab, uint32_t p)
 {
     gmpd_p *pp = gmpd_node_p(nd, p);
     gmpd_greclaim(nd, gtab, p);
-    uint32_t top = pp->arena_wrap != 0 ? pp->arena_wrap : pp->arena_head;
-    size_t from = ((size_t)top * GMPD_GUNIT + 4095u) & ~(size_t)4095u;
+    size_t from = ((size_t)pp->arena_top * GMPD_GUNIT + 4095u) & ~(size_t)4095u;
     size_t to = ((size_t)pp->arena_hwm * GMPD_GUNIT + 4095u) & ~(size_t)4095u;
+    pp->arena_hwm = pp->arena_top;
     if (to <= from)
         return 0;
     if (madvise((char *)gtab + (size_t)p * GMPD_ARENA_BYTES + from, to - from, MADV_REMOVE) != 0)
         return 0;
-    pp->arena_hwm = top;
     return to - from;
 }
 
-/* Free BUILDING records (an allocator died before publishing).  Runs in:
+/* Free BUILDING blocks (an allocator died before publishing).  Runs in:
  * whoever recovers P p, before leasing it again. */
 uint32_t gmpd_gtab_sweep_building(gmpd_node *nd, void *gtab, uint32_t p)
 {
     gmpd_p *pp = gmpd_node_p(nd, p);
-    uint32_t n = 0, u = pp->arena_tail, end = pp->arena_wrap != 0 ? pp->arena_wrap : pp->arena_head;
-    for (int pass = 0; pass < 2; pass++) {
-        while (u < end) {
-            gmpd_grec *r = unit_at(gtab, p, u);
-            if (r->units == 0)
-                break; /* torn header: nothing past it was handed out */
-            if (__atomic_load_n(&r->state, __ATOMIC_ACQUIRE) == GMPD_G_BUILDING) { /* acquire: as in reclaim */
-                gmpd_gfree(gtab, (p << 22) | u);
-                n++;
-            }
-            u += r->units;
+    uint32_t n = 0;
+    for (uint32_t u = 1; u < pp->arena_top;) {
+        gmpd_grec *r = unit_at(gtab, p, u);
+        if (r->units == 0)
+            break; /* torn header: nothing past it was handed out */
+        /* acquire: as in is_free(). */
+        if (__atomic_load_n(&r->state, __ATOMIC_ACQUIRE) == GMPD_G_BUILDING) {
+            gmpd_gfree(nd, gtab, (p << 22) | u);
+            n++;
         }
-        if (pp->arena_wrap == 0)
-            break;
-        u = 1;
-        end = pp->arena_head;
+        u += r->units;
     }
     return n;
 }

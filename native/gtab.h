@@ -13,11 +13,11 @@
  * its handle (after taking the handle from a run queue, whose release/acquire
  * publish the record) and may mark it FREE when done with it.
  *
- * The arena is a ring buffer of units: head hands out, tail reclaims FREE
- * records in allocation order, and head wraps back to unit 1 once past a
- * soft size (GMPD_ARENA_SOFT) when the start is free, so steady load reuses
- * the same pages and memory stays flat; gmpd_gtab_trim() returns pages
- * above the live region to the kernel when a P goes idle, so the table
+ * The arena is tiled by blocks and allocated next-fit (gtab.c): freed
+ * blocks are coalesced and reused, the arena grows past a soft size
+ * (GMPD_ARENA_SOFT) only when nothing free fits, so steady load reuses the
+ * same pages and memory stays flat; gmpd_gtab_trim() returns the pages
+ * above the last live block to the kernel when a P goes idle, so the table
  * shrinks back after a burst (Go's allgs never shrinks).
  */
 #ifndef GMPD_GTAB_H
@@ -53,7 +53,10 @@ typedef struct gmpd_grec {
     uint32_t refs;    /* 0: one owner frees it; 2: claimed by a joiner while
                        * still queued -- the queue entry and the joiner each
                        * drop one, the last frees (gmpd_gclaim) */
-    uint8_t _pad[GMPD_GUNIT - 48];
+    uint32_t detach;  /* 0; 1: nobody will read the result (the finisher
+                       * frees); 2: result published first (the detacher
+                       * frees).  One CAS each side decides who frees. */
+    uint8_t _pad[GMPD_GUNIT - 52];
 } gmpd_grec;
 
 static inline uint32_t gmpd_gh_p(uint32_t h) { return h >> 22; }
@@ -62,10 +65,12 @@ static inline uint32_t gmpd_gh_unit(uint32_t h) { return h & (GMPD_ARENA_UNITS -
 size_t gmpd_gtab_size(uint32_t nprocs);
 gmpd_grec *gmpd_grec_at(void *gtab, uint32_t handle);
 uint32_t gmpd_galloc(gmpd_node *nd, void *gtab, uint32_t p, uint32_t nbytes);
-void gmpd_gfree(void *gtab, uint32_t handle);
+void gmpd_gfree(gmpd_node *nd, void *gtab, uint32_t handle);
 int gmpd_gclaim(void *gtab, uint32_t handle);
-int gmpd_gtake(void *gtab, uint32_t handle);
-void gmpd_grelease(void *gtab, uint32_t handle);
+int gmpd_gtake(gmpd_node *nd, void *gtab, uint32_t handle);
+void gmpd_grelease(gmpd_node *nd, void *gtab, uint32_t handle);
+void gmpd_gdetach(gmpd_node *nd, void *gtab, uint32_t handle);
+int gmpd_gpublished(gmpd_node *nd, void *gtab, uint32_t handle);
 uint32_t gmpd_greclaim(gmpd_node *nd, void *gtab, uint32_t p);
 uint32_t gmpd_gtab_live_units(gmpd_node *nd, uint32_t p);
 size_t gmpd_gtab_trim(gmpd_node *nd, void *gtab, uint32_t p);

@@ -191,7 +191,7 @@ int gmpd_node_init(void *mem, size_t len, uint32_t nprocs, uint32_t nms, uint32_
         pp->state = gmpd_pstate_make(GMPD_PIDLE, -1, 0);
         pp->head = w_make(0, counter_base);
         pp->tail = counter_base;
-        pp->arena_head = pp->arena_tail = 1; /* unit 0 is never handed out: handle 0 = none */
+        pp->arena_rover = pp->arena_top = pp->arena_hwm = 1; /* unit 0 is never handed out: handle 0 = none */
     }
     /* Publish the layout last: an attacher that sees the magic sees it all. */
     __atomic_store_n(&nd->magic, GMPD_MAGIC, __ATOMIC_RELEASE);

@@ -112,11 +112,12 @@ typedef struct gmpd_p {
     /* line 3: written by the owner only: tail (store-release) and the
      * allocator state of this P's G arena (gtab.c), in 64-byte units */
     uint32_t tail;
-    uint32_t arena_head; /* next free unit */
-    uint32_t arena_tail; /* oldest unit not yet reclaimed */
-    uint32_t arena_wrap; /* where head wrapped back to unit 1 (0: not wrapped) */
-    uint32_t arena_hwm;  /* highest unit ever handed out (pages touched) */
-    uint8_t _pad3[GMPD_CACHELINE - 20];
+    uint32_t arena_rover; /* next-fit scan position */
+    uint32_t arena_top;   /* end of the last block: [1, top) is tiled by blocks */
+    uint32_t arena_alloc; /* units handed out (owner) */
+    uint32_t arena_freed; /* units freed (any M, atomic add) */
+    uint32_t arena_hwm;   /* highest top since the last trim (pages touched) */
+    uint8_t _pad3[GMPD_CACHELINE - 24];
     uint32_t runq[GMPD_RUNQ_SIZE]; /* G handles, never pointers */
 } gmpd_p;
 

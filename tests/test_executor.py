@@ -254,3 +254,24 @@ def _not_zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def spawn_and_forget(n: int) -> int:
+    for i in range(n):
+        gmpd.go(square, i)  # the future is dropped at once: fire and forget
+    return n
+
+
+def test_executor_g_table_shrinks_back_after_load() -> None:
+    """Fire-and-forget children are freed; an idle cluster gives memory back."""
+    with gmpd.Executor(2) as ex:
+        assert sum(f.result() for f in [ex.submit(spawn_and_forget, 5_000) for _ in range(20)]) == 100_000
+        assert sum(ex.map(square, range(20_000), chunksize=1)) > 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # Ms trim their arena when they go idle
+            stats = ex.statistics()
+            if all(p.status == 0 for p in stats.ps) and stats.gtab_resident_bytes <= 2 * 2**20:
+                break
+            time.sleep(0.05)
+        assert all(p.arena_live_bytes == 0 for p in stats.ps), stats.ps
+        assert stats.gtab_resident_bytes <= 2 * 2**20, stats.gtab_resident_bytes

@@ -78,12 +78,14 @@
 #ifndef REPLACE
 #define REPLACE 1               /* start a replacement M after recovery */
 #endif
-#ifndef NEXTOK
-#define NEXTOK(g) 1             /* which Gs may be put with runnext */
+#ifndef NEXTMASK
+#define NEXTMASK 255            /* bit g: G g may be put with runnext */
 #endif
-#ifndef GETOK
-#define GETOK(g) 1              /* after which puts the owner may runqget */
+#ifndef GETMASK
+#define GETMASK 255             /* bit g: the owner may runqget after putting g */
 #endif
+#define NEXTOK(g) ((NEXTMASK >> (g)) & 1)
+#define GETOK(g) ((GETMASK >> (g)) & 1)
 
 #define NP 2
 #define NM 2
