@@ -13,8 +13,8 @@ One process per cluster, one ZeroMQ ROUTER socket.  Who sends what::
       |                             |<------------- GetWork(p, epoch) ---| local queue empty
       |                             |-- Work(batch) / held until work -->|
       |                             |<--------------------- Spill(gs) ---| runqputslow
-      |                             |<------------------ Results(...) ---|
-      |<------------ Results(...) --|                                    |
+      |<------------------------------------------------ Results(...) ---| straight to the client
+      |                             |<----------------- Finished(tids) --|
       |                             |<-------------- Renew(p, epoch) ----| heartbeat thread
       |                             |<------------- Release(p, epoch) ---| stopm: no work
       |-- Bye --------------------> |-- Bye --------------------------->  | exit
@@ -115,7 +115,6 @@ class Coordinator:
         self.ms: dict[int, MInfo] = {}
         self.by_ident: dict[bytes, int] = {}  # M idents (main and heartbeat sockets) -> m
         self.clients: set[bytes] = set()
-        self.out_results: dict[bytes, list[tuple[int, int, bytes]]] = collections.defaultdict(list)
         self.out_started: dict[bytes, list[int]] = collections.defaultdict(list)
         self.running = True
         self.nm.node.sched_add(Counter.NPIDLE, self.nprocs)  # every P starts idle
@@ -135,10 +134,6 @@ class Coordinator:
             if tids:
                 self.send(ident, wire.Started(tids))
         self.out_started.clear()
-        for ident, results in self.out_results.items():
-            if results:
-                self.send(ident, wire.Results(results))
-        self.out_results.clear()
 
     # ---- the global queue -------------------------------------------------
 
@@ -261,11 +256,10 @@ class Coordinator:
         if done:
             self.send(ident, wire.Cancelled(done))
 
-    def on_results(self, msg: wire.Results) -> None:
-        for tid, status, payload in msg.results:
-            root = self.roots.pop(tid, None)
-            if root is not None:  # a duplicate (the G ran twice) is dropped here
-                self.out_results[root.client].append((tid, status, payload))
+    def on_finished(self, msg: wire.Finished) -> None:
+        """Ms sent these results to their client; forget the root tasks."""
+        for tid in msg.tids:
+            if self.roots.pop(tid, None) is not None:
                 self.stats.completed += 1
 
     def on_m_message(self, info: MInfo, msg: wire.Message) -> None:
@@ -296,8 +290,8 @@ class Coordinator:
             return
         if isinstance(msg, wire.Hello):
             self.on_hello(ident, msg)
-        elif isinstance(msg, wire.Results):
-            self.on_results(msg)
+        elif isinstance(msg, wire.Finished):
+            self.on_finished(msg)
         elif isinstance(msg, wire.Submit) and ident in self.clients:
             self.on_submit(ident, msg)
         elif isinstance(msg, wire.Cancel) and ident in self.clients:

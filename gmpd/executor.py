@@ -61,6 +61,11 @@ class LocalCluster:
         self.rundir = tempfile.mkdtemp(prefix="gmpd-", dir=os.environ.get("XDG_RUNTIME_DIR") or None)
         os.chmod(self.rundir, 0o700)
         self.endpoint = f"ipc://{self.rundir}/coord"
+        # Ms push results straight here; bound before any M can connect.
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.results = self.ctx.socket(zmq.PULL)
+        self.results.setsockopt(zmq.LINGER, 0)
+        self.results.bind(f"ipc://{self.rundir}/client")
         cmd = [sys.executable, "-m", "gmpd.node", self.rundir, str(nprocs), str(os.getpid()), os.getcwd()]
         cmd += [json.dumps([p for p in sys.path if isinstance(p, str)]), str(lease_ttl), str(spin_ms)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
@@ -79,13 +84,17 @@ class LocalCluster:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.kill()
+            self.proc.kill()
+            self.proc.wait()
         self.cleanup()
 
     def kill(self) -> None:
+        """Startup failed: kill the node agent, drop our sockets and files."""
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
         self.proc.wait()
+        self.results.close(0)
+        self.ctx.term()
         self.cleanup()
 
     def cleanup(self) -> None:
@@ -102,7 +111,7 @@ class _ClientIO(threading.Thread):
     def __init__(self, cluster: LocalCluster) -> None:
         super().__init__(name="gmpd-client", daemon=True)
         self.cluster = cluster
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.ctx = cluster.ctx
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.connect(cluster.endpoint)
@@ -182,6 +191,7 @@ class _ClientIO(threading.Thread):
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.cluster.results, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
         lifeline = os.pidfd_open(self.cluster.proc.pid)
         poller.register(lifeline, zmq.POLLIN)
@@ -197,16 +207,18 @@ class _ClientIO(threading.Thread):
                 if lifeline in events:
                     self.fail_all(ClusterLost("the gmpd cluster exited; its tasks' results are lost"))
                     return
-                while True:
-                    try:
-                        frame = self.sock.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    with contextlib.suppress(wire.WireError):
-                        self.on_message(wire.decode(frame))
+                for sock in (self.cluster.results, self.sock):
+                    while True:
+                        try:
+                            frame = sock.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        with contextlib.suppress(wire.WireError):
+                            self.on_message(wire.decode(frame))
             self.send(wire.Bye("client shutdown"))
         finally:
             self.sock.close(1000)
+            self.cluster.results.close(0)
             self.ctx.term()
             os.close(lifeline)
             self.cluster.wait()

@@ -125,7 +125,9 @@ class ChildFuture(Future[Any]):
 
 
 class M:
-    def __init__(self, nm: NodeMemory, m: int, endpoint: str, lifeline: int, spin_ms: int) -> None:
+    def __init__(
+        self, nm: NodeMemory, m: int, endpoint: str, results: str, lifeline: int, spin_ms: int
+    ) -> None:
         self.nm, self.node, self.m = nm, nm.node, m
         self.nprocs = self.node.nprocs
         self.endpoint, self.lifeline, self.spin_ms = endpoint, lifeline, spin_ms
@@ -133,6 +135,9 @@ class M:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.connect(endpoint)
+        self.out = self.ctx.socket(zmq.PUSH)  # results, to the client's PULL
+        self.out.setsockopt(zmq.LINGER, 1000)
+        self.out.connect(results)
         self.p, self.epoch = -1, 0
         self.runq: RunQ | None = None
         self.pending = 0  # a G handed over with a grant or a batch, to run first
@@ -167,8 +172,10 @@ class M:
         return self.recv(timeout_ms)
 
     def flush(self) -> None:
+        """Results go straight to the client; the coordinator only hears which."""
         if self.results:
-            self.send(wire.Results(self.results))
+            self.out.send(wire.encode(wire.Results(self.results)), copy=False)
+            self.send(wire.Finished([tid for tid, _status, _data in self.results]))
             self.results = []
 
     def spill(self, batch: tuple[int, ...]) -> None:
@@ -448,8 +455,9 @@ class M:
             self.stopping = True
             self.node.m_set(self.m, state=MState.EXITING, p=-1, curg=0)
             self.sock.close(0)
+            self.out.close(1000)  # let results already sent reach the client
 
 
-def main(nm: NodeMemory, m: int, endpoint: str, lifeline: int, spin_ms: int) -> None:
+def main(nm: NodeMemory, m: int, endpoint: str, results: str, lifeline: int, spin_ms: int) -> None:
     """Entry point of a forked M process."""
-    M(nm, m, endpoint, lifeline, spin_ms).run()
+    M(nm, m, endpoint, results, lifeline, spin_ms).run()

@@ -55,7 +55,9 @@ def fork(fn: Callable[[], object], close: tuple[int, ...] = ()) -> int:
     return pid
 
 
-def template(nm: NodeMemory, cmd: int, report: int, *, endpoint: str, lifeline: int, spin_ms: int) -> None:
+def template(
+    nm: NodeMemory, cmd: int, report: int, *, endpoint: str, results: str, lifeline: int, spin_ms: int
+) -> None:
     """The fork server: start Ms on request, reap them, report both.  When
     the command pipe closes it waits for its Ms (SIGKILL after a grace), so
     no M outlives it unnoticed."""
@@ -95,7 +97,9 @@ def template(nm: NodeMemory, cmd: int, report: int, *, endpoint: str, lifeline: 
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
             mid = int(line.split()[1])
-            pid = fork(functools.partial(m.main, nm, mid, endpoint, lifeline, spin_ms), close=(cmd, report))
+            pid = fork(
+                functools.partial(m.main, nm, mid, endpoint, results, lifeline, spin_ms), close=(cmd, report)
+            )
             children[pid] = mid
             os.write(report, f"pid {mid} {pid}\n".encode())
 
@@ -105,6 +109,7 @@ class NodeAgent:
         self.nprocs = nprocs
         self.client = client
         self.endpoint = f"ipc://{rundir}/coord"
+        self.results = f"ipc://{rundir}/client"  # bound by the client before it started us
         self.nm = NodeMemory.create(nprocs, max(2 * nprocs, nprocs + 2))
         self.coord = fork(
             functools.partial(coordinator.main, self.endpoint, nprocs, self.nm.name, lease_ttl, client)
@@ -114,7 +119,14 @@ class NodeAgent:
         agent = os.getpid()
         self.template = fork(
             functools.partial(
-                template, self.nm, cmd_r, rep_w, endpoint=self.endpoint, lifeline=agent, spin_ms=spin_ms
+                template,
+                self.nm,
+                cmd_r,
+                rep_w,
+                endpoint=self.endpoint,
+                results=self.results,
+                lifeline=agent,
+                spin_ms=spin_ms,
             ),
             close=(self.cmd, self.reports),
         )

@@ -9,8 +9,9 @@ count and drop (a bad frame never takes a process down).
 Who sends what (ids: client task id ``tid``; M index ``m``; P index ``p``)::
 
     client -> coordinator   Hello, Submit(tasks), Cancel(tids), Bye
-    coordinator -> client   Welcome, Started(tids), Results(results), Cancelled(tids)
-    M -> coordinator        Hello, LeaseRequest, GetWork, Spill, Results, Renew, Release
+    coordinator -> client   Welcome, Started(tids), Cancelled(tids)
+    M -> client             Results(results)          (straight to the client's PULL socket)
+    M -> coordinator        Hello, LeaseRequest, GetWork, Spill, Finished(tids), Renew, Release
     coordinator -> M        Grant(p, epoch, work), Work(work), Revoke(p, epoch), Bye
 
 Work is a list of root tasks ``(tid, payload)`` plus node-local G handles
@@ -242,6 +243,12 @@ class Revoke(Message):
 @dataclass(frozen=True, slots=True)
 class Bye(Message):
     reason: str
+
+
+@_message(17, _list(U64))
+@dataclass(frozen=True, slots=True)
+class Finished(Message):
+    tids: list[int]
 
 
 def encode(msg: Message) -> bytes:

@@ -27,6 +27,7 @@ SAMPLES: list[wire.Message] = [
     wire.Release(1, 0, 7),
     wire.Revoke(0, 8),
     wire.Bye("shutdown"),
+    wire.Finished([1, 2]),
 ]
 
 
