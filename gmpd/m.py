@@ -126,7 +126,7 @@ class ChildFuture(Future[Any]):
 
 class M:
     def __init__(
-        self, nm: NodeMemory, m: int, endpoint: str, results: str, lifeline: int, spin_ms: int
+        self, nm: NodeMemory, m: int, *, endpoint: str, results: str, lifeline: int, spin_ms: int
     ) -> None:
         self.nm, self.node, self.m = nm, nm.node, m
         self.nprocs = self.node.nprocs
@@ -458,6 +458,6 @@ class M:
             self.out.close(1000)  # let results already sent reach the client
 
 
-def main(nm: NodeMemory, m: int, endpoint: str, results: str, lifeline: int, spin_ms: int) -> None:
+def main(nm: NodeMemory, m: int, *, endpoint: str, results: str, lifeline: int, spin_ms: int) -> None:
     """Entry point of a forked M process."""
-    M(nm, m, endpoint, results, lifeline, spin_ms).run()
+    M(nm, m, endpoint=endpoint, results=results, lifeline=lifeline, spin_ms=spin_ms).run()

@@ -97,9 +97,10 @@ def template(
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
             mid = int(line.split()[1])
-            pid = fork(
-                functools.partial(m.main, nm, mid, endpoint, results, lifeline, spin_ms), close=(cmd, report)
+            start = functools.partial(
+                m.main, nm, mid, endpoint=endpoint, results=results, lifeline=lifeline, spin_ms=spin_ms
             )
+            pid = fork(start, close=(cmd, report))
             children[pid] = mid
             os.write(report, f"pid {mid} {pid}\n".encode())
 
