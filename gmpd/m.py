@@ -27,7 +27,15 @@ import zmq
 from gmpd import wire
 from gmpd.errors import GmpdError
 from gmpd.runq import PStatus, RunQ
-from gmpd.sched import FAIRNESS_TICK, GLOBAL_BATCH, STEAL_TRIES, Counter, MState, steal_order
+from gmpd.sched import (
+    FAIRNESS_TICK,
+    FORCE_PREEMPT_S,
+    GLOBAL_BATCH,
+    STEAL_TRIES,
+    Counter,
+    MState,
+    steal_order,
+)
 from gmpd.shm import NodeMemory
 
 REQUEST_TIMEOUT_MS = 10_000
@@ -143,6 +151,8 @@ class M:
         self.pending = 0  # a G handed over with a grant or a batch, to run first
         self.curg = 0
         self.depth = 0
+        self.slice_start = 0.0  # when the current time slice began
+        self.fair_tick = -1  # the schedtick whose fairness check was done
         self.results: list[tuple[int, int, bytes]] = []
         self.oldest = 0.0
         self.rng = random.Random(os.getpid())
@@ -261,7 +271,10 @@ class M:
             g, self.pending = self.pending, 0
             return g, False
         tick = self.node.p_ticks(self.p)[0]
-        g = self.get_work(1, 0) if tick % FAIRNESS_TICK == 0 and tick > 0 else 0
+        g = 0
+        if tick % FAIRNESS_TICK == 0 and tick != self.fair_tick and tick > 0:
+            self.fair_tick = tick  # once per tick: runnext chains do not advance it
+            g = self.get_work(1, 0)
         runq = self.runq
         if g or runq is None:
             return g, False
@@ -329,6 +342,8 @@ class M:
                 self.stopm()
                 continue
             g, inherit = self.find_runnable()
+            if inherit and time.monotonic() - self.slice_start > FORCE_PREEMPT_S:
+                inherit = False  # the chain's slice is over (Go would preempt it here)
             if g:
                 self.execute(g, inherit)
             elif self.p >= 0:
@@ -346,6 +361,7 @@ class M:
             return  # a waiting parent ran it inline; its queue entry was stale
         if not inherit:
             node.schedtick(self.p)
+            self.slice_start = time.monotonic()
         node.g_set_owner(h, self.m)
         outer = self.curg
         self.curg = h

@@ -10,7 +10,11 @@ Concepts (``../shared/reference/go-scheduler.md`` §0, §3):
 The schedule loop of an M holding P (``M.find_runnable``), Go's order:
 
 1. every 61st schedtick, one G from the global queue (fairness: two Gs that
-   keep respawning each other in ``runnext`` cannot starve the global queue);
+   keep respawning each other cannot starve the global queue).  A G taken
+   from ``runnext`` inherits the time slice and does not advance schedtick,
+   as in Go; Go ends such a chain by preempting it after 10 ms
+   (``forcePreemptNS``).  Python Gs run to completion, so gmpd ends the
+   inherited slice at the first scheduling point past 10 ms instead;
 2. ``runnext``, then the local ring (``runqget``);
 3. a global batch of ``min(128, len, len/GOMAXPROCS + 1)`` (the coordinator
    computes it; the M runs one and puts the rest in its ring);
@@ -78,6 +82,7 @@ class Counter(enum.IntEnum):
 
 
 FAIRNESS_TICK = 61  # Go: schedtick % 61 takes one global G first
+FORCE_PREEMPT_S = 0.010  # Go's forcePreemptNS: the time slice a runnext chain shares
 STEAL_TRIES = 4  # Go's stealTries
 GLOBAL_BATCH = 128  # len(p.runq) / 2
 

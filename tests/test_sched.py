@@ -1,0 +1,40 @@
+"""Scheduler rules that need a running cluster: fairness, steal order."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import gmpd
+from gmpd.sched import steal_order
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def pingpong(deadline: float, n: int) -> int:
+    """Respawn into runnext until the deadline: a chain that never yields."""
+    if time.time() < deadline:
+        gmpd.go(pingpong, deadline, n + 1)
+    return n
+
+
+def test_sched_respawning_chain_does_not_starve_the_global_queue() -> None:
+    with gmpd.Executor(1) as ex:
+        deadline = time.time() + 4.0
+        assert ex.submit(pingpong, deadline, 0).result(timeout=10) == 0
+        time.sleep(0.2)  # the chain now runs on the only P
+        start = time.time()
+        assert ex.submit(square, 3).result(timeout=10) == 9
+        waited = time.time() - start
+        assert time.time() < deadline, f"the global queue waited {waited:.2f} s, for the chain to end"
+        assert ex.statistics().global_takes > 0
+
+
+def test_sched_steal_order_visits_every_p_once() -> None:
+    rng = random.Random(3)
+    for count in range(1, 12):
+        for _ in range(20):
+            order = steal_order(count, rng)
+            assert sorted(order) == list(range(count))
