@@ -34,11 +34,11 @@ from concurrent.futures import Executor as _BaseExecutor
 from concurrent.futures import Future
 from typing import Any
 
-import cloudpickle
 import zmq
 
 from gmpd import wire
 from gmpd.errors import GmpdError
+from gmpd.g import encode_task
 from gmpd.m import load_outcome
 from gmpd.shm import NodeMemory
 from gmpd.stats import Statistics, snapshot
@@ -267,7 +267,7 @@ class Executor(_BaseExecutor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             fut: Future[Any] = Future()
             try:
-                payload = bytes(cloudpickle.dumps((fn, args, kwargs)))
+                payload = encode_task(fn, args, kwargs)
             except Exception as exc:
                 fut.set_running_or_notify_cancel()
                 fut.set_exception(exc)

@@ -13,6 +13,11 @@ the P it holds) and free it.  Life of a G:
 from __future__ import annotations
 
 import enum
+import pickle
+import types
+from typing import Any
+
+import cloudpickle
 
 UNIT_BITS = 22
 
@@ -31,3 +36,60 @@ class GState(enum.IntEnum):
 def handle_p(handle: int) -> int:
     """The P whose arena holds G ``handle``."""
     return handle >> UNIT_BITS
+
+
+# ---- task payloads ----------------------------------------------------------
+#
+# b"R" + 4-byte length + pickle of the function *by reference* + cloudpickle
+#   of (args, kwargs): for importable module-level functions.  The function
+#   part is a module and a name, the same bytes every time, so the client
+#   caches it per function and the M caches the unpickled function per bytes.
+# b"V" + cloudpickle of (fn, args, kwargs): everything else (lambdas,
+#   closures, functions in __main__).  Never cached: cloudpickle captures
+#   their globals and closure values at the moment of the call.
+
+_BY_REF: dict[Any, bytes] = {}  # function -> its by-reference pickle (small, bounded below)
+_LOADED: dict[bytes, Any] = {}  # by-reference pickle -> function, in the M
+_CACHE_MAX = 4096
+
+
+def _by_reference(fn: Any) -> bytes | None:
+    """fn's pickle if it is a plain importable function (pickled by name)."""
+    if not isinstance(fn, types.FunctionType):
+        return None
+    cached = _BY_REF.get(fn)
+    if cached is not None:
+        return cached
+    if fn.__module__ in (None, "__main__") or fn.__closure__ or "<" in fn.__qualname__:
+        return None  # lambdas, closures and __main__ functions travel by value
+    try:
+        data = pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return None
+    if len(_BY_REF) < _CACHE_MAX:
+        _BY_REF[fn] = data
+    return data
+
+
+def encode_task(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """The payload of a G that calls ``fn(*args, **kwargs)``."""
+    ref = _by_reference(fn)
+    if ref is None:
+        return b"V" + bytes(cloudpickle.dumps((fn, args, kwargs)))
+    return b"R" + len(ref).to_bytes(4, "little") + ref + bytes(cloudpickle.dumps((args, kwargs)))
+
+
+def decode_task(payload: bytes) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """(fn, args, kwargs) from a payload made by :func:`encode_task`."""
+    if payload[:1] == b"V":
+        fn, args, kwargs = cloudpickle.loads(payload[1:])
+        return fn, args, kwargs
+    n = int.from_bytes(payload[1:5], "little")
+    ref = payload[5 : 5 + n]
+    fn = _LOADED.get(ref)
+    if fn is None:
+        fn = pickle.loads(ref)
+        if len(_LOADED) < _CACHE_MAX:
+            _LOADED[ref] = fn
+    args, kwargs = cloudpickle.loads(payload[5 + n :])
+    return fn, args, kwargs

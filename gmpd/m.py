@@ -26,6 +26,7 @@ import zmq
 
 from gmpd import wire
 from gmpd.errors import GmpdError
+from gmpd.g import decode_task
 from gmpd.runq import PStatus, RunQ
 from gmpd.sched import (
     FAIRNESS_TICK,
@@ -70,7 +71,7 @@ def _exc_payload(exc: BaseException, where: str = "") -> bytes:
 def run_payload(payload: bytes) -> tuple[int, bytes]:
     """Unpickle and call a task; (status, pickled result or exception)."""
     try:
-        fn, args, kwargs = cloudpickle.loads(payload)
+        fn, args, kwargs = decode_task(payload)
     except BaseException as exc:
         return wire.RAISED, _exc_payload(exc, " while unpickling the task")
     try:
@@ -247,11 +248,15 @@ class M:
 
     # ---- the schedule loop (gmpd.sched, steps 1-6) -------------------------
 
-    def steal(self, spinning: bool) -> int:
-        """Go's stealWork, if this M spins or spinners are under half the busy Ps."""
-        assert self.runq is not None
+    def may_spin(self) -> bool:
+        """Go: become spinning only while spinners are under half the busy Ps."""
         sched = self.node.sched()
-        if not spinning and 2 * sched[Counter.NMSPINNING] >= self.nprocs - sched[Counter.NPIDLE]:
+        return 2 * sched[Counter.NMSPINNING] < self.nprocs - sched[Counter.NPIDLE]
+
+    def steal(self, spinning: bool) -> int:
+        """Go's stealWork, if this M spins or may become spinning."""
+        assert self.runq is not None
+        if not spinning and not self.may_spin():
             return 0
         for i in range(STEAL_TRIES):
             for victim in steal_order(self.nprocs, self.rng):
@@ -282,8 +287,8 @@ class M:
         if local is not None:
             return local, runq.inherit_time
         g = self.get_work(GLOBAL_BATCH, 0)
-        if not g and self.runq is not None:
-            g = self.steal(False) or self.spin()
+        if not g and self.runq is not None and self.may_spin():
+            g = self.steal(True) or self.spin()
         return g, False
 
     def spin(self) -> int:
