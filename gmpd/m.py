@@ -225,7 +225,13 @@ class M:
     def take_work(self, roots: list[tuple[int, bytes]], locals_: list[int]) -> int:
         """Gs for a global batch: run the first, queue the rest locally."""
         assert self.runq is not None
-        hs = [self.node.g_new(self.p, payload, root_id=tid) for tid, payload in roots] + locals_
+        hs = []
+        for tid, payload in roots:
+            try:
+                hs.append(self.node.g_new(self.p, payload, root_id=tid))
+            except MemoryError as exc:  # fails this task only, never the M
+                self.results.append((tid, wire.RAISED, _exc_payload(GmpdError(f"task too large: {exc}"))))
+        hs += locals_
         for h in hs[1:]:
             batch = self.runq.put(h)
             if batch is not None:
@@ -390,7 +396,11 @@ class M:
             if len(self.results) >= FLUSH_EVERY or time.monotonic() - self.oldest > FLUSH_AGE:
                 self.flush()
         else:
-            node.g_set_result(h, self.p, data, status)
+            try:
+                node.g_set_result(h, self.p, data, status)
+            except MemoryError as exc:  # the child fails, the M goes on
+                err = _exc_payload(GmpdError(f"result too large for the node's G arena: {exc}"))
+                node.g_set_result(h, self.p, err, wire.RAISED)
         self.curg = outer
         node.m_set(self.m, curg=outer, state=MState.RUNNING if outer else MState.IDLE)
 

@@ -275,3 +275,20 @@ def test_executor_g_table_shrinks_back_after_load() -> None:
             time.sleep(0.05)
         assert all(p.arena_live_bytes == 0 for p in stats.ps), stats.ps
         assert stats.gtab_resident_bytes <= 2 * 2**20, stats.gtab_resident_bytes
+
+
+def big_result(mb: int) -> bytes:
+    return b"x" * (mb * 2**20)
+
+
+def child_with_big_result(mb: int) -> str:
+    try:
+        gmpd.go(big_result, mb).result()
+    except gmpd.GmpdError as exc:
+        return str(exc)
+    return "no error"
+
+
+def test_executor_a_result_too_big_for_the_arena_fails_only_that_child(ex: gmpd.Executor) -> None:
+    assert "too large" in ex.submit(child_with_big_result, 300).result(timeout=60)
+    assert ex.submit(square, 2).result() == 4
