@@ -211,6 +211,8 @@ class Coordinator:
         holder = self.ms.get(lease.m)
         if holder is not None:
             holder.p = -1
+            if holder.waiting is not None:  # its long-poll names a lease it no longer has
+                self.send(holder.ident, wire.Revoke(p, lease.epoch))
             holder.waiting = None
         lease.m = -1
         self.idle_ps.append(p)

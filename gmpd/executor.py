@@ -31,7 +31,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _BaseExecutor
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 import zmq
@@ -40,7 +40,7 @@ from gmpd import wire
 from gmpd.errors import GmpdError
 from gmpd.g import encode_task
 from gmpd.m import load_outcome
-from gmpd.shm import NodeMemory
+from gmpd.shm import SHM_DIR, NodeMemory
 from gmpd.stats import Statistics, snapshot
 
 START_TIMEOUT = 30.0
@@ -102,6 +102,14 @@ class LocalCluster:
         if nm is not None:
             nm.close()
             self.nm = None
+        # The node agent unlinks its segments; if it had to be SIGKILLed, we do.
+        for name in (
+            getattr(self, "node_name", ""),
+            getattr(self, "node_name", "").replace("-node-", "-gtab-"),
+        ):
+            if name:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(SHM_DIR / name)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         shutil.rmtree(self.rundir, ignore_errors=True)
@@ -170,14 +178,16 @@ class _ClientIO(threading.Thread):
         elif isinstance(msg, wire.Results):
             for tid, status, data in msg.results:
                 fut = self.futures.pop(tid, None)
-                self.completed += 1
                 if fut is None or fut.cancelled():
-                    continue
+                    continue  # a duplicate, or cancelled while its result was on the way
+                self.completed += 1
                 ok, value = load_outcome(status, data)
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
+                # A user thread may cancel the (still PENDING) future right now.
+                with contextlib.suppress(InvalidStateError):
+                    if ok:
+                        fut.set_result(value)
+                    else:
+                        fut.set_exception(value)
         elif isinstance(msg, wire.Cancelled):
             for tid in msg.tids:
                 self.futures.pop(tid, None)
@@ -197,26 +207,13 @@ class _ClientIO(threading.Thread):
         poller.register(lifeline, zmq.POLLIN)
         self.send(wire.Hello("client", os.getpid(), "", -1))
         try:
-            while True:
-                self.pump_out()
-                if self.closing and not self.futures and not self.outbox:
-                    break
-                events = dict(poller.poll(1000))
-                if self.wake_r in events:
-                    os.read(self.wake_r, 65536)
-                if lifeline in events:
-                    self.fail_all(ClusterLost("the gmpd cluster exited; its tasks' results are lost"))
-                    return
-                for sock in (self.cluster.results, self.sock):
-                    while True:
-                        try:
-                            frame = sock.recv(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        with contextlib.suppress(wire.WireError):
-                            self.on_message(wire.decode(frame))
-            self.send(wire.Bye("client shutdown"))
+            self.loop(poller, lifeline)
+        except BaseException as exc:  # a bug here must not leave futures hanging
+            self.fail_all(GmpdError(f"the gmpd client thread failed ({exc!r}); this is a bug in gmpd"))
+            raise
         finally:
+            with contextlib.suppress(zmq.ZMQError):
+                self.send(wire.Bye("client shutdown"))
             self.sock.close(1000)
             self.cluster.results.close(0)
             self.ctx.term()
@@ -225,6 +222,26 @@ class _ClientIO(threading.Thread):
             os.close(self.wake_r)
             os.close(self.wake_w)
             self.done.set()
+
+    def loop(self, poller: zmq.Poller, lifeline: int) -> None:
+        while True:
+            self.pump_out()
+            if self.closing and not self.futures and not self.outbox:
+                return
+            events = dict(poller.poll(1000))
+            if self.wake_r in events:
+                os.read(self.wake_r, 65536)
+            if lifeline in events:
+                self.fail_all(ClusterLost("the gmpd cluster exited; its tasks' results are lost"))
+                return
+            for sock in (self.cluster.results, self.sock):
+                while True:
+                    try:
+                        frame = sock.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    with contextlib.suppress(wire.WireError):
+                        self.on_message(wire.decode(frame))
 
 
 def _chunks(iterables: tuple[Iterable[Any], ...], size: int) -> Iterator[list[tuple[Any, ...]]]:

@@ -146,7 +146,9 @@ class NodeAgent:
             self.ms.pop(int(pid), None)
 
     def run(self) -> None:
-        for mid in range(self.nprocs):
+        # One M more than Ps from the start: it parks until a P is free, and
+        # makes "at most GOMAXPROCS Ms run task code" a real constraint.
+        for mid in range(self.nprocs + 1):
             self.spawn(mid)
         client = os.pidfd_open(self.client)
         coord = os.pidfd_open(self.coord)

@@ -831,6 +831,10 @@ static PyObject *node_g_set_result(NodeObject *self, PyObject *args)
     PyObject *res = NULL;
     if (!parse_handle(self, ho, &h) || !check_p(self, p))
         goto done;
+    if ((size_t)data.len > UINT32_MAX) {
+        PyErr_SetString(PyExc_MemoryError, "result larger than 4 GiB");
+        goto done;
+    }
     uint32_t rh = gmpd_galloc(self->nd, self->gtab, (uint32_t)p, (uint32_t)data.len);
     if (rh == 0) {
         PyErr_Format(PyExc_MemoryError, "P %ld's G arena has no room for a %zd-byte result", p, data.len);

@@ -74,8 +74,9 @@ uint32_t gmpd_greclaim(gmpd_node *nd, void *gtab, uint32_t p)
         u += r->units;
     }
     pp->arena_top = last_live_end;
-    if (pp->arena_rover > last_live_end)
-        pp->arena_rover = 1;
+    /* Coalescing may have absorbed the block the rover pointed at, leaving it
+     * on a stale header inside a bigger free block: restart from the front. */
+    pp->arena_rover = 1;
     return n;
 }
 

@@ -150,8 +150,11 @@ def test_executor_cancel_while_pending(ex: gmpd.Executor) -> None:
     for f in cancelled:
         with pytest.raises(CancelledError):
             f.result()
-    for f in blockers + [f for f in queued if f not in cancelled]:
-        assert f.done() or f.result() is not None
+    assert [f.result() for f in blockers] == list(range(4))
+    for i, f in enumerate(queued):
+        assert f.cancelled() or f.result() == i * i
+    ran = sum(m.tasks_run for m in ex.statistics().ms)
+    assert ran == len(blockers) + len(queued) - len(cancelled), "a cancelled task ran, or a task was lost"
 
 
 def test_executor_nested_fan_out_and_recursion(ex: gmpd.Executor) -> None:
@@ -176,6 +179,7 @@ def test_executor_gomaxprocs_invariant_under_load(ex: gmpd.Executor) -> None:
     futures += [ex.submit(fan, 50) for _ in range(20)]
     wait(futures)
     stats = ex.statistics()
+    assert len(stats.ms) == 3, "one M more than Ps competes for the two Ps"
     assert stats.running_max <= stats.gomaxprocs == 2
     assert stats.running_max >= 1
     assert sum(m.tasks_run for m in stats.ms) >= 300

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -90,6 +91,45 @@ def test_g_a_long_lived_g_pins_only_its_own_block(nm: NodeMemory) -> None:
     assert node.g_arena(0)[0] == 2, "only the parent's block (header + payload) is live"
     assert node.g_payload(parent) == b"parent"
     assert nm.gtab.path.stat().st_blocks * 512 <= 12 * 2**20
+
+
+def test_g_reuse_after_reclaim_never_hands_out_a_live_block(nm: NodeMemory) -> None:
+    """A rover left inside a coalesced block once handed out a live block."""
+    node = nm.node
+    a, live, b = node.g_new(0, b"a" * 1000), node.g_new(0, b"L"), node.g_new(0, b"b")
+    node.g_free(a)
+    node.g_free(b)
+    node.g_reclaim(0)
+    g1 = node.g_new(0, b"g" * 100)  # splits A's block
+    node.g_free(g1)
+    node.g_reclaim(0)  # coalesces the split block back
+    g2 = node.g_new(0, b"precious")
+    node.g_free(live)
+    node.g_reclaim(0)  # must not drop top below the live g2
+    x = node.g_new(0, b"X" * 2000)
+    assert x != g2
+    assert node.g_payload(g2) == b"precious"
+    assert node.g_payload(x) == b"X" * 2000
+
+
+def test_g_random_alloc_free_reclaim_keeps_payloads_intact(nm: NodeMemory) -> None:
+    rng = random.Random(5)
+    node = nm.node
+    live: dict[int, bytes] = {}
+    for step in range(20_000):
+        if live and rng.random() < 0.5:
+            h = rng.choice(list(live))
+            assert node.g_payload(h) == live.pop(h)
+            node.g_free(h)
+        else:
+            data = rng.randbytes(rng.randrange(0, 3000))
+            h = node.g_new(0, data)
+            assert h not in live, "a live block was handed out again"
+            live[h] = data
+        if step % 97 == 0:
+            node.g_reclaim(0) if step % 2 else node.g_trim(0)
+    for h, data in live.items():
+        assert node.g_payload(h) == data
 
 
 def test_g_sweep_frees_records_of_a_dead_allocator(nm: NodeMemory) -> None:
