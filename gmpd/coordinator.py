@@ -219,8 +219,18 @@ class Coordinator:
         self.nm.node.sched_add(Counter.NPIDLE, 1)
 
     def expire_leases(self, now: float) -> None:
+        """Retake the P of an M that stopped living.  Ms on this node prove
+        they live by the native heartbeat in node shared memory (a GIL-free
+        thread, so a task in one long C call does not lose its P); Renew
+        messages are the signal for Ms we cannot see (other hosts, later)."""
+        now_ns = time.monotonic_ns()
         for lease in self.ps:
-            if lease.m >= 0 and lease.expires < now:
+            if lease.m < 0:
+                continue
+            heartbeat = self.nm.node.m_info(lease.m)[4]
+            if heartbeat and now_ns - heartbeat < self.lease_ttl * 1e9:
+                lease.expires = now + self.lease_ttl
+            if lease.expires < now:
                 seen = self.nm.node.p_state(lease.p)
                 self.stats.expired_leases += 1
                 lease.epoch += 1

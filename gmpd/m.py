@@ -40,6 +40,7 @@ from gmpd.sched import (
 from gmpd.shm import NodeMemory
 
 REQUEST_TIMEOUT_MS = 10_000
+HEARTBEAT_MS = 50  # the native heartbeat's period
 FLUSH_EVERY = 64  # results per Results message at most
 FLUSH_AGE = 0.002  # seconds a result may wait for company
 MAX_INLINE_DEPTH = 32  # nesting bound for join-helping
@@ -211,6 +212,14 @@ class M:
         self.node.m_set(self.m, p=grant.p, state=MState.IDLE)
         self.pending = self.take_work(grant.roots, grant.locals)
 
+    def check_lease(self) -> None:
+        """After a G: if the P was retaken meanwhile (epoch moved), never
+        touch its queue or arena again; the coordinator already re-leased it."""
+        if self.p >= 0 and self.node.p_state(self.p) != (PStatus.RUNNING, self.m, self.epoch):
+            self.flush()
+            self.node.m_set(self.m, p=-1)
+            self.p, self.runq = -1, None
+
     def drop_p(self) -> None:
         """releasep, then tell the coordinator (stopm's first half)."""
         if self.p < 0:
@@ -357,6 +366,7 @@ class M:
                 inherit = False  # the chain's slice is over (Go would preempt it here)
             if g:
                 self.execute(g, inherit)
+                self.check_lease()
             elif self.p >= 0:
                 self.drop_p()
 
@@ -459,7 +469,6 @@ class M:
             while not self.stopping:
                 if select.select([lifeline], [], [], 0.25)[0]:
                     os._exit(0)  # our node agent is gone: nobody will clean up after us
-                self.node.heartbeat(self.m)
                 if self.p >= 0:
                     sock.send(wire.encode(wire.Renew(self.m, self.p, self.epoch)))
         finally:
@@ -470,6 +479,7 @@ class M:
         global CURRENT  # noqa: PLW0603 - the one M this process is, for gmpd.go
         CURRENT = self
         self.node.m_set(self.m, pid=os.getpid(), state=MState.NEW)
+        self.node.start_heartbeat(self.m, HEARTBEAT_MS)  # GIL-free: what the coordinator trusts
         self.send(wire.Hello("m", os.getpid(), self.nm.name, self.m))
         hb = threading.Thread(target=self.heartbeat, name="gmpd-heartbeat", daemon=True)
         hb.start()

@@ -14,6 +14,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <pthread.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "gtab.h"
@@ -606,6 +608,56 @@ static PyObject *node_heartbeat(NodeObject *self, PyObject *arg)
     return PyLong_FromUnsignedLongLong(now);
 }
 
+/* -- native heartbeat --
+ * A pthread that never takes the GIL stamps the M's heartbeat word, so a
+ * task stuck in one long C call (holding the GIL) still looks alive, while a
+ * stopped or dead process does not.  It runs until the process exits; the
+ * node segment must stay mapped that long (an M never unmaps it). */
+
+typedef struct {
+    uint64_t *word;
+    struct timespec period;
+} heartbeat_arg;
+
+static void *heartbeat_main(void *p)
+{
+    heartbeat_arg *a = p;
+    for (;;) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        /* relaxed: a liveness timestamp; nothing is published through it. */
+        __atomic_store_n(a->word, (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec, __ATOMIC_RELAXED);
+        nanosleep(&a->period, NULL);
+    }
+    return NULL;
+}
+
+static PyObject *node_start_heartbeat(NodeObject *self, PyObject *args)
+{
+    long m;
+    unsigned int period_ms;
+    if (!PyArg_ParseTuple(args, "lI:start_heartbeat", &m, &period_ms) || !check_m(self, m))
+        return NULL;
+    heartbeat_arg *a = malloc(sizeof(*a)); /* lives as long as the thread: the process */
+    if (a == NULL)
+        return PyErr_NoMemory();
+    a->word = &gmpd_node_m(self->nd, (uint32_t)m)->heartbeat_ns;
+    a->period.tv_sec = period_ms / 1000;
+    a->period.tv_nsec = (long)(period_ms % 1000) * 1000000L;
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int r = pthread_create(&t, &attr, heartbeat_main, a);
+    pthread_attr_destroy(&attr);
+    if (r != 0) {
+        free(a);
+        errno = r;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
 /* -- parking -- */
 
 static PyObject *node_park(NodeObject *self, PyObject *args)
@@ -1038,6 +1090,8 @@ static PyMethodDef node_methods[] = {
      "m_set(m, *, state, curg, p, pid)"},
     {"m_cas_state", (PyCFunction)node_m_cas_state, METH_VARARGS, "m_cas_state(m, old, new) -> bool"},
     {"heartbeat", (PyCFunction)node_heartbeat, METH_O, "heartbeat(m) -> ns: store CLOCK_MONOTONIC now"},
+    {"start_heartbeat", (PyCFunction)node_start_heartbeat, METH_VARARGS,
+     "start_heartbeat(m, period_ms): a native thread stamps M m's heartbeat until the process exits"},
     {"park", (PyCFunction)node_park, METH_VARARGS,
      "park(m, seen, timeout=-1) -> bool: futex-sleep while M m's park word == seen; False on timeout"},
     {"wake", (PyCFunction)node_wake, METH_O, "wake(m) -> int: bump M m's park word and wake it"},

@@ -296,3 +296,21 @@ def child_with_big_result(mb: int) -> str:
 def test_executor_a_result_too_big_for_the_arena_fails_only_that_child(ex: gmpd.Executor) -> None:
     assert "too large" in ex.submit(child_with_big_result, 300).result(timeout=60)
     assert ex.submit(square, 2).result() == 4
+
+
+def long_c_call(n: int) -> int:
+    return sum(range(n))  # one C call: holds the GIL the whole time
+
+
+def test_executor_a_long_c_call_keeps_its_lease() -> None:
+    """The lease outlives a task that never releases the GIL (native heartbeat)."""
+    with gmpd.Executor(2, lease_ttl=0.3) as ex:
+        fut = ex.submit(long_c_call, 60_000_000)
+        deadline = time.monotonic() + 30
+        while not fut.done() and time.monotonic() < deadline:
+            stats = ex.statistics()
+            for m in stats.ms:
+                if m.p >= 0:
+                    assert stats.ps[m.p].owner == m.m, f"M{m.m} still uses P{m.p}, re-leased to another M"
+            time.sleep(0.02)
+        assert fut.result() == sum(range(60_000_000))
