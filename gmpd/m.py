@@ -105,7 +105,11 @@ def load_outcome(status: int, data: bytes) -> tuple[bool, Any]:
 
 class ChildFuture(Future[Any]):
     """The future of a G spawned inside a task.  ``result()`` helps: while
-    the child is not done, the waiting M runs Gs of its own P inline."""
+    the child is not done, the waiting M runs Gs of its own P inline.
+
+    It completes when ``result()``/``exception()`` collects it, so
+    ``concurrent.futures.wait``/``as_completed`` over child futures are not
+    supported yet (they would wait forever); call ``result()`` on each."""
 
     def __init__(self, m: M, handle: int) -> None:
         super().__init__()
@@ -124,6 +128,16 @@ class ChildFuture(Future[Any]):
             self.set_result(value)
         else:
             self.set_exception(value)
+
+    def cancel(self) -> bool:
+        """Cancel the child if it has not started: it is claimed so it never runs."""
+        if self.done():
+            return self.cancelled()
+        if not self._m.node.g_claim(self._h):
+            return False  # running or done already
+        self._detach.detach()
+        self._m.node.g_free(self._h)  # the claim's reference; its stale queue entry frees the rest
+        return super().cancel()
 
     def result(self, timeout: float | None = None) -> Any:
         self._collect(timeout)

@@ -314,3 +314,21 @@ def test_executor_a_long_c_call_keeps_its_lease() -> None:
                     assert stats.ps[m.p].owner == m.m, f"M{m.m} still uses P{m.p}, re-leased to another M"
             time.sleep(0.02)
         assert fut.result() == sum(range(60_000_000))
+
+
+def cancel_children(n: int) -> tuple[int, int]:
+    blocker = gmpd.go(spin_ms, 1)
+    children = [gmpd.go(square, i) for i in range(n)]
+    cancelled = [f for f in children if f.cancel()]
+    done = sum(1 for f in children if not f.cancelled() and f.result() is not None)
+    blocker.result()
+    return len(cancelled), done
+
+
+def test_executor_child_future_cancel_really_cancels(ex: gmpd.Executor) -> None:
+    before = sum(m.tasks_run for m in ex.statistics().ms)
+    cancelled, done = ex.submit(cancel_children, 50).result(timeout=30)
+    assert cancelled + done == 50
+    assert cancelled > 0, "unstarted children can be cancelled"
+    ran = sum(m.tasks_run for m in ex.statistics().ms) - before
+    assert ran == 1 + 1 + done, "a cancelled child ran"  # the parent, the blocker, the rest
