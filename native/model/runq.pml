@@ -3,7 +3,32 @@
  * ring with free-running head/tail counters) with gmpd's crash recovery
  * (tagged CAS words, confirmations, per-M op records, gmpd_recover_m).
  *
- * STATS_PLACEHOLDER
+ * Run: `make` here (or `make spin` at the top level).  Result on this 2-core
+ * machine (SPIN 6.5.2, pan -DSAFETY -DCOLLAPSE, partial order reduction on,
+ * exhaustive: no bitstate/hash compaction), all "errors: 0", complete search:
+ *
+ *   set  parameters                              config   states      time
+ *   A    SIZE 4, NG 3, PRE 0, REPLACE 1          nocrash    5,328,698    4 s
+ *        (empty start: put/put_next/get/steal    thief     59,230,127   57 s
+ *         interleavings, wrap at 255->0)         owner     75,403,490   80 s
+ *   B    SIZE 4, NG 6, PRE 4, REPLACE 1          nocrash    6,232,039    4 s
+ *        (full ring: runqputslow, putslow of a   thief     97,740,785  116 s
+ *         kicked runnext G, 2-G steals)          owner     89,272,848  106 s
+ *   C    SIZE 4, NG 3, OSTEAL 1, NEXTMASK 8      thief     20,228,795   17 s
+ *        (M0 also steals once from P1)           owner     22,408,699   19 s
+ *
+ * (peak memory about 5 GB, for B-thief; `make` takes about 7 minutes.)
+ * Also passed, not in the Makefile: SIZE 2 / NG 3 in all three configs
+ * (5.3M / 58M / 74M states), and A-thief with -DNOREDUCE (126M states).
+ *
+ * Sanity check (done by hand, not left in): making recovery's took_effect()
+ * always answer "did not take effect" gives an assertion violation in both
+ * crash configurations within a second; so do: not reading confirmed[],
+ * confirm() as a no-op, publishing t+n-1 instead of t+n after a dead
+ * thief's steal, dropping the kicked G of a PUTNEXT, the harness not
+ * deduplicating HELD orphans or ignoring Recovery.accepted(), storing the
+ * op word before batch[] in rec_hold1, tail before slot in put_tail, and
+ * runqputslow without its head re-check (set B only).
  *
  * What is modelled (names follow runq.c):
  *   - P0, owned by M0 (proctype Owner = gmpd_stress_owner): puts G 1..NG in
@@ -16,12 +41,13 @@
  *     own P1, otherwise runqsteal from P0 (steal_runnext chosen
  *     nondeterministically, which covers stealWork's "runnext on the last
  *     pass"), logging what it gets; stops once the owner is done.
- *   - CRASH_THIEF / CRASH_OWNER: a Killer process may, once, at any moment
- *     kill M1 / M0.  The victim's body is wrapped in `unless { kflag[m] }`,
- *     so it stops before any of its atomic steps (never inside one: an
- *     `atomic`/`d_step` below is one C atomic access).  Then a Recovery
- *     process (only after the death, as the C precondition "the M is dead
- *     (reaped)" demands) runs gmpd_recover_m's decision logic, and the
+ *   - CRASH_THIEF / CRASH_OWNER: the Recovery process may, once, at any
+ *     moment before it is done, SIGKILL M1 / M0 (kflag).  The victim's body
+ *     is wrapped in `unless { kflag[m] }`, so it stops before any of its
+ *     atomic steps (never inside one: an `atomic`/`d_step` below is one C
+ *     atomic access) and never runs again.  Then Recovery (only after the
+ *     death, as the C precondition "the M is dead (reaped)" demands) runs
+ *     gmpd_recover_m's decision logic, and the
  *     harness part of gmpd/_runq_stress.py: drop HELD orphans that the dead
  *     M's log already ends with, put the rest in the recovered list, work
  *     out the owner's resume point with Recovery.accepted(), and start a
@@ -43,7 +69,14 @@
  * crash can fall relative to the op-word store (before the group, or after
  * it and before the op word: both are crash points here).  Reads by an M of
  * words only it writes (its own tail, its own slots, its own record) are
- * folded into a neighbouring statement.
+ * folded into a neighbouring statement, and so is a thief's store into its
+ * own slot past its own tail with the victim-slot load it copies (no one
+ * but recovery reads such a slot, and recovery only after the death).
+ *
+ * Not modelled: runqdrain, runqempty/runqlen, the P lease word, more than
+ * one thief, a G put more than once (so runnext ABA is not exercised; head
+ * ABA needs 2^32 wraps), two crashes in one run, the 2^20 confirmation
+ * refresh and 22-bit seq wrap, usleep3.
  *
  * Memory model: SPIN explores sequentially consistent interleavings only.
  * The C code's acquire/release orders are claimed (runq.c §1, §2(c)) to
@@ -64,7 +97,7 @@
 #define HALF (SIZE / 2)         /* GMPD_RUNQ_HALF */
 #define B (HALF + 1)            /* batch / held capacity used here */
 #ifndef NG
-#define NG 5                    /* Gs 1..NG */
+#define NG 3                    /* Gs 1..NG */
 #endif
 #ifndef BASE
 #define BASE 254                /* counter_base */
@@ -141,7 +174,7 @@ byte lt[NM * B];                /* the last B entries of each M's log */
 byte cursor = 1;                /* owner: next G it will put */
 bool owner_done;                /* owner finished (thieves may stop) */
 bool done[NM];                  /* M slot finished (incl. replacement) */
-bool kflag[NM];                  /* the Killer fired at M */
+bool kflag[NM];                 /* M was SIGKILLed */
 bool dead[NM];                  /* M stopped because of kflag[] */
 
 /* ---- the op record (runq.c: rec_set, rec_begin, rec_step, rec_hold1) -- */
@@ -365,6 +398,11 @@ inline runqsteal(P, V, M)
             d_step { n = DIFF(vt, hc); n = n - n / 2 };
             if
             :: n == 0 ->
+                /* steal_runnext, chosen per iteration rather than per
+                 * call: a superset of C (a call with steal_runnext = 1
+                 * may here also give up after a failed runnext CAS, which
+                 * only skips re-reads and leaves the record IDLE as C's
+                 * next == 0 exit would) */
                 if
                 :: break                                /* steal_runnext == 0 */
                 :: skip                                 /* steal_runnext == 1 */
