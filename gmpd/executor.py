@@ -18,7 +18,6 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
-import functools
 import itertools
 import json
 import os
@@ -115,6 +114,21 @@ class LocalCluster:
         shutil.rmtree(self.rundir, ignore_errors=True)
 
 
+class TaskFuture(Future[Any]):
+    """The future of a task submitted from this client; cancelling it while
+    it is pending also withdraws the task from the coordinator's queue."""
+
+    def __init__(self, io: _ClientIO, tid: int) -> None:
+        super().__init__()
+        self._io, self._tid = io, tid
+
+    def cancel(self) -> bool:
+        if not super().cancel():
+            return False
+        self._io.cancelled(self._tid)
+        return True
+
+
 class _ClientIO(threading.Thread):
     def __init__(self, cluster: LocalCluster) -> None:
         super().__init__(name="gmpd-client", daemon=True)
@@ -130,26 +144,31 @@ class _ClientIO(threading.Thread):
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
         self.closing = False
+        self.kicked = False  # a wake-up byte is in the pipe (cleared before draining)
         self.done = threading.Event()
         self.submitted = self.completed = 0
 
     # -- called from user threads --
-    def submit(self, fut: Future[Any], payload: bytes) -> None:
+    def submit(self, payload: bytes) -> TaskFuture:
         tid = next(self.tids)
+        fut = TaskFuture(self, tid)
         self.submitted += 1
         self.futures[tid] = fut
-        fut.add_done_callback(functools.partial(self.on_done, tid))
         self.outbox.append((tid, payload))
         self.kick()
+        return fut
 
-    def on_done(self, tid: int, fut: Future[Any]) -> None:
-        if fut.cancelled():  # the user cancelled it while pending: tell the coordinator
-            self.cancels.append(tid)
-            self.kick()
+    def cancelled(self, tid: int) -> None:
+        """A pending future was cancelled: tell the coordinator."""
+        self.cancels.append(tid)
+        self.kick()
 
     def kick(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.write(self.wake_w, b"\0")
+        """Wake the IO thread, unless a wake-up is already pending."""
+        if not self.kicked:
+            self.kicked = True
+            with contextlib.suppress(BlockingIOError):
+                os.write(self.wake_w, b"\0")
 
     def close(self) -> None:
         self.closing = True
@@ -230,6 +249,7 @@ class _ClientIO(threading.Thread):
                 return
             events = dict(poller.poll(1000))
             if self.wake_r in events:
+                self.kicked = False  # before draining: a later submit writes again
                 os.read(self.wake_r, 65536)
             if lifeline in events:
                 self.fail_all(ClusterLost("the gmpd cluster exited; its tasks' results are lost"))
@@ -282,15 +302,14 @@ class Executor(_BaseExecutor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            fut: Future[Any] = Future()
             try:
                 payload = encode_task(fn, args, kwargs)
             except Exception as exc:
+                fut: Future[Any] = Future()
                 fut.set_running_or_notify_cancel()
                 fut.set_exception(exc)
                 return fut
-            self._io.submit(fut, payload)
-            return fut
+            return self._io.submit(payload)
 
     def map(
         self,

@@ -85,18 +85,44 @@ def _list(item: Check) -> Check:
     return check
 
 
-def _tuple(*items: Check) -> Check:
-    def check(v: Any) -> tuple[Any, ...]:
-        if type(v) is not list or len(v) != len(items):
-            raise WireError(f"expected a {len(items)}-item array, got {v!r:.40}")
-        return tuple(c(x) for c, x in zip(items, v, strict=True))
-
-    return check
-
-
 U8, U32, U64 = _u(8), _u(32), _u(64)
-TASK = _tuple(U64, _bytes)  # (tid, payload)
-RESULT = _tuple(U64, U8, _bytes)  # (tid, status, payload)
+_TOP64 = 1 << 64
+
+
+def _tasks(v: Any) -> list[tuple[int, bytes]]:
+    """A list of (tid, payload): the hot path of Submit/Work, checked inline."""
+    if type(v) is not list:
+        raise WireError(f"expected a list, got {type(v).__name__}")
+    out = []
+    for item in v:
+        if type(item) is not list or len(item) != 2:
+            raise WireError(f"expected a (tid, payload) array, got {item!r:.40}")
+        tid, payload = item
+        if type(tid) is not int or not 0 <= tid < _TOP64 or type(payload) is not bytes:
+            raise WireError(f"bad (tid, payload) item {item!r:.40}")
+        out.append((tid, payload))
+    return out
+
+
+def _results(v: Any) -> list[tuple[int, int, bytes]]:
+    """A list of (tid, status, payload): the hot path of Results, checked inline."""
+    if type(v) is not list:
+        raise WireError(f"expected a list, got {type(v).__name__}")
+    out = []
+    for item in v:
+        if type(item) is not list or len(item) != 3:
+            raise WireError(f"expected a (tid, status, payload) array, got {item!r:.40}")
+        tid, status, payload = item
+        if (
+            type(tid) is not int
+            or not 0 <= tid < _TOP64
+            or type(status) is not int
+            or not 0 <= status < 256
+            or type(payload) is not bytes
+        ):
+            raise WireError(f"bad (tid, status, payload) item {item!r:.40}")
+        out.append((tid, status, payload))
+    return out
 
 
 class Message:
@@ -144,7 +170,7 @@ class Welcome(Message):
     nprocs: int
 
 
-@_message(3, _list(TASK))
+@_message(3, _tasks)
 @dataclass(frozen=True, slots=True)
 class Submit(Message):
     tasks: list[tuple[int, bytes]]
@@ -162,7 +188,7 @@ class Started(Message):
     tids: list[int]
 
 
-@_message(6, _list(RESULT))
+@_message(6, _results)
 @dataclass(frozen=True, slots=True)
 class Results(Message):
     results: list[tuple[int, int, bytes]]
@@ -181,7 +207,7 @@ class LeaseRequest(Message):
     spinning: bool
 
 
-@_message(9, _i32, U32, U32, _list(TASK), _list(U32))
+@_message(9, _i32, U32, U32, _tasks, _list(U32))
 @dataclass(frozen=True, slots=True)
 class Grant(Message):
     p: int  # -1: no P is free
@@ -201,7 +227,7 @@ class GetWork(Message):
     wait_ms: int  # 0: answer now; else hold the request until work or timeout
 
 
-@_message(11, _list(TASK), _list(U32))
+@_message(11, _tasks, _list(U32))
 @dataclass(frozen=True, slots=True)
 class Work(Message):
     roots: list[tuple[int, bytes]]
