@@ -58,10 +58,10 @@ def burn(ms: float) -> float:
     return time.thread_time() - t0
 
 
-def fan(n: int, ms: float) -> float:
-    """gmpd: spawn n children with gmpd.go, sum their CPU time."""
+def fan(n: int, ms: float) -> list[float]:
+    """gmpd: spawn n children with gmpd.go, return their CPU times."""
     futures = [gmpd.go(burn, ms) for _ in range(n)]
-    return float(sum(f.result() for f in futures))
+    return [f.result() for f in futures]
 
 
 # ---- systems ----
@@ -162,13 +162,13 @@ def farm(ex: BaseExecutor | Pool, n: int, workers: int) -> tuple[float, dict[str
 def fanout(ex: BaseExecutor | Pool, n: int, workers: int) -> tuple[float, dict[str, float]]:
     t = time.perf_counter()
     if isinstance(ex, Pool):
-        total = sum(ex.pool.map(burn, [5.0] * n, chunksize=1))
+        cpu = ex.pool.map(burn, [5.0] * n, chunksize=1)
     elif isinstance(ex, gmpd.Executor):
-        total = ex.submit(fan, n, 5.0).result()
+        cpu = ex.submit(fan, n, 5.0).result()
     else:
-        total = sum(f.result() for f in [ex.submit(burn, 5.0) for _ in range(n)])
+        cpu = [f.result() for f in [ex.submit(burn, 5.0) for _ in range(n)]]
     makespan = time.perf_counter() - t
-    check(total > 0, "fanout result")
+    check(len(cpu) == n and all(c > 0 for c in cpu), "fanout results")
     return makespan / (n * 0.005 / workers), {}
 
 

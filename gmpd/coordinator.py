@@ -340,13 +340,9 @@ class Coordinator:
             self.busy_since_trim = True
         elif self.busy_since_trim and now - self.last_trim > 1.0:
             self.busy_since_trim, self.last_trim = False, now
-            self.root_table_reset()
+            self.roots = {}  # a dict keeps the table of its largest size; start afresh
             if _libc is not None:
                 _libc.malloc_trim(0)
-
-    def root_table_reset(self) -> None:
-        """A dict keeps the table of its largest size; start a fresh one."""
-        self.roots = {}
 
     def timers(self, now: float) -> None:
         for info in self.ms.values():

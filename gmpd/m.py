@@ -345,8 +345,8 @@ class M:
         node.sched_add(Counter.NMIDLE, 1)
         node.sched_add(Counter.PARKS, 1)
         try:
-            while node.m_info(self.m)[0] != MState.WAKING:
-                seen = node.m_info(self.m)[5]
+            while True:
+                seen = node.m_info(self.m)[5]  # read the park word before the state: no lost wake-up
                 if node.m_info(self.m)[0] == MState.WAKING:
                     break
                 node.park(self.m, seen, 1.0)
