@@ -9,8 +9,9 @@ One process per cluster, one ZeroMQ ROUTER socket.  Who sends what::
       |                             |-- futex wake (node shm) ---------> | parked M
       |                             |<------------ LeaseRequest(m) ------|
       |                             |-- Grant(p, epoch, batch) --------> | runs Gs
-      |<------------- Started(tids) |                                    |
-      |                             |<------------- GetWork(p, epoch) ---| local queue empty
+      |<------------- Started(tids) |  (only for tasks still running      |
+      |                             |   at the next 1 ms timer)          |
+      |                             |<-- GetWork(p, epoch, finished) ----| local queue empty
       |                             |-- Work(batch) / held until work -->|
       |                             |<--------------------- Spill(gs) ---| runqputslow
       |<------------------------------------------------ Results(...) ---| straight to the client
@@ -29,6 +30,10 @@ Leases: a grant carries an epoch (bumped on every grant of that P) and a TTL
 renewed by the M's heartbeat thread.  A message naming a stale epoch is
 answered with Revoke; an expired lease makes the P idle under a new epoch,
 which the P state word in node shared memory enforces too.
+
+Replies to a client (Welcome, Started, Cancelled) go to the PULL socket it
+names in its Hello, where results from Ms arrive too: the client's socket to
+us is then send-only, so its user threads can submit on it directly.
 
 Runs in: the coordinator process only.  Single-threaded: every handler runs
 to completion on the poll loop.
@@ -128,7 +133,7 @@ class Coordinator:
         self.roots: dict[int, Root] = {}
         self.ms: dict[int, MInfo] = {}
         self.by_ident: dict[bytes, int] = {}  # M idents (main and heartbeat sockets) -> m
-        self.clients: set[bytes] = set()
+        self.clients: dict[bytes, zmq.Socket[bytes]] = {}  # ident -> PUSH to its reply_to
         self.out_started: dict[bytes, list[int]] = collections.defaultdict(list)
         self.running = True
         self.busy_since_trim, self.last_trim = False, 0.0
@@ -144,10 +149,23 @@ class Coordinator:
                 raise
             self.stats.lost_peers += 1
 
-    def flush(self) -> None:
-        for ident, tids in self.out_started.items():
-            if tids:
-                self.send(ident, wire.Started(tids))
+    def reply(self, client: bytes, msg: wire.Message) -> None:
+        sock = self.clients.get(client)
+        if sock is None:
+            return
+        try:
+            sock.send(wire.encode(msg), zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # the client stopped reading: it is gone or going
+            self.stats.lost_peers += 1
+
+    def send_started(self) -> None:
+        """Started for tasks taken by an M and still running: a task that
+        finished meanwhile needs none (its result says it all), which spares
+        the latency path a message."""
+        for client, tids in self.out_started.items():
+            running = [tid for tid in tids if tid in self.roots]
+            if running:
+                self.reply(client, wire.Started(running))
         self.out_started.clear()
 
     # ---- the global queue -------------------------------------------------
@@ -255,9 +273,13 @@ class Coordinator:
     # ---- handlers ---------------------------------------------------------
 
     def on_hello(self, ident: bytes, msg: wire.Hello) -> None:
-        if msg.role == "client":
-            self.clients.add(ident)
-            self.send(ident, wire.Welcome(self.nprocs))
+        if msg.role == "client" and msg.reply_to:
+            if ident not in self.clients:
+                sock = self.ctx.socket(zmq.PUSH)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(msg.reply_to)
+                self.clients[ident] = sock
+            self.reply(ident, wire.Welcome(self.nprocs))
         elif msg.role == "m" and 0 <= msg.m < self.nm.node.nms:
             info = self.ms.get(msg.m)
             if info is None or info.pid != msg.pid:
@@ -281,11 +303,11 @@ class Coordinator:
                 done.append(tid)
         self.stats.cancelled += len(done)
         if done:
-            self.send(ident, wire.Cancelled(done))
+            self.reply(ident, wire.Cancelled(done))
 
-    def on_finished(self, msg: wire.Finished) -> None:
+    def on_finished(self, tids: list[int]) -> None:
         """Ms sent these results to their client; forget the root tasks."""
-        for tid in msg.tids:
+        for tid in tids:
             if self.roots.pop(tid, None) is not None:
                 self.stats.completed += 1
 
@@ -293,6 +315,7 @@ class Coordinator:
         if isinstance(msg, wire.LeaseRequest):
             self.grant(info)
         elif isinstance(msg, wire.GetWork):
+            self.on_finished(msg.finished)
             if not self.lease_ok(info.m, msg.p, msg.epoch):
                 self.send(info.ident, wire.Revoke(msg.p, msg.epoch))
                 return
@@ -318,7 +341,7 @@ class Coordinator:
         if isinstance(msg, wire.Hello):
             self.on_hello(ident, msg)
         elif isinstance(msg, wire.Finished):
-            self.on_finished(msg)
+            self.on_finished(msg.tids)
         elif isinstance(msg, wire.Submit) and ident in self.clients:
             self.on_submit(ident, msg)
         elif isinstance(msg, wire.Cancel) and ident in self.clients:
@@ -351,6 +374,7 @@ class Coordinator:
                 self.send(info.ident, wire.Work([], []))
         self.expire_leases(now)
         self.trim_when_idle(now)
+        self.send_started()
 
     def run(self) -> None:
         poller = zmq.Poller()
@@ -377,13 +401,14 @@ class Coordinator:
             if now >= next_timer:
                 self.timers(now)
                 next_timer = now + 0.001
-            self.flush()
         for info in self.ms.values():
             self.send(info.ident, wire.Bye("shutdown"))
             self.nm.node.wake(info.m)  # a parked M reads its socket once woken
         os.close(lifeline)
 
     def close(self) -> None:
+        for sock in self.clients.values():
+            sock.close(0)
         self.sock.close(0)
         self.ctx.term()
         self.nm.close()

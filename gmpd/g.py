@@ -18,6 +18,7 @@ import types
 from typing import Any
 
 import cloudpickle
+import cloudpickle.cloudpickle as _cloudpickle_impl
 
 UNIT_BITS = 22
 
@@ -40,7 +41,7 @@ def handle_p(handle: int) -> int:
 
 # ---- task payloads ----------------------------------------------------------
 #
-# b"R" + 4-byte length + pickle of the function *by reference* + cloudpickle
+# b"R" + 4-byte length + pickle of the function *by reference* + dumps()
 #   of (args, kwargs): for importable module-level functions.  The function
 #   part is a module and a name, the same bytes every time, so the client
 #   caches it per function and the M caches the unpickled function per bytes.
@@ -71,12 +72,32 @@ def _by_reference(fn: Any) -> bytes | None:
     return data
 
 
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj`` for another process of this cluster.
+
+    The C pickler first (6x faster than cloudpickle for small values: 0.26
+    vs 1.6 us for a tuple of one int, measured here); cloudpickle whenever
+    the plain pickle would not load in an M: it fails (lambdas, local
+    classes), it names ``__main__`` (the M's ``__main__`` is not the
+    client's; cloudpickle sends those by value), or the user registered
+    modules to travel by value."""
+    if not _cloudpickle_impl._PICKLE_BY_VALUE_MODULES:
+        try:
+            data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            pass
+        else:
+            if b"__main__" not in data:
+                return data
+    return bytes(cloudpickle.dumps(obj))
+
+
 def encode_task(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """The payload of a G that calls ``fn(*args, **kwargs)``."""
     ref = _by_reference(fn)
     if ref is None:
         return b"V" + bytes(cloudpickle.dumps((fn, args, kwargs)))
-    return b"R" + len(ref).to_bytes(4, "little") + ref + bytes(cloudpickle.dumps((args, kwargs)))
+    return b"R" + len(ref).to_bytes(4, "little") + ref + dumps((args, kwargs))
 
 
 def decode_task(payload: bytes) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:

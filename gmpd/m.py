@@ -26,7 +26,7 @@ import zmq
 
 from gmpd import wire
 from gmpd.errors import GmpdError
-from gmpd.g import decode_task
+from gmpd.g import decode_task, dumps
 from gmpd.runq import PStatus, RunQ
 from gmpd.sched import (
     FAIRNESS_TICK,
@@ -80,7 +80,7 @@ def run_payload(payload: bytes) -> tuple[int, bytes]:
     except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task, not the M
         return wire.RAISED, _exc_payload(exc)
     try:
-        return wire.OK, bytes(cloudpickle.dumps(result))
+        return wire.OK, dumps(result)
     except BaseException as exc:
         err = pickle.PicklingError(
             f"the task's result of type {type(result).__name__} cannot be pickled: {exc}"
@@ -170,6 +170,7 @@ class M:
         self.slice_start = 0.0  # when the current time slice began
         self.fair_tick = -1  # the schedtick whose fairness check was done
         self.results: list[tuple[int, int, bytes]] = []
+        self.finished: list[int] = []  # tids sent to the client, not yet told to the coordinator
         self.oldest = 0.0
         self.rng = random.Random(os.getpid())
         self.stopping = False
@@ -197,12 +198,16 @@ class M:
         self.send(msg)
         return self.recv(timeout_ms)
 
-    def flush(self) -> None:
-        """Results go straight to the client; the coordinator only hears which."""
+    def flush(self, tell: bool = True) -> None:
+        """Results go straight to the client; the coordinator only hears
+        which (now, or with the next GetWork when ``tell`` is false)."""
         if self.results:
             self.out.send(wire.encode(wire.Results(self.results)), copy=False)
-            self.send(wire.Finished([tid for tid, _status, _data in self.results]))
+            self.finished += [tid for tid, _status, _data in self.results]
             self.results = []
+        if tell and self.finished:
+            self.send(wire.Finished(self.finished))
+            self.finished = []
 
     def spill(self, batch: tuple[int, ...]) -> None:
         """A full ring's half + 1 go to the global queue (runqputslow)."""
@@ -264,9 +269,10 @@ class M:
         return hs[0] if hs else 0
 
     def get_work(self, limit: int, wait_ms: int) -> int:
-        self.flush()
+        self.flush(tell=False)
+        finished, self.finished = self.finished, []
         reply = self.call(
-            wire.GetWork(self.m, self.p, self.epoch, limit, wait_ms), REQUEST_TIMEOUT_MS + wait_ms
+            wire.GetWork(self.m, self.p, self.epoch, limit, wait_ms, finished), REQUEST_TIMEOUT_MS + wait_ms
         )
         if isinstance(reply, wire.Revoke):
             self.p, self.runq = -1, None  # our lease is gone; the P is someone else's

@@ -9,9 +9,10 @@ count and drop (a bad frame never takes a process down).
 Who sends what (ids: client task id ``tid``; M index ``m``; P index ``p``)::
 
     client -> coordinator   Hello, Submit(tasks), Cancel(tids), Bye
-    coordinator -> client   Welcome, Started(tids), Cancelled(tids)
+    coordinator -> client   Welcome, Started(tids), Cancelled(tids)   (to the client's PULL socket)
     M -> client             Results(results)          (straight to the client's PULL socket)
-    M -> coordinator        Hello, LeaseRequest, GetWork, Spill, Finished(tids), Renew, Release
+    M -> coordinator        Hello, LeaseRequest, GetWork(+finished tids), Spill, Finished(tids),
+                            Renew, Release
     coordinator -> M        Grant(p, epoch, work), Work(work), Revoke(p, epoch), Bye
 
 Work is a list of root tasks ``(tid, payload)`` plus node-local G handles
@@ -29,7 +30,7 @@ import msgpack
 
 from gmpd.errors import GmpdError
 
-PROTOCOL = 1
+PROTOCOL = 2
 
 
 class WireError(GmpdError, ValueError):
@@ -155,13 +156,14 @@ def _message(kind: int, *schema: Check) -> Callable[[M], M]:
 OK, RAISED = 0, 1
 
 
-@_message(1, _str, U32, _str, _i32)
+@_message(1, _str, U32, _str, _i32, _str)
 @dataclass(frozen=True, slots=True)
 class Hello(Message):
-    role: str  # "client", "m" or "node"
+    role: str  # "client", "m" or "m-hb"
     pid: int
     node: str  # node segment name ("" for a client)
-    m: int  # M index (-1 for a client or node agent)
+    m: int  # M index (-1 for a client)
+    reply_to: str = ""  # a client's PULL endpoint: the coordinator answers there
 
 
 @_message(2, U32)
@@ -217,7 +219,7 @@ class Grant(Message):
     locals: list[int]
 
 
-@_message(10, U32, U32, U32, U32, U32)
+@_message(10, U32, U32, U32, U32, U32, _list(U64))
 @dataclass(frozen=True, slots=True)
 class GetWork(Message):
     m: int
@@ -225,6 +227,7 @@ class GetWork(Message):
     epoch: int
     max: int
     wait_ms: int  # 0: answer now; else hold the request until work or timeout
+    finished: list[int]  # root tasks whose results just went to their client (as Finished)
 
 
 @_message(11, _tasks, _list(U32))

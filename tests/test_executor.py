@@ -332,3 +332,29 @@ def test_executor_child_future_cancel_really_cancels(ex: gmpd.Executor) -> None:
     assert cancelled > 0, "unstarted children can be cancelled"
     ran = sum(m.tasks_run for m in ex.statistics().ms) - before
     assert ran == 1 + 1 + done, "a cancelled child ran"  # the parent, the blocker, the rest
+
+
+def test_executor_main_module_classes_and_functions_travel_by_value() -> None:
+    """A script's own classes and functions reach the M by value, as
+    arguments and results (the M's __main__ is not the script)."""
+    code = """
+        import gmpd
+        from tests.test_executor import echo
+
+        class Point:
+            def __init__(self, x):
+                self.x = x
+
+        def double(p):
+            return Point(p.x * 2)
+
+        with gmpd.Executor(2) as ex:
+            p = ex.submit(echo, Point(21)).result(timeout=30)
+            f = ex.submit(echo, double).result(timeout=30)
+            print(type(p).__name__, p.x, f(p).x)
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["Point", "21", "42"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import textwrap
 
 import pytest
 
-from gmpd.g import GState, handle_p
+from gmpd.g import GState, dumps, handle_p
 from gmpd.shm import NodeMemory
 
 
@@ -164,3 +165,24 @@ def test_g_handles_are_checked(nm: NodeMemory) -> None:
         nm.node.g_payload(4 << 22 | 1)
     with pytest.raises(ValueError, match="names no arena unit"):
         nm.node.g_payload(1 << 22)
+
+
+def test_dumps_uses_the_c_pickler_for_plain_values() -> None:
+    value = ((1, "a", [2.5, None]), {"k": b"v"})
+    assert dumps(value) == pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def test_dumps_falls_back_to_cloudpickle_for_what_an_m_could_not_load() -> None:
+    def local(x: int) -> int:
+        return x + 1
+
+    assert pickle.loads(dumps(local))(1) == 2  # the C pickler refuses local functions
+    main = sys.modules["__main__"]
+    main_cls = type("InMain", (), {"__module__": "__main__"})
+    setattr(main, "InMain", main_cls)  # noqa: B010 - so plain pickle would name __main__.InMain
+    try:
+        assert b"__main__" in pickle.dumps(main_cls(), protocol=pickle.HIGHEST_PROTOCOL)
+        data = dumps(main_cls())
+    finally:
+        delattr(main, "InMain")
+    assert type(pickle.loads(data)).__name__ == "InMain", "sent by value: loads without __main__.InMain"

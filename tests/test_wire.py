@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from gmpd import wire
 
 SAMPLES: list[wire.Message] = [
-    wire.Hello("client", 123, "", -1),
+    wire.Hello("client", 123, "", -1, "ipc:///run/gmpd-x/client"),
     wire.Welcome(4),
     wire.Submit([(1, b"payload"), (2**64 - 1, b"")]),
     wire.Cancel([1, 2]),
@@ -20,7 +20,7 @@ SAMPLES: list[wire.Message] = [
     wire.LeaseRequest(3, True),
     wire.Grant(-1, 0, 0, [], []),
     wire.Grant(1, 7, 500, [(5, b"x")], [1 << 22 | 9]),
-    wire.GetWork(1, 0, 7, 128, 2),
+    wire.GetWork(1, 0, 7, 128, 2, [5, 6]),
     wire.Work([(9, b"y")], [4]),
     wire.Spill(0, 7, [1, 2, 3]),
     wire.Renew(1, 0, 7),
@@ -45,16 +45,16 @@ def test_wire_roundtrip(msg: wire.Message) -> None:
     [
         (b"\xc1", "not a msgpack frame"),
         (msgpack.packb({"a": 1}), "array"),
-        (msgpack.packb([2, 1, "client", 1, "", -1]), "protocol version"),
-        (msgpack.packb([1, 999]), "unknown message kind"),
-        (msgpack.packb([1, "1"]), "unknown message kind"),
-        (msgpack.packb([1, 2]), "fields"),
-        (msgpack.packb([1, 2, -1]), "unsigned"),
-        (msgpack.packb([1, 3, [[1, "not bytes"]]], use_bin_type=True), "tid, payload"),
-        (msgpack.packb([1, 3, [[1]]], use_bin_type=True), "tid, payload"),
-        (msgpack.packb([1, 8, 1, 1]), "bool"),
-        (msgpack.packb([1, 2, True]), "unsigned"),
-        (msgpack.packb([1, 1, "x" * 300, 1, "", -1]), "short string"),
+        (msgpack.packb([wire.PROTOCOL + 1, 1, "client", 1, "", -1, ""]), "protocol version"),
+        (msgpack.packb([wire.PROTOCOL, 999]), "unknown message kind"),
+        (msgpack.packb([wire.PROTOCOL, "1"]), "unknown message kind"),
+        (msgpack.packb([wire.PROTOCOL, 2]), "fields"),
+        (msgpack.packb([wire.PROTOCOL, 2, -1]), "unsigned"),
+        (msgpack.packb([wire.PROTOCOL, 3, [[1, "not bytes"]]], use_bin_type=True), "tid, payload"),
+        (msgpack.packb([wire.PROTOCOL, 3, [[1]]], use_bin_type=True), "tid, payload"),
+        (msgpack.packb([wire.PROTOCOL, 8, 1, 1]), "bool"),
+        (msgpack.packb([wire.PROTOCOL, 2, True]), "unsigned"),
+        (msgpack.packb([wire.PROTOCOL, 1, "x" * 300, 1, "", -1, ""]), "short string"),
     ],
 )
 def test_wire_rejects_bad_frames(frame: bytes, match: str) -> None:
