@@ -454,8 +454,14 @@ class M:
 
     def wait_child(self, h: int, timeout: float | None) -> tuple[int, bytes]:
         """Join-helping (ForkJoinPool's): run child h inline if it is still
-        unstarted, wherever it is queued; else run Gs of our own P while it
-        runs elsewhere, nesting at most MAX_INLINE_DEPTH deep."""
+        unstarted, wherever it is queued; else, while it runs elsewhere, do
+        what schedule() would do with this P: run Gs of our own queue, steal
+        from other Ps, take a global batch (where spilled siblings wait),
+        nesting at most MAX_INLINE_DEPTH deep; park only when all are empty.
+
+        Without the steal, a thief that took half our ring left us parked
+        on its running G while our other children sat unstarted in its ring
+        (measured: fanout makespan 1.25-1.3 x ideal in most runs)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             out = self.node.g_result(h)
@@ -470,6 +476,10 @@ class M:
                 g = self.runq.get()
                 if g is not None:
                     self.inline(g, self.runq.inherit_time, False)
+                    continue
+                g = self.steal(True) or self.get_work(GLOBAL_BATCH, 0)
+                if g and self.runq is not None:
+                    self.inline(g, False, False)
                     continue
             seen = self.node.m_info(self.m)[5]
             if self.node.g_wait_register(h, self.m):

@@ -1,10 +1,11 @@
-"""`gmpd bench --quick --json`: well-formed lines, every system verified."""
+"""`gmpd bench --quick --json` (well-formed lines, every system verified) and bench/memory.py."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +30,24 @@ def test_bench_quick_json_lines_are_well_formed() -> None:
             assert all(isinstance(v, float) and v > 0 for v in row[key].values()), (row["workload"], row)
         assert "failed" not in row
     assert "p99" in rows[2]
+
+
+@pytest.mark.timeout(300)
+def test_memory_of_an_idle_cluster_stays_flat_after_a_million_tasks() -> None:
+    """bench/memory.py: USS of the coordinator and every M after 200k tasks
+    and again after 1M more; it exits 1 if any grew by 4 MiB or more (a leak
+    of 4 bytes a task would show)."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(root / "bench" / "memory.py"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    report = json.loads(proc.stdout.splitlines()[-1]) if proc.stdout else {}
+    assert proc.returncode == 0, (report, proc.stderr)
+    assert report["tasks"] == 1_200_000
+    assert set(report["after_mib"]) >= {"coordinator", "m0", "m1"}
+    assert "coordinator" in report["judged"] and len(report["judged"]) >= 2, "at least one warm M judged"
+    assert report["gtab_resident_bytes"] < 1 << 20, "the G table gave its pages back"
