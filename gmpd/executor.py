@@ -48,6 +48,7 @@ from gmpd.stats import Statistics, snapshot
 
 START_TIMEOUT = 30.0
 SUBMIT_BATCH = 1024  # tasks per Submit frame at most
+SUBMIT_EAGER = 64  # an outbox this full is sent by the submitting thread itself
 
 _live: weakref.WeakSet[Executor] = weakref.WeakSet()
 _active: list[weakref.ref[Executor]] = []
@@ -164,8 +165,13 @@ class _ClientIO(threading.Thread):
         self.futures[tid] = fut
         if len(self.futures) == 1 and not self.outbox:  # alone in flight: no batch to wait for
             self.send(wire.Submit([(tid, payload)]))
+            return fut
+        self.outbox.append((tid, payload))
+        if len(self.outbox) >= SUBMIT_EAGER:
+            # A busy submitter keeps the GIL for up to the switch interval
+            # (5 ms): do not leave the batch waiting for the IO thread.
+            self.pump_out()
         else:
-            self.outbox.append((tid, payload))
             self.kick()
         return fut
 
@@ -193,9 +199,14 @@ class _ClientIO(threading.Thread):
     # -- the IO thread --
 
     def pump_out(self) -> None:
+        """Send what the outbox holds (from the IO thread or a submitter)."""
         while self.outbox:
-            n = min(len(self.outbox), SUBMIT_BATCH)
-            self.send(wire.Submit([self.outbox.popleft() for _ in range(n)]))
+            batch: list[tuple[int, bytes]] = []
+            with contextlib.suppress(IndexError):  # another thread emptied it first
+                while len(batch) < SUBMIT_BATCH:
+                    batch.append(self.outbox.popleft())
+            if batch:
+                self.send(wire.Submit(batch))
         if self.cancels:
             tids = []
             while self.cancels:

@@ -129,6 +129,24 @@ def test_executor_ten_thousand_tiny_tasks(ex: gmpd.Executor) -> None:
     assert sum(f.result() for f in futures) == sum(i * i for i in range(10_000))
 
 
+def test_executor_many_threads_submitting_at_once(ex: gmpd.Executor) -> None:
+    """Submitters and the IO thread all drain the outbox: each task exactly once."""
+    out: dict[int, list[int]] = {}
+
+    def submitter(k: int) -> None:
+        futures = [ex.submit(square, k * 10_000 + i) for i in range(3000)]
+        out[k] = [f.result(timeout=60) for f in futures]
+
+    threads = [threading.Thread(target=submitter, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    for k in range(4):
+        assert out[k] == [(k * 10_000 + i) ** 2 for i in range(3000)]
+    assert ex.statistics().tasks_completed == ex.statistics().tasks_submitted == 12_000
+
+
 def test_executor_futures_work_with_wait_and_as_completed(ex: gmpd.Executor) -> None:
     futures = [ex.submit(sleep_then, i, 0.01 * (i % 3)) for i in range(12)]
     done, not_done = wait(futures, timeout=30)
