@@ -295,15 +295,17 @@ class Coordinator:
         self.stats.submitted += len(msg.tasks)
 
     def on_cancel(self, ident: bytes, msg: wire.Cancel) -> None:
-        done = []
+        """Withdraw the tasks no M has taken; the client waits for the answer."""
+        done, refused = [], []
         for tid in msg.tids:
             root = self.roots.get(tid)
             if root is not None and not root.started and root.client == ident:
                 del self.roots[tid]
                 done.append(tid)
+            else:
+                refused.append(tid)
         self.stats.cancelled += len(done)
-        if done:
-            self.reply(ident, wire.Cancelled(done))
+        self.reply(ident, wire.Cancelled(done, refused))
 
     def on_finished(self, tids: list[int]) -> None:
         """Ms sent these results to their client; forget the root tasks."""

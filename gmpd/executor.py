@@ -120,19 +120,38 @@ class LocalCluster:
         shutil.rmtree(self.rundir, ignore_errors=True)
 
 
+CANCEL_TIMEOUT = 10.0  # seconds cancel() waits for the coordinator's verdict
+
+
 class TaskFuture(Future[Any]):
-    """The future of a task submitted from this client; cancelling it while
-    it is pending also withdraws the task from the coordinator's queue."""
+    """The future of a task submitted from this client.
+
+    ``cancel()`` asks the coordinator and waits for its answer (a round
+    trip, ~0.2 ms): True means no M took the task and none ever will.  The
+    client alone cannot know, since an M may have taken it a moment ago."""
 
     def __init__(self, io: _ClientIO, tid: int) -> None:
         super().__init__()
         self._io, self._tid = io, tid
 
     def cancel(self) -> bool:
-        if not super().cancel():
-            return False
-        self._io.cancelled(self._tid)
-        return True
+        if self.done() or self.running():
+            return self.cancelled()
+        self._io.cancel_tasks([self._tid])  # the IO thread cancels us if it was withdrawn
+        return self.cancelled()
+
+    def cancel_withdrawn(self) -> None:
+        """The coordinator withdrew this task: the future becomes cancelled."""
+        super().cancel()
+
+
+class _CancelWait:
+    """One Cancel request waiting for its Cancelled answer."""
+
+    def __init__(self, tids: list[int]) -> None:
+        self.left = set(tids)
+        self.withdrawn: set[int] = set()
+        self.answered = threading.Event()
 
 
 class _ClientIO(threading.Thread):
@@ -145,8 +164,9 @@ class _ClientIO(threading.Thread):
         self.sock.connect(cluster.endpoint)
         self.send_lock = threading.Lock()
         self.outbox: collections.deque[tuple[int, bytes]] = collections.deque()
-        self.cancels: collections.deque[int] = collections.deque()
-        self.futures: dict[int, Future[Any]] = {}
+        self.cancel_waits: dict[int, _CancelWait] = {}  # tid -> the request waiting on it
+        self.futures: dict[int, TaskFuture] = {}
+        self.cancel_lock = threading.Lock()
         self.tids = itertools.count(1)
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -175,10 +195,24 @@ class _ClientIO(threading.Thread):
             self.kick()
         return fut
 
-    def cancelled(self, tid: int) -> None:
-        """A pending future was cancelled: tell the coordinator."""
-        self.cancels.append(tid)
-        self.kick()
+    def cancel_tasks(self, tids: list[int]) -> set[int]:
+        """Ask the coordinator to withdraw ``tids`` and wait for its answer;
+        the IO thread cancels the futures of those withdrawn, which this
+        returns.  From the IO thread itself (a done-callback cancelling a
+        future) the answer could never be read: nothing is withdrawn then."""
+        if not tids or threading.current_thread() is self or self.done.is_set():
+            return set()
+        wait = _CancelWait(tids)
+        with self.cancel_lock:
+            for tid in tids:
+                self.cancel_waits[tid] = wait
+        self.pump_out()  # a task still in the outbox reaches the coordinator before its Cancel
+        self.send(wire.Cancel(tids))
+        if not wait.answered.wait(CANCEL_TIMEOUT):
+            with self.cancel_lock:
+                for tid in tids:
+                    self.cancel_waits.pop(tid, None)
+        return wait.withdrawn
 
     def kick(self) -> None:
         """Wake the IO thread, unless a wake-up is already pending."""
@@ -199,19 +233,17 @@ class _ClientIO(threading.Thread):
     # -- the IO thread --
 
     def pump_out(self) -> None:
-        """Send what the outbox holds (from the IO thread or a submitter)."""
-        while self.outbox:
-            batch: list[tuple[int, bytes]] = []
-            with contextlib.suppress(IndexError):  # another thread emptied it first
-                while len(batch) < SUBMIT_BATCH:
-                    batch.append(self.outbox.popleft())
-            if batch:
-                self.send(wire.Submit(batch))
-        if self.cancels:
-            tids = []
-            while self.cancels:
-                tids.append(self.cancels.popleft())
-            self.send(wire.Cancel(tids))
+        """Send what the outbox holds (from the IO thread or a submitter).
+        Under the send lock, so that whatever was in the outbox when a
+        thread calls this is on the socket when it returns."""
+        with self.send_lock:
+            while self.outbox:
+                batch: list[tuple[int, bytes]] = []
+                with contextlib.suppress(IndexError):  # another thread took the last ones
+                    while len(batch) < SUBMIT_BATCH:
+                        batch.append(self.outbox.popleft())
+                if batch:
+                    self.sock.send(wire.encode(wire.Submit(batch)), copy=False)
 
     def on_message(self, msg: wire.Message) -> None:
         if isinstance(msg, wire.Started):
@@ -235,14 +267,30 @@ class _ClientIO(threading.Thread):
                     continue
                 self.completed += 1
         elif isinstance(msg, wire.Cancelled):
-            for tid in msg.tids:
-                self.futures.pop(tid, None)
+            for tid in msg.tids:  # even if the canceller stopped waiting
+                fut = self.futures.pop(tid, None)
+                if fut is not None:
+                    fut.cancel_withdrawn()
+            with self.cancel_lock:
+                for tid in msg.tids + msg.refused:
+                    wait = self.cancel_waits.pop(tid, None)
+                    if wait is None:
+                        continue
+                    wait.left.discard(tid)
+                    if tid in msg.tids:
+                        wait.withdrawn.add(tid)
+                    if not wait.left:
+                        wait.answered.set()
 
     def fail_all(self, exc: BaseException) -> None:
         for fut in list(self.futures.values()):
             if not fut.done() and (fut.running() or fut.set_running_or_notify_cancel()):
                 fut.set_exception(exc)
         self.futures.clear()
+        with self.cancel_lock:  # no answer will come: release the cancellers
+            for wait in self.cancel_waits.values():
+                wait.answered.set()
+            self.cancel_waits.clear()
 
     def run(self) -> None:
         poller = zmq.Poller()
@@ -362,9 +410,9 @@ class Executor(_BaseExecutor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
             self._shutdown = True
-        if cancel_futures:
-            for fut in list(self._io.futures.values()):
-                fut.cancel()
+        if cancel_futures:  # one Cancel for all, one round trip
+            pending = [f for f in list(self._io.futures.values()) if not f.done() and not f.running()]
+            self._io.cancel_tasks([f._tid for f in pending])
         self._io.close()
         if wait:
             self._io.done.wait()

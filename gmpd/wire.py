@@ -9,7 +9,7 @@ count and drop (a bad frame never takes a process down).
 Who sends what (ids: client task id ``tid``; M index ``m``; P index ``p``)::
 
     client -> coordinator   Hello, Submit(tasks), Cancel(tids), Bye
-    coordinator -> client   Welcome, Started(tids), Cancelled(tids)   (to the client's PULL socket)
+    coordinator -> client   Welcome, Started(tids), Cancelled(tids, refused)   (to its PULL socket)
     M -> client             Results(results)          (straight to the client's PULL socket)
     M -> coordinator        Hello, LeaseRequest, GetWork(+finished tids), Spill, Finished(tids),
                             Renew, Release
@@ -196,10 +196,13 @@ class Results(Message):
     results: list[tuple[int, int, bytes]]
 
 
-@_message(7, _list(U64))
+@_message(7, _list(U64), _list(U64))
 @dataclass(frozen=True, slots=True)
 class Cancelled(Message):
-    tids: list[int]
+    """The answer to one Cancel: every tid it named is in exactly one list."""
+
+    tids: list[int]  # withdrawn: they will never run
+    refused: list[int]  # taken by an M already (or finished, or unknown)
 
 
 @_message(8, U32, _bool)

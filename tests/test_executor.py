@@ -175,6 +175,22 @@ def test_executor_cancel_while_pending(ex: gmpd.Executor) -> None:
     assert ran == len(blockers) + len(queued) - len(cancelled), "a cancelled task ran, or a task was lost"
 
 
+def test_executor_cancel_true_means_the_task_never_runs(ex: gmpd.Executor) -> None:
+    """cancel() racing the M that takes the task: True only when the
+    coordinator withdrew it before any M took it."""
+    before = sum(m.tasks_run for m in ex.statistics().ms)
+    futures, cancelled = [], 0
+    for i in range(200):
+        futures.append(f := ex.submit(sleep_then, i, 0.002))
+        time.sleep((i % 9) * 250e-6)  # cancel at different points of the task's way to an M
+        cancelled += f.cancel()
+        f.result(timeout=30) if not f.cancelled() else None
+    assert sum(f.cancelled() for f in futures) == cancelled
+    ran = sum(m.tasks_run for m in ex.statistics().ms) - before
+    assert ran == 200 - cancelled, f"{cancelled} cancelled, but {ran} of 200 ran"
+    assert 0 < cancelled < 200, cancelled
+
+
 def test_executor_nested_fan_out_and_recursion(ex: gmpd.Executor) -> None:
     assert ex.submit(fan, 400).result() == sum(i * i for i in range(400))
     assert ex.submit(fib, 18).result() == 2584

@@ -16,7 +16,7 @@ SAMPLES: list[wire.Message] = [
     wire.Cancel([1, 2]),
     wire.Started([3]),
     wire.Results([(1, wire.OK, b"r"), (2, wire.RAISED, b"e")]),
-    wire.Cancelled([]),
+    wire.Cancelled([], [4]),
     wire.LeaseRequest(3, True),
     wire.Grant(-1, 0, 0, [], []),
     wire.Grant(1, 7, 500, [(5, b"x")], [1 << 22 | 9]),
