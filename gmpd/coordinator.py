@@ -45,6 +45,7 @@ import collections
 import contextlib
 import ctypes
 import ctypes.util
+import math
 import os
 import sys
 import time
@@ -56,6 +57,9 @@ from gmpd import wire
 from gmpd.runq import PStatus
 from gmpd.sched import Counter, MState
 from gmpd.shm import NodeMemory
+
+SLOW_TIMER_S = 0.05  # lease expiry and heap trimming are checked this often
+STARTED_DELAY_S = 0.001  # Started waits this long, so that quick tasks need none
 
 
 def _load_libc() -> ctypes.CDLL | None:
@@ -137,6 +141,7 @@ class Coordinator:
         self.out_started: dict[bytes, list[int]] = collections.defaultdict(list)
         self.running = True
         self.busy_since_trim, self.last_trim = False, 0.0
+        self.started_due = self.next_slow_timer = 0.0
         self.nm.node.sched_add(Counter.NPIDLE, self.nprocs)  # every P starts idle
 
     # ---- sending ----------------------------------------------------------
@@ -185,6 +190,8 @@ class Coordinator:
             if root is None or root.started:
                 continue  # cancelled while queued
             root.started = True
+            if not self.out_started:
+                self.started_due = time.monotonic() + STARTED_DELAY_S
             self.out_started[root.client].append(tid)
             roots.append((tid, root.payload))
             n -= 1
@@ -374,18 +381,35 @@ class Coordinator:
             if info.waiting is not None and info.deadline <= now:
                 info.waiting = None
                 self.send(info.ident, wire.Work([], []))
-        self.expire_leases(now)
-        self.trim_when_idle(now)
-        self.send_started()
+        if self.out_started and now >= self.started_due:
+            self.send_started()
+        if now >= self.next_slow_timer:
+            self.next_slow_timer = now + SLOW_TIMER_S
+            self.expire_leases(now)
+            self.trim_when_idle(now)
+
+    def poll_timeout(self, now: float) -> int:
+        """Milliseconds until a timer is due.  An idle coordinator sleeps
+        SLOW_TIMER_S (it used 2% of a core polling every 2 ms, CPU that a
+        2-core farm misses); queued work with an idle P keeps it at 1 ms, in
+        case an M that was between releasing its P and parking missed wakep."""
+        due = self.next_slow_timer
+        if self.out_started:
+            due = min(due, self.started_due)
+        for info in self.ms.values():
+            if info.waiting is not None:
+                due = min(due, info.deadline)
+        if self.grq and self.idle_ps:
+            due = min(due, now + 0.001)
+        return max(0, math.ceil((due - now) * 1000))
 
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         lifeline = os.pidfd_open(self.lifeline)
         poller.register(lifeline, zmq.POLLIN)
-        next_timer = 0.0
         while self.running:
-            events = dict(poller.poll(2))
+            events = dict(poller.poll(self.poll_timeout(time.monotonic())))
             if lifeline in events:
                 break  # the client is gone: the whole cluster goes
             for _ in range(1000):  # drain what is there, then act on it
@@ -399,10 +423,7 @@ class Coordinator:
                 self.dispatch(ident, frame)
             self.serve_waiters()
             self.wakep()
-            now = time.monotonic()
-            if now >= next_timer:
-                self.timers(now)
-                next_timer = now + 0.001
+            self.timers(time.monotonic())
         for info in self.ms.values():
             self.send(info.ident, wire.Bye("shutdown"))
             self.nm.node.wake(info.m)  # a parked M reads its socket once woken
