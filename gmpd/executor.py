@@ -337,14 +337,16 @@ class _ClientIO(threading.Thread):
                     self.on_message(wire.decode(frame))
 
 
-def _chunks(iterables: tuple[Iterable[Any], ...], size: int) -> Iterator[list[tuple[Any, ...]]]:
-    it = zip(*iterables, strict=False)
+def _chunks(iterables: tuple[Iterable[Any], ...], size: int) -> Iterator[list[Any]]:
+    """Lists of ``size`` argument tuples, or of bare items when map() got one
+    iterable: half the objects to build, pickle and collect."""
+    it: Iterator[Any] = iter(iterables[0]) if len(iterables) == 1 else zip(*iterables, strict=False)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
 
 
-def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
-    return [fn(*args) for args in chunk]
+def _run_chunk(fn: Callable[..., Any], chunk: list[Any], star: bool) -> list[Any]:
+    return [fn(*args) for args in chunk] if star else [fn(x) for x in chunk]
 
 
 class Executor(_BaseExecutor):
@@ -396,7 +398,11 @@ class Executor(_BaseExecutor):
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
         results = super().map(
-            _run_chunk, itertools.repeat(fn), _chunks(iterables, chunksize), timeout=timeout
+            _run_chunk,
+            itertools.repeat(fn),
+            _chunks(iterables, chunksize),
+            itertools.repeat(len(iterables) != 1),
+            timeout=timeout,
         )
         return itertools.chain.from_iterable(results)
 
