@@ -2,10 +2,11 @@
 
 The public surface is re-exported here; the modules are private kernels:
 ``gmpd.Executor`` (a concurrent.futures.Executor on an embedded local
-cluster) and ``gmpd.go`` (start a G from a client or from inside a task).
+cluster), ``gmpd.go`` (start a G from a client or from inside a task) and
+``gmpd.syscall`` (mark a blocking section of a task so its P can move on).
 """
 
-from gmpd.api import go
+from gmpd.api import go, syscall
 from gmpd.errors import GmpdError, InternalError, NativeExtensionMissing, SegmentError
 from gmpd.executor import ClusterLost, Executor
 
@@ -19,4 +20,5 @@ __all__ = [
     "SegmentError",
     "__version__",
     "go",
+    "syscall",
 ]

@@ -1,4 +1,4 @@
-"""``gmpd.go``: start a G from anywhere.
+"""``gmpd.go``: start a G from anywhere; ``gmpd.syscall``: mark a blocking call.
 
 Inside a running task the child goes into the current P's ``runnext`` with
 no socket message (gmpd.m.M.go); in a client it is ``submit`` on the active
@@ -9,6 +9,8 @@ Runs in: a client thread or a task on an M.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -27,3 +29,22 @@ def go(fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
     if ex is None:
         raise GmpdError("gmpd.go() outside a task needs a running gmpd.Executor: create one first")
     return ex.submit(fn, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def syscall() -> Iterator[None]:
+    """Mark a blocking section of a task (I/O, sleep, waiting on a process).
+
+    Go's entersyscall / exitsyscall: the P stays with this M, so a short
+    call costs two atomic operations; if the call lasts, sysmon retakes the
+    P and another M runs the P's queue meanwhile.  On the way out the M
+    takes its P back if nobody took it, else any idle P, else it waits for
+    one.  Outside a task (in a client) it does nothing."""
+    cur = m.CURRENT
+    if cur is None or not cur.curg or not cur.entersyscall():
+        yield
+        return
+    try:
+        yield
+    finally:
+        cur.exitsyscall()

@@ -18,6 +18,8 @@ One process per cluster, one ZeroMQ ROUTER socket.  Who sends what::
       |                             |<----------------- Finished(tids) --|
       |                             |<-------------- Renew(p, epoch) ----| heartbeat thread
       |                             |<------------- Release(p, epoch) ---| stopm: no work
+      |                             |<-- Retaken(p, epoch) -- sysmon     | (M in a syscall)
+      |                             |-- futex wake (handoffp) ---------> | parked M
       |-- Bye --------------------> |-- Bye --------------------------->  | exit
 
 Rules kept from Go (reference §3): a global batch is
@@ -47,7 +49,6 @@ import ctypes
 import ctypes.util
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -120,6 +121,7 @@ class Coordinator:
     node_name: str
     lease_ttl: float
     lifeline: int  # pid whose exit ends the cluster (the client)
+    newm: int = -1  # pipe to the node agent: one byte asks for one more M (the M pool)
     ctx: zmq.Context[zmq.Socket[bytes]] = field(default_factory=zmq.Context)
     stats: Stats = field(default_factory=Stats)
 
@@ -138,6 +140,10 @@ class Coordinator:
         self.ms: dict[int, MInfo] = {}
         self.by_ident: dict[bytes, int] = {}  # M idents (main and heartbeat sockets) -> m
         self.clients: dict[bytes, zmq.Socket[bytes]] = {}  # ident -> PUSH to its reply_to
+        self.sysmon: bytes | None = None
+        self.want_p: collections.deque[int] = collections.deque()  # Ms back from a syscall, no P
+        self.grq_published = 0  # the global queue length last written to the node counters
+        self.ms_asked = 0  # Ms asked of the node agent and not yet said Hello
         self.out_started: dict[bytes, list[int]] = collections.defaultdict(list)
         self.running = True
         self.busy_since_trim, self.last_trim = False, 0.0
@@ -217,19 +223,50 @@ class Coordinator:
         """Wake one parked M if there is queued work, an idle P and no spinner."""
         if not self.grq or not self.idle_ps or self.spinning():
             return
+        self.startm()
+
+    def startm(self, m: int = -1) -> bool:
+        """Wake parked M ``m``, or any parked M without a P: it will ask for
+        one.  With none parked, ask the node agent for a new M (Go's newm),
+        one at a time; the agent refuses past ``max_ms`` and the P waits."""
         node = self.nm.node
-        for info in self.ms.values():
+        for info in [self.ms[m]] if m in self.ms else self.ms.values():
             if info.p < 0 and node.m_cas_state(info.m, MState.PARKED, MState.WAKING):
                 node.wake(info.m)
                 self.stats.wakeups += 1
+                return True
+        if m < 0 and self.newm >= 0 and not self.ms_asked:
+            with contextlib.suppress(BlockingIOError, BrokenPipeError):
+                os.write(self.newm, b"m")
+                self.ms_asked = 1
+                return True
+        return False
+
+    def handoffp(self, p: int) -> None:
+        """Go's handoffp for a P sysmon retook: an M that came back from a
+        syscall and waits for a P gets it first; else wake an M if the P's
+        own queue or the global queue has work; else the P stays idle."""
+        while self.want_p:
+            if self.startm(self.want_p.popleft()):
+                self.nm.node.sched_add(Counter.HANDOFFS, 1)
                 return
+        if (not self.nm.node.runq_empty(p) or self.grq) and self.startm():
+            self.nm.node.sched_add(Counter.HANDOFFS, 1)
+
+    def on_retaken(self, msg: wire.Retaken) -> None:
+        lease = self.ps[msg.p] if 0 <= msg.p < self.nprocs else None
+        if lease is None or lease.m < 0 or msg.epoch <= lease.epoch:
+            return  # already idle, or a newer grant since: stale
+        lease.epoch = msg.epoch  # the state word says so already (sysmon's CAS)
+        self.make_idle(msg.p, front=True)
+        self.handoffp(msg.p)
 
     # ---- leases -----------------------------------------------------------
 
     def lease_ok(self, m: int, p: int, epoch: int) -> bool:
         return 0 <= p < self.nprocs and self.ps[p].m == m and self.ps[p].epoch == epoch
 
-    def grant(self, info: MInfo) -> None:
+    def grant(self, info: MInfo, has_g: bool = False) -> None:
         if info.p >= 0:  # it already holds one: re-send it (its Grant may be in flight)
             lease = self.ps[info.p]
         elif self.idle_ps:
@@ -240,13 +277,15 @@ class Coordinator:
             info.p = lease.p
             self.stats.grants += 1
         else:
+            if has_g and info.m not in self.want_p:
+                self.want_p.append(info.m)  # woken first when a P is freed
             self.send(info.ident, wire.Grant(-1, 0, 0, [], []))
             return
         lease.expires = time.monotonic() + self.lease_ttl
         roots, locals_ = self.take_batch(128)
         self.send(info.ident, wire.Grant(lease.p, lease.epoch, int(self.lease_ttl * 1000), roots, locals_))
 
-    def make_idle(self, p: int) -> None:
+    def make_idle(self, p: int, front: bool = False) -> None:
         lease = self.ps[p]
         holder = self.ms.get(lease.m)
         if holder is not None:
@@ -255,7 +294,13 @@ class Coordinator:
                 self.send(holder.ident, wire.Revoke(p, lease.epoch))
             holder.waiting = None
         lease.m = -1
-        self.idle_ps.append(p)
+        if front:
+            self.idle_ps.appendleft(p)  # the next grant takes it, with its queued Gs
+        else:
+            self.idle_ps.append(p)
+            while self.want_p:  # an M holding a G back from a syscall goes first
+                if self.startm(self.want_p.popleft()):
+                    break
         self.nm.node.sched_add(Counter.NPIDLE, 1)
 
     def expire_leases(self, now: float) -> None:
@@ -291,9 +336,12 @@ class Coordinator:
             info = self.ms.get(msg.m)
             if info is None or info.pid != msg.pid:
                 info = self.ms[msg.m] = MInfo(msg.m, ident, msg.pid)
+                self.ms_asked = 0  # a new M: if it was the one asked for, ask again when needed
             self.by_ident[ident] = msg.m
         elif msg.role == "m-hb" and msg.m in self.ms:
             self.by_ident[ident] = msg.m
+        elif msg.role == "sysmon":
+            self.sysmon = ident  # a restarted sysmon replaces the old one
 
     def on_submit(self, ident: bytes, msg: wire.Submit) -> None:
         for tid, payload in msg.tasks:
@@ -322,7 +370,7 @@ class Coordinator:
 
     def on_m_message(self, info: MInfo, msg: wire.Message) -> None:
         if isinstance(msg, wire.LeaseRequest):
-            self.grant(info)
+            self.grant(info, msg.has_g)
         elif isinstance(msg, wire.GetWork):
             self.on_finished(msg.finished)
             if not self.lease_ok(info.m, msg.p, msg.epoch):
@@ -357,6 +405,8 @@ class Coordinator:
             self.on_cancel(ident, msg)
         elif isinstance(msg, wire.Bye) and ident in self.clients:
             self.running = False
+        elif isinstance(msg, wire.Retaken) and ident == self.sysmon:
+            self.on_retaken(msg)
         elif ident in self.by_ident and self.by_ident[ident] in self.ms:
             self.on_m_message(self.ms[self.by_ident[ident]], msg)
         else:
@@ -424,6 +474,9 @@ class Coordinator:
             self.serve_waiters()
             self.wakep()
             self.timers(time.monotonic())
+            if len(self.grq) != self.grq_published:  # for sysmon's schedtrace
+                self.nm.node.sched_add(Counter.GRQLEN, len(self.grq) - self.grq_published)
+                self.grq_published = len(self.grq)
         for info in self.ms.values():
             self.send(info.ident, wire.Bye("shutdown"))
             self.nm.node.wake(info.m)  # a parked M reads its socket once woken
@@ -437,16 +490,15 @@ class Coordinator:
         self.nm.close()
 
 
-def main(endpoint: str, nprocs: int, node_name: str, lease_ttl: float, lifeline: int) -> int:
-    """Entry point (called in a process forked by the node agent)."""
-    coord = Coordinator(endpoint, nprocs, node_name, lease_ttl, lifeline)
+def main(
+    endpoint: str, nprocs: int, node_name: str, lease_ttl: float, lifeline: int, *, newm: int = -1
+) -> int:
+    """Entry point (called in a process forked by the node agent; ``newm``
+    is the pipe on which it asks the node agent for another M)."""
+    coord = Coordinator(endpoint, nprocs, node_name, lease_ttl, lifeline, newm=newm)
     try:
         coord.run()
     finally:
         with contextlib.suppress(Exception):
             coord.close()
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover - started by gmpd.node
-    sys.exit(main(sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), int(sys.argv[5])))

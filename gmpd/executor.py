@@ -61,7 +61,7 @@ class ClusterLost(GmpdError):
 class LocalCluster:
     """The processes of an embedded cluster, seen from the client."""
 
-    def __init__(self, nprocs: int, lease_ttl: float, spin_ms: int) -> None:
+    def __init__(self, nprocs: int, lease_ttl: float, spin_ms: int, max_ms: int = 0) -> None:
         self.rundir = tempfile.mkdtemp(prefix="gmpd-", dir=os.environ.get("XDG_RUNTIME_DIR") or None)
         os.chmod(self.rundir, 0o700)
         self.endpoint = f"ipc://{self.rundir}/coord"
@@ -72,7 +72,12 @@ class LocalCluster:
         self.results_endpoint = f"ipc://{self.rundir}/client"
         self.results.bind(self.results_endpoint)
         cmd = [sys.executable, "-m", "gmpd.node", self.rundir, str(nprocs), str(os.getpid()), os.getcwd()]
-        cmd += [json.dumps([p for p in sys.path if isinstance(p, str)]), str(lease_ttl), str(spin_ms)]
+        cmd += [
+            json.dumps([p for p in sys.path if isinstance(p, str)]),
+            str(lease_ttl),
+            str(spin_ms),
+            str(max_ms),
+        ]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         assert self.proc.stdout is not None
         if not select.select([self.proc.stdout], [], [], START_TIMEOUT)[0]:
@@ -353,9 +358,13 @@ class Executor(_BaseExecutor):
     """A concurrent.futures.Executor whose workers are gmpd Ms.
 
     ``max_workers`` is GOMAXPROCS, the number of Ps (default: the CPU count).
+    ``max_ms`` bounds the Ms (worker processes), which grow past GOMAXPROCS
+    while Ms block in syscalls or joins (default: 8 per P).
     """
 
-    def __init__(self, max_workers: int | None = None, *, lease_ttl: float = 5.0, spin_ms: int = 2) -> None:
+    def __init__(
+        self, max_workers: int | None = None, *, lease_ttl: float = 5.0, spin_ms: int = 2, max_ms: int = 0
+    ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if max_workers <= 0:
@@ -363,7 +372,9 @@ class Executor(_BaseExecutor):
         self._max_workers = max_workers
         self._lock = threading.Lock()
         self._shutdown = False
-        self._cluster = LocalCluster(max_workers, lease_ttl, spin_ms)
+        if max_ms and max_ms <= max_workers:
+            raise ValueError(f"max_ms must exceed max_workers ({max_workers}): Ms in syscalls hold no P")
+        self._cluster = LocalCluster(max_workers, lease_ttl, spin_ms, max_ms)
         self._io = _ClientIO(self._cluster)
         self._io.start()
         _live.add(self)

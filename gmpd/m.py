@@ -38,6 +38,7 @@ from gmpd.sched import (
     steal_order,
 )
 from gmpd.shm import NodeMemory
+from gmpd.sysmon import sysmon_slot
 
 REQUEST_TIMEOUT_MS = 10_000
 HEARTBEAT_MS = 50  # the native heartbeat's period
@@ -229,7 +230,12 @@ class M:
         self.p, self.epoch = grant.p, grant.epoch
         self.runq = self.nm.runq(grant.p, self.m)
         self.node.m_set(self.m, p=grant.p, state=MState.IDLE)
-        self.pending = self.take_work(grant.roots, grant.locals)
+        held, self.pending = self.pending, self.take_work(grant.roots, grant.locals)
+        if held:  # a G from an earlier grant, not run yet (we were inside a task)
+            if not self.pending:
+                self.pending = held
+            elif (batch := self.runq.put(held)) is not None:
+                self.spill(batch)
 
     def check_lease(self) -> None:
         """After a G: if the P was retaken meanwhile (epoch moved), never
@@ -365,6 +371,53 @@ class M:
         if isinstance(reply, wire.Grant) and reply.p >= 0:
             self.adopt(reply)
 
+    # ---- syscalls (gmpd.syscall; sysmon retakes, gmpd.sysmon) ------------
+
+    def entersyscall(self) -> bool:
+        """The P stays ours in status SYSCALL; we stop counting as running
+        task code before the call can block.  False if we hold no P."""
+        node = self.node
+        if self.p < 0 or not node.entersyscall(self.p, self.m, self.epoch):
+            return False
+        node.sched_add(Counter.SYSCALLS, 1)
+        node.sched_add(Counter.RUNNING, -1)
+        node.m_set(self.m, state=MState.SYSCALL)
+        if node.sched()[Counter.SYSMONWAIT]:  # every P looked idle: sysmon deep-sleeps
+            node.wake(sysmon_slot(node.nms))
+        return True
+
+    def exitsyscall(self) -> None:
+        """Take our P back by CAS if sysmon did not retake it; else any idle
+        P; else park until the coordinator hands us one.  Only then does
+        the M run Python task code again (the GOMAXPROCS invariant)."""
+        node = self.node
+        if not node.exitsyscall(self.p, self.m, self.epoch):
+            self.p, self.runq = -1, None  # retaken: its queue is someone else's now
+            node.m_set(self.m, p=-1)
+            self.acquire_any_p()
+        node.sched_add(Counter.RUNNING, 1)
+        node.m_set(self.m, state=MState.RUNNING)
+
+    def acquire_any_p(self) -> None:
+        """exitsyscall's slow path: ask for an idle P (first in line, as an
+        M holding a G), park until woken when there is none."""
+        node = self.node
+        while True:
+            # PARKED before asking: a hand-off racing the answer finds us wakeable.
+            node.m_set(self.m, state=MState.PARKED)
+            reply = self.call(wire.LeaseRequest(self.m, True))
+            if isinstance(reply, wire.Grant) and reply.p >= 0:
+                self.adopt(reply)
+                if self.p >= 0:
+                    return
+            seen = node.m_info(self.m)[5]
+            if node.m_info(self.m)[0] == MState.WAKING:
+                continue
+            node.sched_add(Counter.NMIDLE, 1)
+            node.sched_add(Counter.PARKS, 1)
+            node.park(self.m, seen, 0.1)  # then ask again: a missed hand-off costs 0.1 s
+            node.sched_add(Counter.NMIDLE, -1)
+
     def wakep(self) -> None:
         """Go's wakep, node-local: new Gs in our queue, an idle P, nobody spinning."""
         sched = self.node.sched()
@@ -467,11 +520,8 @@ class M:
         (measured: fanout makespan 1.25-1.3 x ideal in most runs)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            out = self.node.g_result(h)
-            if out is not None:
+            if (out := self.child_outcome(h, deadline, timeout)) is not None:
                 return out
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"child G {h:#x} did not finish in {timeout} s")
             if self.depth < MAX_INLINE_DEPTH and self.runq is not None:
                 if self.node.g_claim(h):
                     self.inline(h, False, True)
@@ -484,10 +534,34 @@ class M:
                 if g and self.runq is not None:
                     self.inline(g, False, False)
                     continue
-            seen = self.node.m_info(self.m)[5]
-            if self.node.g_wait_register(h, self.m):
-                continue
-            self.node.park(self.m, seen, 0.005)
+            return self.block_on_child(h, deadline, timeout)
+
+    def child_outcome(
+        self, h: int, deadline: float | None, timeout: float | None
+    ) -> tuple[int, bytes] | None:
+        """Child h's (status, data) if it is done; raises past the deadline."""
+        out = self.node.g_result(h)
+        if out is None and deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"child G {h:#x} did not finish in {timeout} s")
+        return out
+
+    def block_on_child(self, h: int, deadline: float | None, timeout: float | None) -> tuple[int, bytes]:
+        """Nothing to help with: the child runs on another M.  A blocking
+        call like any other: in a syscall, so sysmon retakes the P and hands
+        it to another M (a recursion whose parents all wait would otherwise
+        hold every P and deadlock)."""
+        blocked = self.entersyscall()
+        try:
+            while True:
+                if (out := self.child_outcome(h, deadline, timeout)) is not None:
+                    return out
+                seen = self.node.m_info(self.m)[5]
+                if self.node.g_wait_register(h, self.m):
+                    continue
+                self.node.park(self.m, seen, 0.005)
+        finally:
+            if blocked:
+                self.exitsyscall()
 
     # ---- lifecycle --------------------------------------------------------
 

@@ -6,6 +6,7 @@ fork safely.  Process tree and who watches whom::
 
     client ──exec──> node agent (setsid; owns the node segments)
                        ├─fork─> coordinator       exits when the client dies
+                       ├─fork─> sysmon            started again if it dies
                        └─fork─> template          fork server, Go's templateThread
                                   └─fork─> M0..Mk  exit when the node agent dies
 
@@ -32,10 +33,11 @@ import time
 import traceback
 from collections.abc import Callable
 
-from gmpd import coordinator, m
+from gmpd import coordinator, m, sysmon
 from gmpd.shm import NodeMemory
 
 GRACE = 2.0  # seconds a process gets to exit by itself at shutdown
+MAX_MS_PER_P = 8  # default bound of the M pool (Ms blocked in syscalls hold no P)
 
 
 def fork(fn: Callable[[], object], close: tuple[int, ...] = ()) -> int:
@@ -106,15 +108,25 @@ def template(
 
 
 class NodeAgent:
-    def __init__(self, rundir: str, nprocs: int, client: int, lease_ttl: float, spin_ms: int) -> None:
+    def __init__(
+        self, rundir: str, nprocs: int, client: int, *, lease_ttl: float, spin_ms: int, max_ms: int = 0
+    ) -> None:
         self.nprocs = nprocs
         self.client = client
         self.endpoint = f"ipc://{rundir}/coord"
         self.results = f"ipc://{rundir}/client"  # bound by the client before it started us
-        self.nm = NodeMemory.create(nprocs, max(2 * nprocs, nprocs + 2))
+        self.max_ms = max_ms or MAX_MS_PER_P * nprocs
+        self.nm = NodeMemory.create(nprocs, self.max_ms + 1)  # + sysmon's slot
+        self.newm_r, newm_w = os.pipe()
+        os.set_blocking(newm_w, False)
         self.coord = fork(
-            functools.partial(coordinator.main, self.endpoint, nprocs, self.nm.name, lease_ttl, client)
+            functools.partial(
+                coordinator.main, self.endpoint, nprocs, self.nm.name, lease_ttl, client, newm=newm_w
+            ),
+            close=(self.newm_r,),
         )
+        os.close(newm_w)
+        self.live: dict[int, int] = {}  # M slot -> pid, from the template's reports
         cmd_r, self.cmd = os.pipe()
         self.reports, rep_w = os.pipe()
         agent = os.getpid()
@@ -129,13 +141,34 @@ class NodeAgent:
                 lifeline=agent,
                 spin_ms=spin_ms,
             ),
-            close=(self.cmd, self.reports),
+            close=(self.cmd, self.reports, self.newm_r),
         )
         os.close(cmd_r)
         os.close(rep_w)
+        self.sysmon = self.start_sysmon()
+        self.sysmon_starts = 1
+
+    def start_sysmon(self) -> int:
+        return fork(
+            functools.partial(sysmon.main, self.endpoint, self.nm.name, os.getpid()),
+            close=(self.cmd, self.reports, self.newm_r),
+        )
 
     def spawn(self, mid: int) -> None:
+        self.live[mid] = 0  # taken until the template reports its exit
         os.write(self.cmd, f"spawn {mid}\n".encode())
+
+    def newm(self) -> None:
+        """The coordinator wants one more M (handoffp found none parked)."""
+        free = [mid for mid in range(self.max_ms) if mid not in self.live]
+        if free:  # else: at max_ms, the P waits for an M to free up
+            self.spawn(free[0])
+
+    def on_reports(self, data: bytes) -> None:
+        for line in data.decode().splitlines():
+            kind, mid, *_ = line.split()
+            if kind == "exit":
+                self.live.pop(int(mid), None)
 
     def run(self) -> None:
         # One M more than Ps from the start: it parks until a P is free, and
@@ -144,26 +177,40 @@ class NodeAgent:
             self.spawn(mid)
         client = os.pidfd_open(self.client)
         coord = os.pidfd_open(self.coord)
+        mon = os.pidfd_open(self.sysmon)
         sys.stdout.write(f"ready {self.nm.name}\n")
         sys.stdout.flush()
         try:
             while True:
-                ready = select.select([client, coord, self.reports], [], [], 1.0)[0]
+                ready = select.select([client, coord, self.reports, mon, self.newm_r], [], [], 1.0)[0]
                 if client in ready or coord in ready:
                     return
-                # The template's "pid"/"exit" reports are drained (so it never
-                # blocks on a full pipe); acting on M exits is issue 5's work.
-                if self.reports in ready and not os.read(self.reports, 65536):
-                    return
+                if mon in ready:  # sysmon died: a node without one never retakes a P
+                    os.waitpid(self.sysmon, 0)
+                    os.close(mon)
+                    self.sysmon = self.start_sysmon()
+                    self.sysmon_starts += 1
+                    mon = os.pidfd_open(self.sysmon)
+                if self.newm_r in ready:
+                    for _ in os.read(self.newm_r, 64):
+                        self.newm()
+                # "pid"/"exit" reports free M slots; replacing dead Ms is issue 5's work.
+                if self.reports in ready:
+                    data = os.read(self.reports, 65536)
+                    if not data:
+                        return
+                    self.on_reports(data)
         finally:
             os.close(client)
             os.close(coord)
+            os.close(mon)
 
     def stop(self) -> None:
         """Let Ms and the coordinator finish (they got Bye), kill what lingers,
         unlink the segments."""
         deadline = time.monotonic() + GRACE
         os.close(self.cmd)  # the template reaps (or kills) its Ms, then exits
+        _reap(self.sysmon, 0.0)  # it holds nothing to lose: SIGKILL at once
         _reap(self.coord, deadline)
         _reap(self.template, deadline + GRACE)
         self.nm.close()
@@ -183,13 +230,13 @@ def _reap(pid: int, deadline: float) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m gmpd.node RUNDIR NPROCS CLIENT_PID CWD SYS_PATH_JSON LEASE_TTL SPIN_MS``."""
+    """``python -m gmpd.node RUNDIR NPROCS CLIENT_PID CWD SYS_PATH_JSON LEASE_TTL SPIN_MS MAX_MS``."""
     rundir, nprocs, client, cwd = argv[0], int(argv[1]), int(argv[2]), argv[3]
-    paths, lease_ttl, spin_ms = json.loads(argv[4]), float(argv[5]), int(argv[6])
+    paths, lease_ttl, spin_ms, max_ms = json.loads(argv[4]), float(argv[5]), int(argv[6]), int(argv[7])
     os.setsid()  # the user's Ctrl-C reaches the client, which shuts us down
     os.chdir(cwd)
     sys.path[:0] = [p for p in paths if p not in sys.path]
-    agent = NodeAgent(rundir, nprocs, client, lease_ttl, spin_ms)
+    agent = NodeAgent(rundir, nprocs, client, lease_ttl=lease_ttl, spin_ms=spin_ms, max_ms=max_ms)
     try:
         agent.run()
     finally:

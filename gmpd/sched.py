@@ -61,6 +61,7 @@ class MState(enum.IntEnum):
     RUNNING = 4
     IDLE = 5  # holds a P, between Gs
     EXITING = 6
+    SYSCALL = 7  # in a marked (or detected) blocking call; its P may be retaken
 
 
 class Counter(enum.IntEnum):
@@ -79,6 +80,11 @@ class Counter(enum.IntEnum):
     WAKEUPS = 10
     SPILLS = 11
     INLINE = 12
+    RETAKES = 13
+    HANDOFFS = 14
+    SYSCALLS = 15
+    GRQLEN = 16
+    SYSMONWAIT = 17
 
 
 FAIRNESS_TICK = 61  # Go: schedtick % 61 takes one global G first

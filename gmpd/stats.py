@@ -50,6 +50,10 @@ class Statistics:
     spills: int
     inline_runs: int  # Gs a waiting parent ran itself (join-helping)
     running_max: int  # most Ms ever seen running task code at once
+    syscalls: int  # entersyscall calls (gmpd.syscall, joins that block)
+    retakes: int  # Ps sysmon took from Ms that stayed in a syscall
+    handoffs: int  # retaken Ps given on to another M
+    sysmon_pid: int  # this node's sysmon process (it is restarted if it dies)
     gtab_resident_bytes: int  # memory the G table segment holds now
 
 
@@ -62,7 +66,7 @@ def snapshot(nm: NodeMemory, submitted: int, completed: int) -> Statistics:
         live = node.g_arena(p)[0] * 64
         ps.append(PStats(p, PStatus(status), owner, epoch, node.runq_len(p), schedtick, syscalltick, live))
     ms = []
-    for m in range(node.nms):
+    for m in range(node.nms - 1):  # the last slot is sysmon's
         state, curg, p, pid, _hb, _park, nrun = node.m_info(m)
         if pid:
             ms.append(MStats(m, MState(state), pid, p, curg, nrun))
@@ -82,5 +86,9 @@ def snapshot(nm: NodeMemory, submitted: int, completed: int) -> Statistics:
         spills=c[Counter.SPILLS],
         inline_runs=c[Counter.INLINE],
         running_max=c[Counter.RUNNING_MAX],
+        syscalls=c[Counter.SYSCALLS],
+        retakes=c[Counter.RETAKES],
+        handoffs=c[Counter.HANDOFFS],
+        sysmon_pid=node.m_info(node.nms - 1)[3],
         gtab_resident_bytes=nm.gtab.path.stat().st_blocks * 512,
     )

@@ -14,6 +14,7 @@ Who sends what (ids: client task id ``tid``; M index ``m``; P index ``p``)::
     M -> coordinator        Hello, LeaseRequest, GetWork(+finished tids), Spill, Finished(tids),
                             Renew, Release
     coordinator -> M        Grant(p, epoch, work), Work(work), Revoke(p, epoch), Bye
+    sysmon -> coordinator   Hello, Retaken(p, epoch)   (it took a P from an M in a syscall)
 
 Work is a list of root tasks ``(tid, payload)`` plus node-local G handles
 (Gs spilled to the global queue by ``runqputslow``; their payload stays in
@@ -209,7 +210,7 @@ class Cancelled(Message):
 @dataclass(frozen=True, slots=True)
 class LeaseRequest(Message):
     m: int
-    spinning: bool
+    has_g: bool  # back from a syscall with a G to finish: first in line for a freed P
 
 
 @_message(9, _i32, U32, U32, _tasks, _list(U32))
@@ -281,6 +282,17 @@ class Bye(Message):
 @dataclass(frozen=True, slots=True)
 class Finished(Message):
     tids: list[int]
+
+
+@_message(18, U32, U32)
+@dataclass(frozen=True, slots=True)
+class Retaken(Message):
+    """sysmon's retake: P ``p`` went from an M in a syscall to idle under
+    ``epoch`` (already so in the P's state word); the coordinator updates its
+    lease table and hands the P on (handoffp)."""
+
+    p: int
+    epoch: int
 
 
 def encode(msg: Message) -> bytes:

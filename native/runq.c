@@ -157,6 +157,7 @@ static inline int seq_after(uint32_t a, uint32_t b)
 _Static_assert(sizeof(gmpd_p) % GMPD_CACHELINE == 0, "gmpd_p must be whole cache lines");
 _Static_assert(sizeof(gmpd_m) % GMPD_CACHELINE == 0, "gmpd_m must be whole cache lines");
 _Static_assert(sizeof(gmpd_node) <= 4096, "header must fit its page");
+_Static_assert(GMPD_SC__COUNT <= 2 * GMPD_CACHELINE / 4, "sched counters must fit their lines");
 
 #define HEADER_SIZE 4096u
 

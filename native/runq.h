@@ -20,7 +20,7 @@
 #include <stdint.h>
 
 #define GMPD_MAGIC 0x31646d70676d6721ULL /* "!gmgpmd1" */
-#define GMPD_LAYOUT_VERSION 1u
+#define GMPD_LAYOUT_VERSION 2u
 #define GMPD_CACHELINE 64
 #define GMPD_RUNQ_SIZE 256u           /* len(p.runq) in Go */
 #define GMPD_RUNQ_HALF 128u           /* runqputslow moves this many + 1 */
@@ -160,6 +160,11 @@ enum gmpd_sched_counter {
     GMPD_SC_WAKEUPS,        /* futex wake-ups sent */
     GMPD_SC_SPILLS,         /* runqputslow batches sent to the global queue */
     GMPD_SC_INLINE,         /* Gs run inline by a waiting parent (join-helping) */
+    GMPD_SC_RETAKES,        /* Ps sysmon took from Ms in syscalls */
+    GMPD_SC_HANDOFFS,       /* retaken Ps given on to another M (handoffp) */
+    GMPD_SC_SYSCALLS,       /* entersyscall calls */
+    GMPD_SC_GRQLEN,         /* length of the coordinator's global queue (it publishes it) */
+    GMPD_SC_SYSMONWAIT,     /* 1 while sysmon deep-sleeps (Go's sched.sysmonwait) */
     GMPD_SC__COUNT
 };
 
@@ -177,7 +182,7 @@ typedef struct gmpd_node {
     int32_t creator_pid;
     uint32_t counter_base;
     uint8_t _pad[GMPD_CACHELINE - 56];
-    uint32_t sched[GMPD_CACHELINE / 4]; /* enum gmpd_sched_counter; own cache line */
+    uint32_t sched[2 * GMPD_CACHELINE / 4]; /* enum gmpd_sched_counter; own cache lines */
 } gmpd_node;
 
 /* ---- layout ---------------------------------------------------------- */

@@ -214,7 +214,7 @@ def test_executor_gomaxprocs_invariant_under_load(ex: gmpd.Executor) -> None:
     futures += [ex.submit(fan, 50) for _ in range(20)]
     wait(futures)
     stats = ex.statistics()
-    assert len(stats.ms) == 3, "one M more than Ps competes for the two Ps"
+    assert 3 <= len(stats.ms) <= 16, "GOMAXPROCS + 1 Ms, more while parents block in joins, at most 8 per P"
     assert stats.running_max <= stats.gomaxprocs == 2
     assert stats.running_max >= 1
     assert sum(m.tasks_run for m in stats.ms) >= 300

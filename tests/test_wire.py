@@ -28,6 +28,7 @@ SAMPLES: list[wire.Message] = [
     wire.Revoke(0, 8),
     wire.Bye("shutdown"),
     wire.Finished([1, 2]),
+    wire.Retaken(1, 9),
 ]
 
 

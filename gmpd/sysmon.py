@@ -1,0 +1,208 @@
+"""sysmon: one process per node, Go's sysmon across processes.
+
+It holds no P and runs no task code, in its own process so that it works
+when every M is stuck.  The node agent starts it and starts it again if it
+dies.  Its loop is Go's (reference §4): sleep ``SYSMON_MIN_US`` (20 µs),
+doubling once 50 rounds in a row retook nothing, up to ``SYSMON_MAX_US``
+(10 ms); a retake resets it.  When every P is idle it deep-sleeps on its
+futex (the last M slot of the node is its park word) until an M enters a
+syscall, which wakes it (``sysmonwait`` in the node counters says it sleeps).
+
+``retake`` reads each P's state word and ticks in node shared memory:
+
+- a P in SYSCALL whose ``syscalltick`` has not moved since the last round
+  is retaken (CAS on its state word, epoch + 1) unless its run queue is
+  empty, another M is spinning or a P is idle, and the syscall is under
+  10 ms old (Go's rule: nothing would run on it yet);
+- then ``handoffp``: sysmon tells the coordinator (``Retaken``), which owns
+  the lease table, and the coordinator gives the P to the M that came back
+  from a syscall first, or wakes an idle M if the P or the global queue has
+  work.  The M in the syscall finds its P gone when it returns
+  (``exitsyscall`` fails its CAS) and asks for any idle P, or parks.
+
+GOMAXPROCS invariant: an M counts as running task code (``RUNNING``) only
+while it holds a P in RUNNING; entersyscall moves the P to SYSCALL and
+drops the count before the call blocks, and exitsyscall's CAS back (or a
+new grant) comes before the M runs Python task code again.
+
+``GMPD_SCHEDTRACE=<ms>`` prints Go's ``SCHED`` line every <ms> to stderr;
+``GMPD_SCHEDDETAIL=1`` adds the per-P and per-M lines (reference §6).
+
+Runs in: the sysmon process (forked by the node agent).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+import zmq
+
+from gmpd import wire
+from gmpd.runq import PStatus
+from gmpd.sched import Counter, MState
+from gmpd.shm import NodeMemory
+
+SYSMON_MIN_US = 20  # Go's first delay
+SYSMON_MAX_US = 10_000  # Go's longest delay
+IDLE_ROUNDS = 50  # Go: start doubling after 50 rounds (1 ms) with nothing retaken
+SYSCALL_GRACE_S = 0.010  # Go: a P with nothing queued may stay in a syscall 10 ms
+DEEP_SLEEP_S = 0.1  # upper bound of a deep sleep (a missed wake-up costs at most this)
+
+
+def sysmon_slot(node_nms: int) -> int:
+    """The M slot whose park word sysmon sleeps on (no M uses it)."""
+    return node_nms - 1
+
+
+@dataclass
+class PWatch:
+    """sysmon's memory of one P (Go's sysmontick)."""
+
+    schedtick: int = -1
+    schedwhen: float = 0.0
+    syscalltick: int = -1
+    syscallwhen: float = 0.0
+
+
+class Sysmon:
+    def __init__(self, nm: NodeMemory, endpoint: str, trace_ms: int = 0, detail: bool = False) -> None:
+        self.nm, self.node = nm, nm.node
+        self.slot = sysmon_slot(self.node.nms)
+        self.trace_ms, self.detail = trace_ms, detail
+        self.watch = [PWatch() for _ in range(self.node.nprocs)]
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.sock.send(wire.encode(wire.Hello("sysmon", os.getpid(), nm.name, self.slot)))
+        self.start = time.monotonic()
+        self.last_trace = 0.0
+
+    def retake(self, now: float) -> int:
+        """Go's retake: take Ps from Ms that stayed in a syscall a full round."""
+        node, n = self.node, 0
+        for p, pd in enumerate(self.watch):
+            status, owner, epoch = node.p_state(p)
+            schedtick, syscalltick, _preempt = node.p_ticks(p)
+            if status not in (PStatus.RUNNING, PStatus.SYSCALL):
+                continue
+            if pd.schedtick != schedtick:
+                pd.schedtick, pd.schedwhen = schedtick, now
+            if status != PStatus.SYSCALL:
+                continue
+            if pd.syscalltick != syscalltick:  # a new syscall since last round: give it one
+                pd.syscalltick, pd.syscallwhen = syscalltick, now
+                continue
+            sched = node.sched()
+            idle_help = sched[Counter.NMSPINNING] + sched[Counter.NPIDLE] > 0
+            if node.runq_empty(p) and idle_help and now - pd.syscallwhen < SYSCALL_GRACE_S:
+                continue
+            new_epoch = node.retake(p, (status, owner, epoch))
+            if new_epoch is None:
+                continue  # it left the syscall meanwhile
+            n += 1
+            node.sched_add(Counter.RETAKES, 1)
+            self.sock.send(wire.encode(wire.Retaken(p, new_epoch)))  # handoffp, by the lease owner
+        return n
+
+    def all_idle(self) -> bool:
+        return all(self.node.p_state(p)[0] == PStatus.IDLE for p in range(self.node.nprocs))
+
+    def deep_sleep(self) -> None:
+        """Every P is idle: sleep until an M enters a syscall (it wakes us)."""
+        node = self.node
+        seen = node.m_info(self.slot)[5]
+        node.sched_add(Counter.SYSMONWAIT, 1)
+        try:
+            if self.all_idle():  # re-check after announcing: no lost wake-up
+                node.park(self.slot, seen, DEEP_SLEEP_S)
+        finally:
+            node.sched_add(Counter.SYSMONWAIT, -1)
+
+    def run(self, lifeline: int) -> None:
+        delay_us, idle = SYSMON_MIN_US, 0
+        while True:
+            if idle == 0:
+                delay_us = SYSMON_MIN_US
+            elif idle > IDLE_ROUNDS:
+                delay_us = min(2 * delay_us, SYSMON_MAX_US)
+            time.sleep(delay_us / 1e6)
+            if not _alive(lifeline):
+                return
+            if self.trace_ms <= 0 and self.all_idle():
+                self.deep_sleep()
+                idle, delay_us = 0, SYSMON_MIN_US
+                continue
+            now = time.monotonic()
+            idle = 0 if self.retake(now) else idle + 1
+            if self.trace_ms > 0 and now - self.last_trace >= self.trace_ms / 1000:
+                self.last_trace = now
+                schedtrace(self.nm, int((now - self.start) * 1000), self.detail, sys.stderr)
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def _alive(pidfd: int) -> bool:
+    """False once the process behind ``pidfd`` (the node agent) has exited."""
+    return not select.select([pidfd], [], [], 0)[0]
+
+
+def schedtrace(nm: NodeMemory, ms: int, detail: bool, out: TextIO) -> None:
+    """Go's schedtrace lines (reference §6), from node shared memory."""
+    node = nm.node
+    sched = node.sched()
+    nprocs = node.nprocs
+    ms_live = [m for m in range(node.nms - 1) if node.m_info(m)[3] and node.m_info(m)[0] != MState.EXITING]
+    head = (
+        f"SCHED {ms}ms: gomaxprocs={nprocs} idleprocs={sched[Counter.NPIDLE]} threads={len(ms_live)}"
+        f" spinningthreads={sched[Counter.NMSPINNING]} needspinning=0 idlethreads={sched[Counter.NMIDLE]}"
+        f" runqueue={sched[Counter.GRQLEN]}"
+    )
+    if not detail:
+        lens = " ".join(str(node.runq_len(p)) for p in range(nprocs))
+        ticks = "".join(f"{node.p_ticks(p)[0]} " for p in range(nprocs))
+        out.write(f"{head} [ {lens} ] schedticks=[ {ticks}]\n")
+        out.flush()
+        return
+    waiting = "true" if sched[Counter.SYSMONWAIT] else "false"
+    lines = [f"{head} gcwaiting=false nmidlelocked=0 stopwait=0 sysmonwait={waiting}"]
+    for p in range(nprocs):
+        status, owner, _epoch = node.p_state(p)
+        schedtick, syscalltick, _ = node.p_ticks(p)
+        lines.append(
+            f"  P{p}: status={status} schedtick={schedtick} syscalltick={syscalltick}"
+            f" m={owner if owner >= 0 else 'nil'} runqsize={node.runq_len(p)} gfreecnt=0 timerslen=0"
+        )
+    for m in reversed(ms_live):  # Go prints allm newest first
+        state, curg, p, *_ = node.m_info(m)
+        lines.append(
+            f"  M{m}: p={p if p >= 0 else 'nil'} curg={curg or 'nil'} mallocing=0 throwing=0 preemptoff="
+            f" locks=0 dying=0 spinning={'true' if state == MState.SPINNING else 'false'}"
+            f" blocked={'true' if state in (MState.PARKED, MState.SYSCALL) else 'false'} lockedg=nil"
+        )
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+
+
+def main(endpoint: str, node_name: str, lifeline: int) -> int:
+    """Entry point (a process forked by the node agent)."""
+    trace_ms = int(os.environ.get("GMPD_SCHEDTRACE", "0") or 0)
+    detail = os.environ.get("GMPD_SCHEDDETAIL", "") == "1"
+    nm = NodeMemory.attach(node_name)
+    nm.node.m_set(sysmon_slot(nm.node.nms), pid=os.getpid())  # for statistics and tests
+    mon = Sysmon(nm, endpoint, trace_ms, detail)
+    pidfd = os.pidfd_open(lifeline)
+    try:
+        mon.run(pidfd)
+    finally:
+        os.close(pidfd)
+        mon.close()
+        nm.close()
+    return 0

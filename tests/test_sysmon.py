@@ -1,0 +1,165 @@
+"""sysmon, gmpd.syscall, handoff and the M pool (issue 4)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import gmpd
+from tests.test_executor import fib  # recursive fan-out with a threshold (n < 10)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def blocking(seconds: float) -> float:
+    """A marked blocking call; returns when it ended."""
+    with gmpd.syscall():
+        time.sleep(seconds)
+    return time.monotonic()
+
+
+def cpu(seconds: float) -> float:
+    """Pure-Python CPU work; returns when it ended."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return time.monotonic()
+
+
+def test_syscall_outside_a_task_does_nothing() -> None:
+    with gmpd.syscall():
+        pass
+
+
+def test_a_marked_syscall_gives_its_p_to_other_work() -> None:
+    """One P: a task sleeping in gmpd.syscall() must not keep the queued
+    CPU tasks waiting; sysmon retakes the P and hands it to another M."""
+    with gmpd.Executor(1) as ex:
+        time.sleep(0.3)  # every P idle: sysmon deep-sleeps; entersyscall must wake it
+        sleeper = ex.submit(blocking, 1.5)
+        workers = [ex.submit(cpu, 0.02) for _ in range(10)]  # queued while the P is in the syscall
+        ends = [f.result(timeout=30) for f in workers]
+        assert max(ends) < sleeper.result(timeout=30), "CPU work waited behind a blocked M"
+        stats = ex.statistics()
+        assert stats.syscalls >= 1 and stats.retakes >= 1 and stats.handoffs >= 1, stats
+        assert stats.running_max <= 1
+
+
+def test_an_m_back_from_a_syscall_without_a_free_p_parks_then_continues() -> None:
+    with gmpd.Executor(1) as ex:
+        sleeper = ex.submit(blocking, 0.2)
+        time.sleep(0.05)
+        hog = ex.submit(cpu, 1.0)  # takes the retaken P and keeps it past the sleep
+        hog_end = hog.result(timeout=30)
+        assert sleeper.result(timeout=30) >= hog_end - 0.05, "it ran task code without a P"
+        stats = ex.statistics()
+        assert stats.running_max <= 1
+        assert stats.parks >= 1
+
+
+def test_recursive_fib_with_a_threshold_finishes_on_one_and_two_ps() -> None:
+    """Parents waiting on children that run elsewhere block like a syscall:
+    their P goes on, so the recursion cannot hold every P and deadlock."""
+    for ps in (1, 2):
+        with gmpd.Executor(ps) as ex:
+            assert ex.submit(fib, 20).result(timeout=60) == 6765
+            stats = ex.statistics()
+            assert stats.running_max <= ps
+            assert len(stats.ms) <= 8 * ps
+
+
+def test_the_m_count_stays_within_max_ms_under_a_flood_of_blocking_tasks() -> None:
+    with gmpd.Executor(2, max_ms=4) as ex:
+        futures = [ex.submit(blocking, 0.05) for _ in range(40)]
+        futures += [ex.submit(fib, 16) for _ in range(4)]
+        seen = 0
+        while not all(f.done() for f in futures):
+            seen = max(seen, len(ex.statistics().ms))
+            time.sleep(0.01)
+        for f in futures:
+            f.result(timeout=60)
+        assert seen <= 4
+
+
+def test_sysmon_killed_is_restarted_and_scheduling_goes_on() -> None:
+    with gmpd.Executor(1) as ex:
+        first = ex.statistics().sysmon_pid
+        deadline = time.monotonic() + 10
+        while not first and time.monotonic() < deadline:
+            time.sleep(0.01)
+            first = ex.statistics().sysmon_pid
+        assert first
+        sleeper = ex.submit(blocking, 1.0)
+        os.kill(first, signal.SIGKILL)
+        assert [f.result(timeout=30) for f in [ex.submit(pow, 2, k) for k in range(20)]] == [
+            2**k for k in range(20)
+        ], "scheduling stops while sysmon is down"
+        while ex.statistics().sysmon_pid in (0, first) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ex.statistics().sysmon_pid not in (0, first)
+        retakes = ex.statistics().retakes
+        sleeper.result(timeout=30)
+        blocked = ex.submit(blocking, 1.0)
+        time.sleep(0.05)
+        quick = ex.submit(cpu, 0.01)
+        assert quick.result(timeout=30) < blocked.result(timeout=30), "the new sysmon retakes too"
+        assert ex.statistics().retakes > retakes
+
+
+SCHED = re.compile(
+    r"^SCHED (\d+)ms: gomaxprocs=2 idleprocs=\d+ threads=\d+ spinningthreads=\d+ needspinning=[01]"
+    r" idlethreads=\d+ runqueue=\d+ \[ \d+ \d+ \] schedticks=\[ \d+ \d+ \]$"
+)
+
+
+def _traced(env: dict[str, str]) -> list[str]:
+    code = """
+        import time, gmpd
+        with gmpd.Executor(2) as ex:
+            time.sleep(0.35)
+            assert sum(ex.map(abs, range(-50, 50))) == 2500
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stderr.splitlines()
+
+
+def test_schedtrace_prints_gos_sched_line() -> None:
+    lines = [line for line in _traced({"GMPD_SCHEDTRACE": "50"}) if line.startswith("SCHED")]
+    assert len(lines) >= 4, lines
+    for line in lines:
+        assert SCHED.match(line), line
+    times = [int(SCHED.match(line).group(1)) for line in lines]  # type: ignore[union-attr]
+    assert times == sorted(times) and times[0] < 50
+
+
+def test_scheddetail_adds_the_p_and_m_lines() -> None:
+    lines = _traced({"GMPD_SCHEDTRACE": "100", "GMPD_SCHEDDETAIL": "1"})
+    heads = [line for line in lines if line.startswith("SCHED")]
+    assert heads and all(
+        re.search(r" runqueue=\d+ gcwaiting=false nmidlelocked=0 stopwait=0 sysmonwait=(true|false)$", h)
+        for h in heads
+    ), heads
+    p_line = re.compile(
+        r"^  P[01]: status=\d schedtick=\d+ syscalltick=\d+ m=(\d+|nil) runqsize=\d+ gfreecnt=0 timerslen=0$"
+    )
+    m_line = re.compile(
+        r"^  M\d+: p=(\d+|nil) curg=(\d+|nil) mallocing=0 throwing=0 preemptoff= locks=0 dying=0"
+        r" spinning=(true|false) blocked=(true|false) lockedg=nil$"
+    )
+    assert sum(bool(p_line.match(line)) for line in lines) >= 2 * len(heads)
+    assert any(m_line.match(line) for line in lines)
