@@ -33,11 +33,10 @@ import time
 import traceback
 from collections.abc import Callable
 
-from gmpd import coordinator, m, sysmon
+from gmpd import config, coordinator, m, sysmon
 from gmpd.shm import NodeMemory
 
 GRACE = 2.0  # seconds a process gets to exit by itself at shutdown
-MAX_MS_PER_P = 8  # default bound of the M pool (Ms blocked in syscalls hold no P)
 
 
 def fork(fn: Callable[[], object], close: tuple[int, ...] = ()) -> int:
@@ -115,7 +114,8 @@ class NodeAgent:
         self.client = client
         self.endpoint = f"ipc://{rundir}/coord"
         self.results = f"ipc://{rundir}/client"  # bound by the client before it started us
-        self.max_ms = max_ms or MAX_MS_PER_P * nprocs
+        # At least GOMAXPROCS + 1: one M more than Ps from the start (run()).
+        self.max_ms = max(max_ms or config.load()["m"]["max_ms_per_p"] * nprocs, nprocs + 1)
         self.nm = NodeMemory.create(nprocs, self.max_ms + 1)  # + sysmon's slot
         self.newm_r, newm_w = os.pipe()
         os.set_blocking(newm_w, False)

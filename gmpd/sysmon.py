@@ -2,9 +2,9 @@
 
 It holds no P and runs no task code, in its own process so that it works
 when every M is stuck.  The node agent starts it and starts it again if it
-dies.  Its loop is Go's (reference §4): sleep ``SYSMON_MIN_US`` (20 µs),
-doubling once 50 rounds in a row retook nothing, up to ``SYSMON_MAX_US``
-(10 ms); a retake resets it.  When every P is idle it deep-sleeps on its
+dies.  Its loop is Go's (reference §4): sleep ``min_us`` (20 µs), doubling
+once ``idle_rounds`` (50) rounds in a row retook nothing, up to ``max_us``
+(10 ms); a retake resets it.  The values are in configs/gmpd.toml.  When every P is idle it deep-sleeps on its
 futex (the last M slot of the node is its park word) until an M enters a
 syscall, which wakes it (``sysmonwait`` in the node counters says it sleeps).
 
@@ -42,16 +42,10 @@ from typing import TextIO
 
 import zmq
 
-from gmpd import wire
+from gmpd import config, wire
 from gmpd.runq import PStatus
 from gmpd.sched import Counter, MState
 from gmpd.shm import NodeMemory
-
-SYSMON_MIN_US = 20  # Go's first delay
-SYSMON_MAX_US = 10_000  # Go's longest delay
-IDLE_ROUNDS = 50  # Go: start doubling after 50 rounds (1 ms) with nothing retaken
-SYSCALL_GRACE_S = 0.010  # Go: a P with nothing queued may stay in a syscall 10 ms
-DEEP_SLEEP_S = 0.1  # upper bound of a deep sleep (a missed wake-up costs at most this)
 
 
 def sysmon_slot(node_nms: int) -> int:
@@ -74,6 +68,9 @@ class Sysmon:
         self.nm, self.node = nm, nm.node
         self.slot = sysmon_slot(self.node.nms)
         self.trace_ms, self.detail = trace_ms, detail
+        conf = config.load()["sysmon"]
+        self.min_us, self.max_us, self.idle_rounds = conf["min_us"], conf["max_us"], conf["idle_rounds"]
+        self.grace_s, self.deep_sleep_s = conf["syscall_grace_ms"] / 1000, conf["deep_sleep_ms"] / 1000
         self.watch = [PWatch() for _ in range(self.node.nprocs)]
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -100,7 +97,7 @@ class Sysmon:
                 continue
             sched = node.sched()
             idle_help = sched[Counter.NMSPINNING] + sched[Counter.NPIDLE] > 0
-            if node.runq_empty(p) and idle_help and now - pd.syscallwhen < SYSCALL_GRACE_S:
+            if node.runq_empty(p) and idle_help and now - pd.syscallwhen < self.grace_s:
                 continue
             new_epoch = node.retake(p, (status, owner, epoch))
             if new_epoch is None:
@@ -120,23 +117,23 @@ class Sysmon:
         node.sched_add(Counter.SYSMONWAIT, 1)
         try:
             if self.all_idle():  # re-check after announcing: no lost wake-up
-                node.park(self.slot, seen, DEEP_SLEEP_S)
+                node.park(self.slot, seen, self.deep_sleep_s)
         finally:
             node.sched_add(Counter.SYSMONWAIT, -1)
 
     def run(self, lifeline: int) -> None:
-        delay_us, idle = SYSMON_MIN_US, 0
+        delay_us, idle = self.min_us, 0
         while True:
             if idle == 0:
-                delay_us = SYSMON_MIN_US
-            elif idle > IDLE_ROUNDS:
-                delay_us = min(2 * delay_us, SYSMON_MAX_US)
+                delay_us = self.min_us
+            elif idle > self.idle_rounds:
+                delay_us = min(2 * delay_us, self.max_us)
             time.sleep(delay_us / 1e6)
             if not _alive(lifeline):
                 return
             if self.trace_ms <= 0 and self.all_idle():
                 self.deep_sleep()
-                idle, delay_us = 0, SYSMON_MIN_US
+                idle, delay_us = 0, self.min_us
                 continue
             now = time.monotonic()
             idle = 0 if self.retake(now) else idle + 1
