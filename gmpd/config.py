@@ -22,7 +22,7 @@ DEFAULTS: dict[str, dict[str, int]] = {
         "syscall_grace_ms": 10,
         "deep_sleep_ms": 100,
     },
-    "m": {"max_ms_per_p": 8},
+    "m": {"max_ms_per_p": 8, "idle_exit_ms": 10_000, "max_tasks": 0},
 }
 
 REPO_FILE = Path(__file__).resolve().parent.parent / "configs" / "gmpd.toml"

@@ -387,7 +387,10 @@ class Coordinator:
         elif isinstance(msg, wire.Renew) and self.lease_ok(info.m, msg.p, msg.epoch):
             self.ps[msg.p].expires = time.monotonic() + self.lease_ttl
         elif isinstance(msg, wire.Release) and self.lease_ok(info.m, msg.p, msg.epoch):
-            self.make_idle(msg.p)
+            queued = not self.nm.node.runq_empty(msg.p)  # a recycled M leaves its ring behind
+            self.make_idle(msg.p, front=queued)
+            if queued:
+                self.handoffp(msg.p)
 
     def dispatch(self, ident: bytes, frame: bytes) -> None:
         try:

@@ -24,7 +24,7 @@ from typing import Any
 import cloudpickle
 import zmq
 
-from gmpd import wire
+from gmpd import config, wire
 from gmpd.errors import GmpdError
 from gmpd.g import decode_task, dumps
 from gmpd.runq import PStatus, RunQ
@@ -51,6 +51,13 @@ CURRENT: M | None = None  # this process's M, while it runs task code
 
 class Shutdown(Exception):
     """The coordinator said Bye, or stopped answering."""
+
+
+class Retire(Exception):
+    """This M leaves the pool on its own: idle too long, or recycled."""
+
+
+RETIRED = 75  # an M's exit status when it retired (EX_TEMPFAIL), so the node agent can tell
 
 
 class RemoteTraceback(Exception):
@@ -175,6 +182,9 @@ class M:
         self.oldest = 0.0
         self.rng = random.Random(os.getpid())
         self.stopping = False
+        conf = config.load()["m"]
+        self.idle_exit_s, self.max_tasks = conf["idle_exit_ms"] / 1000, conf["max_tasks"]
+        self.spare = m > self.nprocs  # beyond the first GOMAXPROCS + 1: may exit when idle
 
     # ---- talking to the coordinator ---------------------------------------
 
@@ -356,18 +366,24 @@ class M:
         node.m_set(self.m, state=MState.PARKED)
         node.sched_add(Counter.NMIDLE, 1)
         node.sched_add(Counter.PARKS, 1)
+        idle_until = time.monotonic() + self.idle_exit_s
         try:
             while True:
                 seen = node.m_info(self.m)[5]  # read the park word before the state: no lost wake-up
                 if node.m_info(self.m)[0] == MState.WAKING:
                     break
-                node.park(self.m, seen, 1.0)
+                if self.spare and time.monotonic() > idle_until:
+                    # A CAS, so a coordinator waking us right now either wins or sees us gone.
+                    if node.m_cas_state(self.m, MState.PARKED, MState.EXITING):
+                        raise Retire("idle")
+                    continue
+                node.park(self.m, seen, min(1.0, self.idle_exit_s))
                 if self.sock.poll(0):
                     self.recv(0)  # only Bye arrives unasked
         finally:
             node.sched_add(Counter.NMIDLE, -1)
         node.m_set(self.m, state=MState.SPINNING)
-        reply = self.call(wire.LeaseRequest(self.m, True))
+        reply = self.call(wire.LeaseRequest(self.m, False))
         if isinstance(reply, wire.Grant) and reply.p >= 0:
             self.adopt(reply)
 
@@ -440,6 +456,9 @@ class M:
             if g:
                 self.execute(g, inherit)
                 self.check_lease()
+                if self.max_tasks and self.node.m_info(self.m)[6] - self.tasks_before >= self.max_tasks:
+                    self.drop_p()  # its queued Gs stay with the P for the next M
+                    raise Retire("recycled")
             elif self.p >= 0:
                 self.drop_p()
 
@@ -582,7 +601,8 @@ class M:
             sock.close(0)
             os.close(lifeline)
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """The M's life; its exit status (RETIRED, or 0)."""
         global CURRENT  # noqa: PLW0603 - the one M this process is, for gmpd.go
         CURRENT = self
         self.node.m_set(self.m, pid=os.getpid(), state=MState.NEW)
@@ -590,13 +610,27 @@ class M:
         self.send(wire.Hello("m", os.getpid(), self.nm.name, self.m))
         hb = threading.Thread(target=self.heartbeat, name="gmpd-heartbeat", daemon=True)
         hb.start()
+        self.tasks_before = self.node.m_info(self.m)[6]  # the slot's count from an M before us
         try:
             reply = self.call(wire.LeaseRequest(self.m, False))
             if isinstance(reply, wire.Grant) and reply.p >= 0:
                 self.adopt(reply)
             self.schedule()
+            return 0
         except Shutdown:
-            pass
+            return 0
+        except Retire:
+            self.flush()
+            self.node.sched_add(Counter.MEXITS, 1)
+            self.node.m_set(self.m, pid=0)  # the slot is free; the node agent may reuse it
+            # Results may still sit in the PUSH socket's queue: os._exit follows,
+            # so wait for them (ctx.term) once the heartbeat thread closed its socket.
+            self.stopping = True
+            hb.join(1.0)
+            self.sock.close(2000)  # Release and Finished must reach the coordinator
+            self.out.close(2000)
+            self.ctx.term()
+            return RETIRED
         finally:
             # No ctx.term() or join: the heartbeat thread may sit in select;
             # the process exits (os._exit) right after this returns.
@@ -606,6 +640,6 @@ class M:
             self.out.close(1000)  # let results already sent reach the client
 
 
-def main(nm: NodeMemory, m: int, *, endpoint: str, results: str, lifeline: int, spin_ms: int) -> None:
-    """Entry point of a forked M process."""
-    M(nm, m, endpoint=endpoint, results=results, lifeline=lifeline, spin_ms=spin_ms).run()
+def main(nm: NodeMemory, m: int, *, endpoint: str, results: str, lifeline: int, spin_ms: int) -> int:
+    """Entry point of a forked M process; its exit status."""
+    return M(nm, m, endpoint=endpoint, results=results, lifeline=lifeline, spin_ms=spin_ms).run()

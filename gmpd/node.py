@@ -40,14 +40,16 @@ GRACE = 2.0  # seconds a process gets to exit by itself at shutdown
 
 
 def fork(fn: Callable[[], object], close: tuple[int, ...] = ()) -> int:
-    """Run ``fn`` in a forked child that never returns into our code."""
+    """Run ``fn`` in a forked child that never returns into our code; the
+    child exits with what ``fn`` returns if that is an int, else 0."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child side; its effects are tested
         code = 0
         try:
             for fd in close:
                 os.close(fd)
-            fn()
+            result = fn()
+            code = result if isinstance(result, int) else 0
         except BaseException:
             traceback.print_exc()
             code = 1
@@ -166,9 +168,12 @@ class NodeAgent:
 
     def on_reports(self, data: bytes) -> None:
         for line in data.decode().splitlines():
-            kind, mid, *_ = line.split()
+            kind, mid, *rest = line.split()
             if kind == "exit":
                 self.live.pop(int(mid), None)
+                retired = os.waitstatus_to_exitcode(int(rest[-1])) == m.RETIRED
+                if retired and int(mid) <= self.nprocs:
+                    self.spawn(int(mid))  # a recycled M of the first GOMAXPROCS + 1: replace it
 
     def run(self) -> None:
         # One M more than Ps from the start: it parks until a P is free, and

@@ -85,6 +85,7 @@ class Counter(enum.IntEnum):
     SYSCALLS = 15
     GRQLEN = 16
     SYSMONWAIT = 17
+    MEXITS = 18
 
 
 FAIRNESS_TICK = 61  # Go: schedtick % 61 takes one global G first

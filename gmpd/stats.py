@@ -31,7 +31,7 @@ class MStats:
     pid: int
     p: int
     curg: int
-    tasks_run: int
+    tasks_run: int  # by this M slot since the cluster started (a recycled M's successor goes on counting)
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class Statistics:
     syscalls: int  # entersyscall calls (gmpd.syscall, joins that block)
     retakes: int  # Ps sysmon took from Ms that stayed in a syscall
     handoffs: int  # retaken Ps given on to another M
+    m_exits: int  # Ms that left the pool on their own (idle too long, or recycled)
     sysmon_pid: int  # this node's sysmon process (it is restarted if it dies)
     gtab_resident_bytes: int  # memory the G table segment holds now
 
@@ -89,6 +90,7 @@ def snapshot(nm: NodeMemory, submitted: int, completed: int) -> Statistics:
         syscalls=c[Counter.SYSCALLS],
         retakes=c[Counter.RETAKES],
         handoffs=c[Counter.HANDOFFS],
+        m_exits=c[Counter.MEXITS],
         sysmon_pid=node.m_info(node.nms - 1)[3],
         gtab_resident_bytes=nm.gtab.path.stat().st_blocks * 512,
     )

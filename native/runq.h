@@ -165,6 +165,7 @@ enum gmpd_sched_counter {
     GMPD_SC_SYSCALLS,       /* entersyscall calls */
     GMPD_SC_GRQLEN,         /* length of the coordinator's global queue (it publishes it) */
     GMPD_SC_SYSMONWAIT,     /* 1 while sysmon deep-sleeps (Go's sched.sysmonwait) */
+    GMPD_SC_MEXITS,         /* Ms that exited on their own: idle too long, or recycled */
     GMPD_SC__COUNT
 };
 

@@ -163,3 +163,30 @@ def test_scheddetail_adds_the_p_and_m_lines() -> None:
     )
     assert sum(bool(p_line.match(line)) for line in lines) >= 2 * len(heads)
     assert any(m_line.match(line) for line in lines)
+
+
+def whoami() -> int:
+    return os.getpid()
+
+
+def test_idle_ms_beyond_the_low_water_mark_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GMPD_M_IDLE_EXIT_MS", "300")
+    with gmpd.Executor(1) as ex:
+        assert ex.submit(fib, 20).result(timeout=60) == 6765
+        grown = len(ex.statistics().ms)
+        assert grown > 2, "the joins should have needed more Ms than GOMAXPROCS + 1"
+        deadline = time.monotonic() + 10
+        while len(ex.statistics().ms) > 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = ex.statistics()
+        assert len(stats.ms) == 2 and stats.m_exits >= grown - 2, stats
+        assert ex.submit(fib, 15).result(timeout=60) == 610, "the pool grows again"
+
+
+def test_ms_are_recycled_after_max_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GMPD_M_MAX_TASKS", "25")
+    with gmpd.Executor(2) as ex:
+        pids = [f.result(timeout=60) for f in [ex.submit(whoami) for _ in range(300)]]
+        assert len(set(pids)) >= 300 // 25 - 1, "each M ran at most 25 tasks, then a fresh one came"
+        assert all(count <= 25 for count in (pids.count(p) for p in set(pids)))
+        assert ex.statistics().m_exits >= 300 // 25 - 3
