@@ -6,7 +6,7 @@ cluster), ``gmpd.go`` (start a G from a client or from inside a task) and
 ``gmpd.syscall`` (mark a blocking section of a task so its P can move on).
 """
 
-from gmpd.api import go, syscall
+from gmpd.api import checkpoint, go, syscall
 from gmpd.errors import GmpdError, InternalError, NativeExtensionMissing, SegmentError
 from gmpd.executor import ClusterLost, Executor
 
@@ -19,6 +19,7 @@ __all__ = [
     "NativeExtensionMissing",
     "SegmentError",
     "__version__",
+    "checkpoint",
     "go",
     "syscall",
 ]

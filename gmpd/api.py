@@ -48,3 +48,14 @@ def syscall() -> Iterator[None]:
         yield
     finally:
         cur.exitsyscall()
+
+
+def checkpoint() -> bool:
+    """Cooperate with sysmon's preemption, from a long-running task.
+
+    True when sysmon had flagged this task's P (the task has run for Go's
+    10 ms time slice): the Gs queued behind it on its P were just given to
+    the global queue, so idle Ps run them now.  Cheap (one shared-memory
+    read) when there is nothing to do; False outside a task."""
+    cur = m.CURRENT
+    return cur is not None and bool(cur.curg) and cur.checkpoint()

@@ -475,6 +475,8 @@ class M:
         if not inherit:
             node.schedtick(self.p)
             self.slice_start = time.monotonic()
+            if node.p_ticks(self.p)[2]:
+                node.set_preempt(self.p, False)  # a new slice: the flag was for the G before
         node.g_set_owner(h, self.m)
         outer = self.curg
         self.curg = h
@@ -518,6 +520,20 @@ class M:
             self.spill(batch)
         self.wakep()
         return ChildFuture(self, h)
+
+    def checkpoint(self) -> bool:
+        """gmpd.checkpoint(): if sysmon flagged our P (one G ran 10 ms), give
+        the P's queued Gs to the global queue, where any idle P takes them,
+        and clear the flag.  The running G itself cannot move (its frame is
+        in this process), so this is the cooperative half of Go's preemption."""
+        if self.p < 0 or self.runq is None or not self.node.p_ticks(self.p)[2]:
+            return False
+        self.node.set_preempt(self.p, False)
+        gs = self.runq.drain()
+        if gs:
+            self.spill(gs)
+        self.node.sched_add(Counter.YIELDS, 1)
+        return True
 
     def inline(self, g: int, inherit: bool, claimed: bool) -> None:
         self.depth += 1

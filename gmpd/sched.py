@@ -86,6 +86,8 @@ class Counter(enum.IntEnum):
     GRQLEN = 16
     SYSMONWAIT = 17
     MEXITS = 18
+    PREEMPTS = 19
+    YIELDS = 20
 
 
 FAIRNESS_TICK = 61  # Go: schedtick % 61 takes one global G first

@@ -54,6 +54,8 @@ class Statistics:
     retakes: int  # Ps sysmon took from Ms that stayed in a syscall
     handoffs: int  # retaken Ps given on to another M
     m_exits: int  # Ms that left the pool on their own (idle too long, or recycled)
+    preempts: int  # preempt flags sysmon set (one G held a P for 10 ms)
+    yields: int  # gmpd.checkpoint() calls that gave a flagged P's queue away
     sysmon_pid: int  # this node's sysmon process (it is restarted if it dies)
     gtab_resident_bytes: int  # memory the G table segment holds now
 
@@ -91,6 +93,8 @@ def snapshot(nm: NodeMemory, submitted: int, completed: int) -> Statistics:
         retakes=c[Counter.RETAKES],
         handoffs=c[Counter.HANDOFFS],
         m_exits=c[Counter.MEXITS],
+        preempts=c[Counter.PREEMPTS],
+        yields=c[Counter.YIELDS],
         sysmon_pid=node.m_info(node.nms - 1)[3],
         gtab_resident_bytes=nm.gtab.path.stat().st_blocks * 512,
     )

@@ -10,6 +10,8 @@ syscall, which wakes it (``sysmonwait`` in the node counters says it sleeps).
 
 ``retake`` reads each P's state word and ticks in node shared memory:
 
+- a P whose ``schedtick`` has not moved for 10 ms (Go's forcePreemptNS)
+  gets its preempt flag, and an idle P may steal its queue at once;
 - a P in SYSCALL whose ``syscalltick`` has not moved since the last round
   is retaken (CAS on its state word, epoch + 1) unless its run queue is
   empty, another M is spinning or a P is idle, and the syscall is under
@@ -44,7 +46,7 @@ import zmq
 
 from gmpd import config, wire
 from gmpd.runq import PStatus
-from gmpd.sched import Counter, MState
+from gmpd.sched import FORCE_PREEMPT_S, Counter, MState
 from gmpd.shm import NodeMemory
 
 
@@ -85,11 +87,13 @@ class Sysmon:
         node, n = self.node, 0
         for p, pd in enumerate(self.watch):
             status, owner, epoch = node.p_state(p)
-            schedtick, syscalltick, _preempt = node.p_ticks(p)
+            schedtick, syscalltick, preempt = node.p_ticks(p)
             if status not in (PStatus.RUNNING, PStatus.SYSCALL):
                 continue
             if pd.schedtick != schedtick:
                 pd.schedtick, pd.schedwhen = schedtick, now
+            elif status == PStatus.RUNNING and now - pd.schedwhen >= FORCE_PREEMPT_S and not preempt:
+                self.preemptone(p)
             if status != PStatus.SYSCALL:
                 continue
             if pd.syscalltick != syscalltick:  # a new syscall since last round: give it one
@@ -106,6 +110,29 @@ class Sysmon:
             node.sched_add(Counter.RETAKES, 1)
             self.sock.send(wire.encode(wire.Retaken(p, new_epoch)))  # handoffp, by the lease owner
         return n
+
+    def preemptone(self, p: int) -> None:
+        """One G has had P ``p`` for Go's 10 ms slice.  A Python frame cannot
+        be stopped from outside, so: flag the P (the task may call
+        gmpd.checkpoint() to give its queue away) and let an idle P steal its
+        queued Gs now, by waking a parked M, instead of waiting for a spinner."""
+        node = self.node
+        node.set_preempt(p, True)
+        node.sched_add(Counter.PREEMPTS, 1)
+        sched = node.sched()
+        if node.runq_empty(p) or not sched[Counter.NPIDLE] or sched[Counter.NMSPINNING]:
+            return
+        for m in range(node.nms - 1):
+            state, _curg, mp, pid, *_ = node.m_info(m)
+            if (
+                pid
+                and mp < 0
+                and state == MState.PARKED
+                and node.m_cas_state(m, MState.PARKED, MState.WAKING)
+            ):
+                node.wake(m)
+                node.sched_add(Counter.WAKEUPS, 1)
+                return
 
     def all_idle(self) -> bool:
         return all(self.node.p_state(p)[0] == PStatus.IDLE for p in range(self.node.nprocs))

@@ -166,6 +166,8 @@ enum gmpd_sched_counter {
     GMPD_SC_GRQLEN,         /* length of the coordinator's global queue (it publishes it) */
     GMPD_SC_SYSMONWAIT,     /* 1 while sysmon deep-sleeps (Go's sched.sysmonwait) */
     GMPD_SC_MEXITS,         /* Ms that exited on their own: idle too long, or recycled */
+    GMPD_SC_PREEMPTS,       /* preempt flags sysmon set on Ps running one G for 10 ms */
+    GMPD_SC_YIELDS,         /* gmpd.checkpoint() calls that gave the P's queue away */
     GMPD_SC__COUNT
 };
 

@@ -172,9 +172,10 @@ def whoami() -> int:
 def test_idle_ms_beyond_the_low_water_mark_exit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GMPD_M_IDLE_EXIT_MS", "300")
     with gmpd.Executor(1) as ex:
-        assert ex.submit(fib, 20).result(timeout=60) == 6765
+        # Four Ms asleep in syscalls at once: each hands the P on, so the pool grows.
+        assert len([f.result(timeout=60) for f in [ex.submit(blocking, 0.5) for _ in range(4)]]) == 4
         grown = len(ex.statistics().ms)
-        assert grown > 2, "the joins should have needed more Ms than GOMAXPROCS + 1"
+        assert grown >= 4, "Ms blocked in syscalls hold no P: more Ms were needed"
         deadline = time.monotonic() + 10
         while len(ex.statistics().ms) > 2 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -190,3 +191,24 @@ def test_ms_are_recycled_after_max_tasks(monkeypatch: pytest.MonkeyPatch) -> Non
         assert len(set(pids)) >= 300 // 25 - 1, "each M ran at most 25 tasks, then a fresh one came"
         assert all(count <= 25 for count in (pids.count(p) for p in set(pids)))
         assert ex.statistics().m_exits >= 300 // 25 - 3
+
+
+def checkpointing(children: int, seconds: float) -> tuple[bool, int]:
+    """Queue children behind itself, then run long, calling gmpd.checkpoint()."""
+    futures = [gmpd.go(pow, 2, k) for k in range(children)]
+    yielded = False
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        yielded |= gmpd.checkpoint()
+    return yielded, sum(f.result() for f in futures)
+
+
+def test_a_long_running_g_is_flagged_and_checkpoint_gives_its_queue_away() -> None:
+    assert not gmpd.checkpoint(), "outside a task there is nothing to yield"
+    for ps in (1, 2):
+        with gmpd.Executor(ps) as ex:
+            yielded, total = ex.submit(checkpointing, 30, 0.3).result(timeout=60)
+            assert total == sum(2**k for k in range(30))
+            assert yielded, "sysmon flags a P whose G ran past the 10 ms slice"
+            stats = ex.statistics()
+            assert stats.preempts >= 1 and stats.yields >= 1, stats
