@@ -7,12 +7,13 @@ cluster), ``gmpd.go`` (start a G from a client or from inside a task) and
 """
 
 from gmpd.api import checkpoint, go, syscall
-from gmpd.errors import GmpdError, InternalError, NativeExtensionMissing, SegmentError
+from gmpd.errors import Deadlock, GmpdError, InternalError, NativeExtensionMissing, SegmentError
 from gmpd.executor import ClusterLost, Executor
 
 __version__ = "0.1.0"
 __all__ = [
     "ClusterLost",
+    "Deadlock",
     "Executor",
     "GmpdError",
     "InternalError",

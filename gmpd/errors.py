@@ -19,6 +19,11 @@ class SegmentError(GmpdError, OSError):
     """A node shared-memory segment could not be created, attached or read."""
 
 
+class Deadlock(GmpdError):
+    """No G can run again: every M is blocked waiting on child tasks that no
+    M is left to run (Go's "all goroutines are asleep - deadlock!")."""
+
+
 class InternalError(GmpdError, AssertionError):
     """An internal invariant failed: this is a bug in gmpd; please report it."""
 

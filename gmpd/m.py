@@ -25,7 +25,7 @@ import cloudpickle
 import zmq
 
 from gmpd import config, wire
-from gmpd.errors import GmpdError
+from gmpd.errors import Deadlock, GmpdError
 from gmpd.g import decode_task, dumps
 from gmpd.runq import PStatus, RunQ
 from gmpd.sched import (
@@ -85,6 +85,8 @@ def run_payload(payload: bytes) -> tuple[int, bytes]:
         return wire.RAISED, _exc_payload(exc, " while unpickling the task")
     try:
         result = fn(*args, **kwargs)
+    except Shutdown:
+        raise  # the cluster is going away while the task waited (a join, a syscall's exit)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task, not the M
         return wire.RAISED, _exc_payload(exc)
     try:
@@ -585,15 +587,25 @@ class M:
         call like any other: in a syscall, so sysmon retakes the P and hands
         it to another M (a recursion whose parents all wait would otherwise
         hold every P and deadlock)."""
+        node = self.node
+        deadlocks = node.sched()[Counter.DEADLOCK]  # only a deadlock reported later is ours
         blocked = self.entersyscall()
+        if blocked:
+            node.m_set(self.m, state=MState.JOIN)
         try:
             while True:
                 if (out := self.child_outcome(h, deadline, timeout)) is not None:
                     return out
-                seen = self.node.m_info(self.m)[5]
-                if self.node.g_wait_register(h, self.m):
+                if node.sched()[Counter.DEADLOCK] != deadlocks:
+                    raise Deadlock(
+                        f"gmpd: deadlock: every M is blocked waiting on a child task and no M is left "
+                        f"to run them (max_ms={node.nms - 1} Ms); raise gmpd.Executor(max_ms=...) or "
+                        f"nest fewer waits"
+                    )
+                seen = node.m_info(self.m)[5]
+                if node.g_wait_register(h, self.m):
                     continue
-                self.node.park(self.m, seen, 0.005)
+                node.park(self.m, seen, 0.005)
         finally:
             if blocked:
                 self.exitsyscall()

@@ -62,6 +62,7 @@ class MState(enum.IntEnum):
     IDLE = 5  # holds a P, between Gs
     EXITING = 6
     SYSCALL = 7  # in a marked (or detected) blocking call; its P may be retaken
+    JOIN = 8  # blocked on a child G that runs elsewhere (a syscall that checkdead reads)
 
 
 class Counter(enum.IntEnum):
@@ -88,6 +89,7 @@ class Counter(enum.IntEnum):
     MEXITS = 18
     PREEMPTS = 19
     YIELDS = 20
+    DEADLOCK = 21
 
 
 FAIRNESS_TICK = 61  # Go: schedtick % 61 takes one global G first

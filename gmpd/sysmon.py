@@ -49,6 +49,8 @@ from gmpd.runq import PStatus
 from gmpd.sched import FORCE_PREEMPT_S, Counter, MState
 from gmpd.shm import NodeMemory
 
+CHECKDEAD_S = 0.1  # checkdead looks this often; a deadlock shows on two looks
+
 
 def sysmon_slot(node_nms: int) -> int:
     """The M slot whose park word sysmon sleeps on (no M uses it)."""
@@ -80,7 +82,9 @@ class Sysmon:
         self.sock.connect(endpoint)
         self.sock.send(wire.encode(wire.Hello("sysmon", os.getpid(), nm.name, self.slot)))
         self.start = time.monotonic()
-        self.last_trace = 0.0
+        self.last_trace = self.last_checkdead = 0.0
+        self.joined: set[int] = set()
+        self.reported: set[int] = set()
 
     def retake(self, now: float) -> int:
         """Go's retake: take Ps from Ms that stayed in a syscall a full round."""
@@ -134,6 +138,29 @@ class Sysmon:
                 node.sched_add(Counter.WAKEUPS, 1)
                 return
 
+    def checkdead(self) -> None:
+        """Go's checkdead, for joins: when every live M is blocked waiting on
+        a child (state JOIN) on two looks CHECKDEAD_S apart, no child can run
+        (only Ms run Gs, and the pool is at max_ms or a new M would have
+        come): count a DEADLOCK and wake them; each M that was already
+        waiting when it was counted fails its wait with gmpd.Deadlock, so the
+        submitters get an error, not a hang.  An M in
+        a gmpd.syscall() is SYSCALL, not JOIN: it may return, so it is not
+        a deadlock."""
+        node = self.node
+        states = [node.m_info(m) for m in range(node.nms - 1)]
+        joined = {m for m, info in enumerate(states) if info[3] and info[0] == MState.JOIN}
+        live = {m for m, info in enumerate(states) if info[3] and info[0] != MState.EXITING}
+        dead = bool(joined) and joined == live and joined == self.joined
+        self.joined = joined
+        if dead and joined != self.reported:
+            self.reported = joined  # one report per deadlock
+            node.sched_add(Counter.DEADLOCK, 1)
+            for m in joined:
+                node.wake(m)
+        elif not dead:
+            self.reported = set()
+
     def all_idle(self) -> bool:
         return all(self.node.p_state(p)[0] == PStatus.IDLE for p in range(self.node.nprocs))
 
@@ -158,11 +185,14 @@ class Sysmon:
             time.sleep(delay_us / 1e6)
             if not _alive(lifeline):
                 return
+            now = time.monotonic()
+            if now - self.last_checkdead >= CHECKDEAD_S:  # also between deep sleeps: a
+                self.last_checkdead = now  # deadlock leaves every P idle
+                self.checkdead()
             if self.trace_ms <= 0 and self.all_idle():
                 self.deep_sleep()
                 idle, delay_us = 0, self.min_us
                 continue
-            now = time.monotonic()
             idle = 0 if self.retake(now) else idle + 1
             if self.trace_ms > 0 and now - self.last_trace >= self.trace_ms / 1000:
                 self.last_trace = now

@@ -212,3 +212,19 @@ def test_a_long_running_g_is_flagged_and_checkpoint_gives_its_queue_away() -> No
             assert yielded, "sysmon flags a P whose G ran past the 10 ms slice"
             stats = ex.statistics()
             assert stats.preempts >= 1 and stats.yields >= 1, stats
+
+
+def chain(n: int) -> int:
+    """A chain of nested waits, deeper than join-helping's inline bound (32)."""
+    return 0 if n == 0 else gmpd.go(chain, n - 1).result() + 1
+
+
+def test_a_deadlock_is_reported_not_hung() -> None:
+    """Each M inlines 32 levels, then blocks: 70 levels need 3 Ms.  With
+    max_ms=2 every M ends up waiting on a child no M is left to run."""
+    with gmpd.Executor(1, max_ms=3) as ex:
+        assert ex.submit(chain, 70).result(timeout=60) == 70
+    with gmpd.Executor(1, max_ms=2) as ex:
+        with pytest.raises(gmpd.Deadlock, match="max_ms"):
+            ex.submit(chain, 70).result(timeout=60)
+        assert ex.submit(chain, 10).result(timeout=60) == 10, "the executor works on afterwards"
