@@ -187,6 +187,7 @@ class M:
         conf = config.load()["m"]
         self.idle_exit_s, self.max_tasks = conf["idle_exit_ms"] / 1000, conf["max_tasks"]
         self.spare = m > self.nprocs  # beyond the first GOMAXPROCS + 1: may exit when idle
+        self.in_syscall = False  # inside gmpd.syscall() (or a blocked join)
 
     # ---- talking to the coordinator ---------------------------------------
 
@@ -395,8 +396,10 @@ class M:
         """The P stays ours in status SYSCALL; we stop counting as running
         task code before the call can block.  False if we hold no P."""
         node = self.node
+        self.resync()
         if self.p < 0 or not node.entersyscall(self.p, self.m, self.epoch):
             return False
+        self.in_syscall = True
         node.sched_add(Counter.SYSCALLS, 1)
         node.sched_add(Counter.RUNNING, -1)
         node.m_set(self.m, state=MState.SYSCALL)
@@ -409,12 +412,21 @@ class M:
         P; else park until the coordinator hands us one.  Only then does
         the M run Python task code again (the GOMAXPROCS invariant)."""
         node = self.node
-        if not node.exitsyscall(self.p, self.m, self.epoch):
+        if self.p < 0 or not node.exitsyscall(self.p, self.m, self.epoch):
             self.p, self.runq = -1, None  # retaken: its queue is someone else's now
             node.m_set(self.m, p=-1)
             self.acquire_any_p()
+        self.in_syscall = False
         node.sched_add(Counter.RUNNING, 1)
         node.m_set(self.m, state=MState.RUNNING)
+
+    def resync(self) -> None:
+        """A scheduling point inside a task: if sysmon found this M asleep in
+        an unmarked blocking call (its state SYSCALL, not set by us), leave
+        that "syscall" now: take the P back, or get another, before the
+        task's code goes on (gmpd.sysmon explains the window before this)."""
+        if self.curg and not self.in_syscall and self.node.m_info(self.m)[0] == MState.SYSCALL:
+            self.exitsyscall()
 
     def acquire_any_p(self) -> None:
         """exitsyscall's slow path: ask for an idle P (first in line, as an
@@ -489,6 +501,7 @@ class M:
             node.sched_add(Counter.RUNNING, 1)
         try:
             status, data = run_payload(node.g_payload(h))
+            self.resync()  # the G may have ended asleep-detected: the count and the P come back
         finally:
             if not outer:
                 node.sched_add(Counter.RUNNING, -1)
@@ -515,6 +528,7 @@ class M:
 
     def go(self, payload: bytes) -> ChildFuture:
         """gmpd.go inside a task: the child goes into runnext, no socket."""
+        self.resync()
         assert self.runq is not None
         h = self.node.g_new(self.p, payload, parent=self.curg)
         batch = self.runq.put_next(h)
@@ -528,6 +542,7 @@ class M:
         the P's queued Gs to the global queue, where any idle P takes them,
         and clear the flag.  The running G itself cannot move (its frame is
         in this process), so this is the cooperative half of Go's preemption."""
+        self.resync()
         if self.p < 0 or self.runq is None or not self.node.p_ticks(self.p)[2]:
             return False
         self.node.set_preempt(self.p, False)
@@ -556,6 +571,7 @@ class M:
         on its running G while our other children sat unstarted in its ring
         (measured: fanout makespan 1.25-1.3 x ideal in most runs)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        self.resync()
         while True:
             if (out := self.child_outcome(h, deadline, timeout)) is not None:
                 return out

@@ -90,6 +90,7 @@ class Counter(enum.IntEnum):
     PREEMPTS = 19
     YIELDS = 20
     DEADLOCK = 21
+    UNMARKED = 22
 
 
 FAIRNESS_TICK = 61  # Go: schedtick % 61 takes one global G first

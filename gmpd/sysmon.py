@@ -22,10 +22,27 @@ syscall, which wakes it (``sysmonwait`` in the node counters says it sleeps).
   work.  The M in the syscall finds its P gone when it returns
   (``exitsyscall`` fails its CAS) and asks for any idle P, or parks.
 
+Unmarked blocking (a task calls time.sleep or reads a pipe without
+gmpd.syscall): ``detect_blocked`` reads the M's main thread in
+/proc/PID/task/PID/stat (a kept-open file, ~4 µs a read): asleep (S or D)
+on two looks at least 1 ms apart, with no CPU tick gained and the same G
+and schedtick, it is treated as a syscall that began at the first look:
+sysmon CASes the M's state RUNNING -> SYSCALL (so a wake-up that raced us
+wins), drops the M from RUNNING, CASes the P RUNNING -> SYSCALL and
+retakes it at once.
+
 GOMAXPROCS invariant: an M counts as running task code (``RUNNING``) only
 while it holds a P in RUNNING; entersyscall moves the P to SYSCALL and
 drops the count before the call blocks, and exitsyscall's CAS back (or a
-new grant) comes before the M runs Python task code again.
+new grant) comes before the M runs Python task code again.  For unmarked
+blocking that cannot be fully true: nothing runs between the blocking call
+returning and the task's next bytecode.  The M notices at its next
+scheduling point (gmpd.go, a child's result(), gmpd.syscall,
+gmpd.checkpoint, or the end of the G) and gets a P there before going on;
+until then it runs the task's own Python without a P and without being
+counted.  So with unmarked blocking the bound is GOMAXPROCS plus the Ms
+woken from such calls and not yet at a scheduling point; mark blocking
+calls with gmpd.syscall() to keep it exact.
 
 ``GMPD_SCHEDTRACE=<ms>`` prints Go's ``SCHED`` line every <ms> to stderr;
 ``GMPD_SCHEDDETAIL=1`` adds the per-P and per-M lines (reference §6).
@@ -59,12 +76,17 @@ def sysmon_slot(node_nms: int) -> int:
 
 @dataclass
 class PWatch:
-    """sysmon's memory of one P (Go's sysmontick)."""
+    """sysmon's memory of one P (Go's sysmontick), and of the M on it."""
 
     schedtick: int = -1
     schedwhen: float = 0.0
     syscalltick: int = -1
     syscallwhen: float = 0.0
+    asleep: tuple[int, int, int, int] | None = None  # (pid, curg, schedtick, cpu ticks) seen asleep
+    asleep_when: float = 0.0
+
+
+UNMARKED_MIN_S = 0.001  # two looks at least this far apart (the issue's 1 ms)
 
 
 class Sysmon:
@@ -84,6 +106,7 @@ class Sysmon:
         self.start = time.monotonic()
         self.last_trace = self.last_checkdead = 0.0
         self.joined: set[int] = set()
+        self.procfds: dict[int, int] = {}  # M pid -> its kept-open /proc stat file
         self.reported: set[int] = set()
 
     def retake(self, now: float) -> int:
@@ -99,6 +122,8 @@ class Sysmon:
             elif status == PStatus.RUNNING and now - pd.schedwhen >= FORCE_PREEMPT_S and not preempt:
                 self.preemptone(p)
             if status != PStatus.SYSCALL:
+                # Asleep in an unmarked call: now a syscall, retaken by the next rounds.
+                self.detect_blocked(p, pd, owner, epoch, now)
                 continue
             if pd.syscalltick != syscalltick:  # a new syscall since last round: give it one
                 pd.syscalltick, pd.syscallwhen = syscalltick, now
@@ -114,6 +139,43 @@ class Sysmon:
             node.sched_add(Counter.RETAKES, 1)
             self.sock.send(wire.encode(wire.Retaken(p, new_epoch)))  # handoffp, by the lease owner
         return n
+
+    def detect_blocked(self, p: int, pd: PWatch, m: int, epoch: int, now: float) -> bool:
+        """True if M ``m`` on P ``p`` sleeps in an unmarked blocking call (two
+        looks); then its P is in SYSCALL, ready for retake.  See the module
+        docstring for what this means for the GOMAXPROCS invariant."""
+        node = self.node
+        state, curg, _p, pid, *_ = node.m_info(m)
+        seen = self.thread_state(pid) if state == MState.RUNNING and curg and pid else None
+        if seen is None or seen[0] not in "SD":
+            pd.asleep = None
+            return False
+        look = (pid, curg, pd.schedtick, seen[1])
+        if pd.asleep != look:
+            pd.asleep, pd.asleep_when = look, now
+            return False
+        if now - pd.asleep_when < UNMARKED_MIN_S:
+            return False
+        pd.asleep = None
+        if not node.m_cas_state(m, MState.RUNNING, MState.SYSCALL):
+            return False  # it woke and moved on
+        node.sched_add(Counter.RUNNING, -1)  # it gives the count back when it wakes
+        node.sched_add(Counter.UNMARKED, 1)
+        # If the P moved on meanwhile, the M finds its state at its next scheduling point.
+        return node.p_cas(p, (PStatus.RUNNING, m, epoch), (PStatus.SYSCALL, m, epoch))
+
+    def thread_state(self, pid: int) -> tuple[str, int] | None:
+        """(state letter, utime + stime ticks) of the M's main thread."""
+        fd = self.procfds.get(pid)
+        try:
+            if fd is None:
+                fd = self.procfds[pid] = os.open(f"/proc/{pid}/task/{pid}/stat", os.O_RDONLY)
+            fields = os.pread(fd, 1024, 0).rsplit(b")", 1)[1].split()
+        except OSError:  # the M exited
+            if fd is not None:
+                os.close(self.procfds.pop(pid))
+            return None
+        return fields[0].decode(), int(fields[11]) + int(fields[12])
 
     def preemptone(self, p: int) -> None:
         """One G has had P ``p`` for Go's 10 ms slice.  A Python frame cannot

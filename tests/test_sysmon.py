@@ -228,3 +228,22 @@ def test_a_deadlock_is_reported_not_hung() -> None:
         with pytest.raises(gmpd.Deadlock, match="max_ms"):
             ex.submit(chain, 70).result(timeout=60)
         assert ex.submit(chain, 10).result(timeout=60) == 10, "the executor works on afterwards"
+
+
+def unmarked(seconds: float) -> float:
+    """Blocks without telling gmpd (no gmpd.syscall)."""
+    time.sleep(seconds)
+    return time.monotonic()
+
+
+def test_unmarked_blocking_is_seen_from_proc_and_gives_its_p_away() -> None:
+    with gmpd.Executor(1) as ex:
+        sleeper = ex.submit(unmarked, 1.5)
+        workers = [ex.submit(cpu, 0.02) for _ in range(10)]
+        ends = [f.result(timeout=30) for f in workers]
+        assert max(ends) < sleeper.result(timeout=30), "CPU work waited behind an M asleep in time.sleep"
+        stats = ex.statistics()
+        assert stats.unmarked_blocks >= 1 and stats.retakes >= 1, stats
+        assert stats.running_max <= 1
+        # The woken M took a P back (or another) at the end of its G: the pool goes on.
+        assert ex.submit(cpu, 0.01).result(timeout=30) > 0
