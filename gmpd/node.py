@@ -34,6 +34,7 @@ import traceback
 from collections.abc import Callable
 
 from gmpd import config, coordinator, m, sysmon
+from gmpd.sched import Counter
 from gmpd.shm import NodeMemory
 
 GRACE = 2.0  # seconds a process gets to exit by itself at shutdown
@@ -129,6 +130,7 @@ class NodeAgent:
         )
         os.close(newm_w)
         self.live: dict[int, int] = {}  # M slot -> pid, from the template's reports
+        self.wanted = 0  # a new M was asked for at max_ms: start it when a slot frees
         cmd_r, self.cmd = os.pipe()
         self.reports, rep_w = os.pipe()
         agent = os.getpid()
@@ -161,10 +163,14 @@ class NodeAgent:
         os.write(self.cmd, f"spawn {mid}\n".encode())
 
     def newm(self) -> None:
-        """The coordinator wants one more M (handoffp found none parked)."""
+        """The coordinator wants one more M (handoffp found none parked).  At
+        max_ms the request waits for an M to exit (counted: MPOOLFULL)."""
         free = [mid for mid in range(self.max_ms) if mid not in self.live]
-        if free:  # else: at max_ms, the P waits for an M to free up
+        if free:
             self.spawn(free[0])
+        else:
+            self.wanted = 1  # one is enough: the coordinator asks again after its Hello
+            self.nm.node.sched_add(Counter.MPOOLFULL, 1)
 
     def on_reports(self, data: bytes) -> None:
         for line in data.decode().splitlines():
@@ -174,6 +180,9 @@ class NodeAgent:
                 retired = os.waitstatus_to_exitcode(int(rest[-1])) == m.RETIRED
                 if retired and int(mid) <= self.nprocs:
                     self.spawn(int(mid))  # a recycled M of the first GOMAXPROCS + 1: replace it
+                elif self.wanted:
+                    self.wanted = 0
+                    self.newm()
 
     def run(self) -> None:
         # One M more than Ps from the start: it parks until a P is free, and

@@ -91,6 +91,7 @@ class Counter(enum.IntEnum):
     YIELDS = 20
     DEADLOCK = 21
     UNMARKED = 22
+    MPOOLFULL = 23
 
 
 FAIRNESS_TICK = 61  # Go: schedtick % 61 takes one global G first

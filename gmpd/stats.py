@@ -56,6 +56,7 @@ class Statistics:
     m_exits: int  # Ms that left the pool on their own (idle too long, or recycled)
     preempts: int  # preempt flags sysmon set (one G held a P for 10 ms)
     unmarked_blocks: int  # Ms sysmon found asleep in calls not marked with gmpd.syscall()
+    m_pool_full: int  # times a hand-off wanted a new M while max_ms were alive (it waited)
     yields: int  # gmpd.checkpoint() calls that gave a flagged P's queue away
     sysmon_pid: int  # this node's sysmon process (it is restarted if it dies)
     gtab_resident_bytes: int  # memory the G table segment holds now
@@ -96,6 +97,7 @@ def snapshot(nm: NodeMemory, submitted: int, completed: int) -> Statistics:
         m_exits=c[Counter.MEXITS],
         preempts=c[Counter.PREEMPTS],
         unmarked_blocks=c[Counter.UNMARKED],
+        m_pool_full=c[Counter.MPOOLFULL],
         yields=c[Counter.YIELDS],
         sysmon_pid=node.m_info(node.nms - 1)[3],
         gtab_resident_bytes=nm.gtab.path.stat().st_blocks * 512,

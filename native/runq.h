@@ -170,6 +170,7 @@ enum gmpd_sched_counter {
     GMPD_SC_YIELDS,         /* gmpd.checkpoint() calls that gave the P's queue away */
     GMPD_SC_DEADLOCK,       /* deadlocks checkdead reported (Ms in a join compare it) */
     GMPD_SC_UNMARKED,       /* Ms sysmon found blocked in an unmarked call (from /proc) */
+    GMPD_SC_MPOOLFULL,      /* new Ms asked for while max_ms were alive (the hand-off waited) */
     GMPD_SC__COUNT
 };
 

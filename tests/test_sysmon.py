@@ -86,6 +86,7 @@ def test_the_m_count_stays_within_max_ms_under_a_flood_of_blocking_tasks() -> No
         for f in futures:
             f.result(timeout=60)
         assert seen <= 4
+        assert ex.statistics().m_pool_full >= 1, "the bound was reached and hand-offs waited"
 
 
 def test_sysmon_killed_is_restarted_and_scheduling_goes_on() -> None:
