@@ -255,11 +255,22 @@ class Coordinator:
 
     def on_retaken(self, msg: wire.Retaken) -> None:
         lease = self.ps[msg.p] if 0 <= msg.p < self.nprocs else None
-        if lease is None or lease.m < 0 or msg.epoch <= lease.epoch:
-            return  # already idle, or a newer grant since: stale
+        if lease is None or msg.epoch <= lease.epoch:
+            return  # a newer grant since: stale
         lease.epoch = msg.epoch  # the state word says so already (sysmon's CAS)
-        self.make_idle(msg.p, front=True)
-        self.handoffp(msg.p)
+        if lease.m >= 0:  # (idle already when its M released it meanwhile)
+            self.make_idle(msg.p, front=True)
+            self.handoffp(msg.p)
+
+    def retaken_meanwhile(self, lease: PLease) -> bool:
+        """The state word says sysmon retook this P and its Retaken is still
+        on the way: act on it now (an M asking for a P again must not be
+        re-sent a grant its P word no longer honours)."""
+        status, owner, epoch = self.nm.node.p_state(lease.p)
+        if lease.m < 0 or epoch <= lease.epoch or (status, owner) != (PStatus.IDLE, -1):
+            return False
+        self.on_retaken(wire.Retaken(lease.p, epoch))
+        return True
 
     # ---- leases -----------------------------------------------------------
 
@@ -267,12 +278,16 @@ class Coordinator:
         return 0 <= p < self.nprocs and self.ps[p].m == m and self.ps[p].epoch == epoch
 
     def grant(self, info: MInfo, has_g: bool = False) -> None:
+        if info.p >= 0:
+            self.retaken_meanwhile(self.ps[info.p])  # then info.p is -1: a fresh grant below
         if info.p >= 0:  # it already holds one: re-send it (its Grant may be in flight)
             lease = self.ps[info.p]
         elif self.idle_ps:
             lease = self.ps[self.idle_ps.popleft()]
             self.nm.node.sched_add(Counter.NPIDLE, -1)
-            lease.epoch += 1
+            # Past any epoch sysmon's retakes wrote to the state word, or the M
+            # would take this grant for a stale one and drop its batch.
+            lease.epoch = max(lease.epoch, self.nm.node.p_state(lease.p)[2]) + 1
             lease.m = info.m
             info.p = lease.p
             self.stats.grants += 1
@@ -329,6 +344,7 @@ class Coordinator:
             if ident not in self.clients:
                 sock = self.ctx.socket(zmq.PUSH)
                 sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.SNDHWM, 0)  # a client that stalls a while must not lose a Cancelled
                 sock.connect(msg.reply_to)
                 self.clients[ident] = sock
             self.reply(ident, wire.Welcome(self.nprocs))

@@ -169,7 +169,7 @@ class _ClientIO(threading.Thread):
         self.sock.connect(cluster.endpoint)
         self.send_lock = threading.Lock()
         self.outbox: collections.deque[tuple[int, bytes]] = collections.deque()
-        self.cancel_waits: dict[int, _CancelWait] = {}  # tid -> the request waiting on it
+        self.cancel_waits: dict[int, list[_CancelWait]] = {}  # tid -> the requests waiting on it
         self.futures: dict[int, TaskFuture] = {}
         self.cancel_lock = threading.Lock()
         self.tids = itertools.count(1)
@@ -210,13 +210,17 @@ class _ClientIO(threading.Thread):
         wait = _CancelWait(tids)
         with self.cancel_lock:
             for tid in tids:
-                self.cancel_waits[tid] = wait
+                self.cancel_waits.setdefault(tid, []).append(wait)
         self.pump_out()  # a task still in the outbox reaches the coordinator before its Cancel
         self.send(wire.Cancel(tids))
         if not wait.answered.wait(CANCEL_TIMEOUT):
             with self.cancel_lock:
                 for tid in tids:
-                    self.cancel_waits.pop(tid, None)
+                    waits = self.cancel_waits.get(tid, [])
+                    if wait in waits:
+                        waits.remove(wait)
+                    if not waits:
+                        self.cancel_waits.pop(tid, None)
         return wait.withdrawn
 
     def kick(self) -> None:
@@ -276,13 +280,18 @@ class _ClientIO(threading.Thread):
                 fut = self.futures.pop(tid, None)
                 if fut is not None:
                     fut.cancel_withdrawn()
+            withdrawn = set(msg.tids)
             with self.cancel_lock:
                 for tid in msg.tids + msg.refused:
-                    wait = self.cancel_waits.pop(tid, None)
+                    waits = self.cancel_waits.get(tid, [])
+                    # The oldest request asking about tid gets this answer.
+                    wait = waits.pop(0) if waits else None
+                    if not waits:
+                        self.cancel_waits.pop(tid, None)
                     if wait is None:
                         continue
                     wait.left.discard(tid)
-                    if tid in msg.tids:
+                    if tid in withdrawn:
                         wait.withdrawn.add(tid)
                     if not wait.left:
                         wait.answered.set()
@@ -293,8 +302,9 @@ class _ClientIO(threading.Thread):
                 fut.set_exception(exc)
         self.futures.clear()
         with self.cancel_lock:  # no answer will come: release the cancellers
-            for wait in self.cancel_waits.values():
-                wait.answered.set()
+            for waits in self.cancel_waits.values():
+                for wait in waits:
+                    wait.answered.set()
             self.cancel_waits.clear()
 
     def run(self) -> None:

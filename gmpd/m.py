@@ -10,6 +10,7 @@ Runs in: an M process (forked by the node agent's template process).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
@@ -18,6 +19,7 @@ import threading
 import time
 import traceback
 import weakref
+from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -181,6 +183,7 @@ class M:
         self.fair_tick = -1  # the schedtick whose fairness check was done
         self.results: list[tuple[int, int, bytes]] = []
         self.finished: list[int] = []  # tids sent to the client, not yet told to the coordinator
+        self.stash: list[tuple[list[tuple[int, bytes]], list[int]]] = []  # work that came without a P
         self.oldest = 0.0
         self.rng = random.Random(os.getpid())
         self.stopping = False
@@ -209,8 +212,17 @@ class M:
             return msg
 
     def call(self, msg: wire.Message, timeout_ms: int = REQUEST_TIMEOUT_MS) -> wire.Message:
-        self.send(msg)
-        return self.recv(timeout_ms)
+        """A round trip to the coordinator.  Inside a task (a join's
+        get_work) the M's state leaves RUNNING for it (a CAS, against
+        sysmon's), so sysmon never takes the M's own socket wait for an
+        unmarked blocking call of the task."""
+        paused = bool(self.curg) and self.node.m_cas_state(self.m, MState.RUNNING, MState.IDLE)
+        try:
+            self.send(msg)
+            return self.recv(timeout_ms)
+        finally:
+            if paused:
+                self.node.m_set(self.m, state=MState.RUNNING)  # only we change it from IDLE
 
     def flush(self, tell: bool = True) -> None:
         """Results go straight to the client; the coordinator only hears
@@ -242,13 +254,28 @@ class M:
                 break
         self.p, self.epoch = grant.p, grant.epoch
         self.runq = self.nm.runq(grant.p, self.m)
-        self.node.m_set(self.m, p=grant.p, state=MState.IDLE)
+        if not self.curg:
+            self.node.m_set(self.m, p=grant.p, state=MState.IDLE)
+        else:
+            self.node.m_set(self.m, p=grant.p)
         held, self.pending = self.pending, self.take_work(grant.roots, grant.locals)
-        if held:  # a G from an earlier grant, not run yet (we were inside a task)
-            if not self.pending:
-                self.pending = held
-            elif (batch := self.runq.put(held)) is not None:
-                self.spill(batch)
+        self.unstash()
+        self.keep(held)
+
+    def unstash(self) -> None:
+        """Queue work that reached us while we held no P (take_work)."""
+        stash, self.stash = self.stash, []
+        for roots, locals_ in stash:
+            self.keep(self.take_work(roots, locals_))
+
+    def keep(self, g: int) -> None:
+        """Hold G g to run next, or queue it if a G is already held."""
+        if not g:
+            return
+        if not self.pending:
+            self.pending = g
+        elif self.runq is not None and (batch := self.runq.put(g)) is not None:
+            self.spill(batch)
 
     def check_lease(self) -> None:
         """After a G: if the P was retaken meanwhile (epoch moved), never
@@ -269,9 +296,18 @@ class M:
         self.node.m_set(self.m, p=-1)
         self.p, self.runq = -1, None
 
+    def owns_p(self) -> bool:
+        return self.p >= 0 and self.node.p_state(self.p) == (PStatus.RUNNING, self.m, self.epoch)
+
     def take_work(self, roots: list[tuple[int, bytes]], locals_: list[int]) -> int:
-        """Gs for a global batch: run the first, queue the rest locally."""
-        assert self.runq is not None
+        """Gs for a global batch: run the first, queue the rest locally.
+        If sysmon took our P while the batch was on its way, its ring and
+        arena are another M's now: keep the batch until we hold a P again."""
+        if not roots and not locals_:
+            return 0
+        if self.runq is None or not self.owns_p():
+            self.stash.append((roots, locals_))
+            return 0
         hs = []
         for tid, payload in roots:
             try:
@@ -326,6 +362,8 @@ class M:
     def find_runnable(self) -> tuple[int, bool]:
         """(G, inherit_time), or (0, False) when there is nothing to run or
         the lease was revoked meanwhile (``self.runq`` is then None)."""
+        if self.stash:
+            self.unstash()
         if self.pending:
             g, self.pending = self.pending, 0
             return g, False
@@ -375,7 +413,7 @@ class M:
                 seen = node.m_info(self.m)[5]  # read the park word before the state: no lost wake-up
                 if node.m_info(self.m)[0] == MState.WAKING:
                     break
-                if self.spare and time.monotonic() > idle_until:
+                if self.spare and time.monotonic() > idle_until and not self.pending and not self.stash:
                     # A CAS, so a coordinator waking us right now either wins or sees us gone.
                     if node.m_cas_state(self.m, MState.PARKED, MState.EXITING):
                         raise Retire("idle")
@@ -471,6 +509,9 @@ class M:
                 self.execute(g, inherit)
                 self.check_lease()
                 if self.max_tasks and self.node.m_info(self.m)[6] - self.tasks_before >= self.max_tasks:
+                    if self.pending and self.runq is not None and (batch := self.runq.put(self.pending)):
+                        self.spill(batch)
+                    self.pending = 0
                     self.drop_p()  # its queued Gs stay with the P for the next M
                     raise Retire("recycled")
             elif self.p >= 0:
@@ -502,6 +543,9 @@ class M:
         try:
             status, data = run_payload(node.g_payload(h))
             self.resync()  # the G may have ended asleep-detected: the count and the P come back
+            # Out of task code: leave RUNNING by CAS, so sysmon cannot count us out twice.
+            while not outer and not node.m_cas_state(self.m, MState.RUNNING, MState.IDLE):
+                self.resync()
         finally:
             if not outer:
                 node.sched_add(Counter.RUNNING, -1)
@@ -526,9 +570,27 @@ class M:
         self.curg = outer
         node.m_set(self.m, curg=outer, state=MState.RUNNING if outer else MState.IDLE)
 
+    @contextlib.contextmanager
+    def task_context(self) -> Iterator[None]:
+        """gmpd calls need the P in RUNNING: inside ``with gmpd.syscall()``
+        leave the syscall for them (the P may be another M's by now), and
+        enter it again after."""
+        if not self.in_syscall:
+            self.resync()
+            yield
+            return
+        self.exitsyscall()
+        try:
+            yield
+        finally:
+            self.entersyscall()
+
     def go(self, payload: bytes) -> ChildFuture:
         """gmpd.go inside a task: the child goes into runnext, no socket."""
-        self.resync()
+        with self.task_context():
+            return self.go_running(payload)
+
+    def go_running(self, payload: bytes) -> ChildFuture:
         assert self.runq is not None
         h = self.node.g_new(self.p, payload, parent=self.curg)
         batch = self.runq.put_next(h)
@@ -542,7 +604,10 @@ class M:
         the P's queued Gs to the global queue, where any idle P takes them,
         and clear the flag.  The running G itself cannot move (its frame is
         in this process), so this is the cooperative half of Go's preemption."""
-        self.resync()
+        with self.task_context():
+            return self.checkpoint_running()
+
+    def checkpoint_running(self) -> bool:
         if self.p < 0 or self.runq is None or not self.node.p_ticks(self.p)[2]:
             return False
         self.node.set_preempt(self.p, False)
@@ -570,8 +635,11 @@ class M:
         Without the steal, a thief that took half our ring left us parked
         on its running G while our other children sat unstarted in its ring
         (measured: fanout makespan 1.25-1.3 x ideal in most runs)."""
+        with self.task_context():
+            return self.wait_child_running(h, timeout)
+
+    def wait_child_running(self, h: int, timeout: float | None) -> tuple[int, bytes]:
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.resync()
         while True:
             if (out := self.child_outcome(h, deadline, timeout)) is not None:
                 return out

@@ -159,10 +159,20 @@ class Sysmon:
         pd.asleep = None
         if not node.m_cas_state(m, MState.RUNNING, MState.SYSCALL):
             return False  # it woke and moved on
+        if node.m_info(m)[1] != curg or node.p_ticks(p)[0] != pd.schedtick:
+            # It woke and started another G between our last look and the CAS
+            # (the state word carries no G): give the state back, retake nothing.
+            node.m_cas_state(m, MState.SYSCALL, MState.RUNNING)
+            return False
         node.sched_add(Counter.RUNNING, -1)  # it gives the count back when it wakes
         node.sched_add(Counter.UNMARKED, 1)
         # If the P moved on meanwhile, the M finds its state at its next scheduling point.
         return node.p_cas(p, (PStatus.RUNNING, m, epoch), (PStatus.SYSCALL, m, epoch))
+
+    def prune_procfds(self, pids: set[int]) -> None:
+        """Close the /proc files of Ms that are gone (recycled Ms come and go)."""
+        for pid in [pid for pid in self.procfds if pid not in pids]:
+            os.close(self.procfds.pop(pid))
 
     def thread_state(self, pid: int) -> tuple[str, int] | None:
         """(state letter, utime + stime ticks) of the M's main thread."""
@@ -203,8 +213,8 @@ class Sysmon:
     def checkdead(self) -> None:
         """Go's checkdead, for joins: when every live M is blocked waiting on
         a child (state JOIN) on two looks CHECKDEAD_S apart, no child can run
-        (only Ms run Gs, and the pool is at max_ms or a new M would have
-        come): count a DEADLOCK and wake them; each M that was already
+        (only Ms run Gs, and every M slot is taken, so no new M can come):
+        count a DEADLOCK and wake them; each M that was already
         waiting when it was counted fails its wait with gmpd.Deadlock, so the
         submitters get an error, not a hang.  An M in
         a gmpd.syscall() is SYSCALL, not JOIN: it may return, so it is not
@@ -213,7 +223,11 @@ class Sysmon:
         states = [node.m_info(m) for m in range(node.nms - 1)]
         joined = {m for m, info in enumerate(states) if info[3] and info[0] == MState.JOIN}
         live = {m for m, info in enumerate(states) if info[3] and info[0] != MState.EXITING}
-        dead = bool(joined) and joined == live and joined == self.joined
+        self.prune_procfds({info[3] for info in states if info[3]})
+        # Every slot taken by a live M: no new M can come (one starting, or
+        # one retiring, leaves its slot's pid at 0 and so rules this out).
+        full = len(live) == node.nms - 1
+        dead = full and joined == live and joined == self.joined
         self.joined = joined
         if dead and joined != self.reported:
             self.reported = joined  # one report per deadlock
