@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _BaseExecutor
@@ -416,16 +417,30 @@ class Executor(_BaseExecutor):
     ) -> Iterator[Any]:
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        end = None if timeout is None else time.monotonic() + timeout
         if chunksize == 1:
-            return super().map(fn, *iterables, timeout=timeout)
-        results = super().map(
-            _run_chunk,
-            itertools.repeat(fn),
-            _chunks(iterables, chunksize),
-            itertools.repeat(len(iterables) != 1),
-            timeout=timeout,
-        )
-        return itertools.chain.from_iterable(results)
+            fs = [self.submit(fn, *args) for args in zip(*iterables, strict=False)]
+        else:
+            star = len(iterables) != 1
+            fs = [self.submit(_run_chunk, fn, chunk, star) for chunk in _chunks(iterables, chunksize)]
+        return self._map_results(fs, end, chunksize > 1)
+
+    def _map_results(self, fs: list[Future[Any]], end: float | None, chunked: bool) -> Iterator[Any]:
+        """The stdlib's map iterator, except that leaving it early (timeout,
+        error, break) cancels what is left with one Cancel, not one round
+        trip per future."""
+        fs.reverse()
+        try:
+            while fs:
+                fut = fs.pop()
+                value = fut.result() if end is None else fut.result(end - time.monotonic())
+                if chunked:
+                    yield from value
+                else:
+                    yield value
+        finally:
+            left = [f._tid for f in fs if isinstance(f, TaskFuture) and not f.done()]
+            self._io.cancel_tasks(left)
 
     def statistics(self) -> Statistics:
         """A frozen snapshot of Ps, Ms and the scheduler counters."""

@@ -161,6 +161,21 @@ def test_executor_map_timeout(ex: gmpd.Executor) -> None:
         list(it)
 
 
+def test_executor_map_left_early_cancels_what_is_left(ex: gmpd.Executor) -> None:
+    before = sum(m.tasks_run for m in ex.statistics().ms)
+    it = ex.map(sleep_then, range(200), [0.01] * 200)
+    assert next(it) == 0
+    del it  # the caller stops reading (CPython closes the generator): queued tasks are withdrawn
+    ran, deadline = -1, time.monotonic() + 10
+    while time.monotonic() < deadline:  # until the Ms are done with what they took
+        now = sum(m.tasks_run for m in ex.statistics().ms) - before
+        if now == ran:
+            break
+        ran = now
+        time.sleep(0.3)
+    assert ran < 200, "every task ran although the map was abandoned after the first"
+
+
 def test_executor_cancel_while_pending(ex: gmpd.Executor) -> None:
     blockers = [ex.submit(sleep_then, i, 0.3) for i in range(4)]
     queued = [ex.submit(square, i) for i in range(50)]
