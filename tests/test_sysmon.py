@@ -256,3 +256,30 @@ def test_unmarked_blocking_is_seen_from_proc_and_gives_its_p_away() -> None:
         assert stats.running_max <= 1
         # The woken M took a P back (or another) at the end of its G: the pool goes on.
         assert ex.submit(cpu, 0.01).result(timeout=30) > 0
+
+
+def tangle(depth: int, k: int) -> int:
+    """Joins, marked and unmarked sleeps and spawns, interleaved: retakes and
+    hand-offs happen while children finish and batches are in flight."""
+    if k % 3 == 0:
+        with gmpd.syscall():
+            time.sleep(0.012)  # past the 10 ms grace: retaken even when other Ps idle
+    elif k % 3 == 1:
+        time.sleep(0.003)  # unmarked
+    if depth == 0:
+        return k
+    kids = [gmpd.go(tangle, depth - 1, k * 3 + i) for i in range(3)]
+    return k + sum(int(f.result()) for f in kids)
+
+
+def _tangle_sum(depth: int, k: int) -> int:
+    return k if depth == 0 else k + sum(_tangle_sum(depth - 1, k * 3 + i) for i in range(3))
+
+
+def test_blocking_joins_and_retakes_interleaved_lose_and_repeat_nothing() -> None:
+    with gmpd.Executor(2, max_ms=12) as ex:
+        futures = [ex.submit(tangle, 3, k) for k in range(24)]
+        assert [f.result(timeout=120) for f in futures] == [_tangle_sum(3, k) for k in range(24)]
+        stats = ex.statistics()
+        assert stats.retakes >= 1 and stats.syscalls >= 1
+        assert stats.running_max <= 2
