@@ -213,8 +213,8 @@ class Sysmon:
     def checkdead(self) -> None:
         """Go's checkdead, for joins: when every live M is blocked waiting on
         a child (state JOIN) on two looks CHECKDEAD_S apart, no child can run
-        (only Ms run Gs, and every M slot is taken, so no new M can come):
-        count a DEADLOCK and wake them; each M that was already
+        (only Ms run Gs, and either every M slot is taken or nothing is
+        queued for a new M to run): count a DEADLOCK and wake them; each M that was already
         waiting when it was counted fails its wait with gmpd.Deadlock, so the
         submitters get an error, not a hang.  An M in
         a gmpd.syscall() is SYSCALL, not JOIN: it may return, so it is not
@@ -224,10 +224,13 @@ class Sysmon:
         joined = {m for m, info in enumerate(states) if info[3] and info[0] == MState.JOIN}
         live = {m for m, info in enumerate(states) if info[3] and info[0] != MState.EXITING}
         self.prune_procfds({info[3] for info in states if info[3]})
-        # Every slot taken by a live M: no new M can come (one starting, or
-        # one retiring, leaves its slot's pid at 0 and so rules this out).
+        # No new M can help: every slot is taken by a live M (one starting,
+        # or one retiring, leaves its slot's pid at 0 and rules this out), or
+        # nothing is queued anywhere for it to run (the children waited on
+        # sit in the stacks of the waiting Ms: join-helping ran them inline).
         full = len(live) == node.nms - 1
-        dead = full and joined == live and joined == self.joined
+        idle = not node.sched()[Counter.GRQLEN] and all(node.runq_empty(p) for p in range(node.nprocs))
+        dead = (full or idle) and joined == live and joined == self.joined
         self.joined = joined
         if dead and joined != self.reported:
             self.reported = joined  # one report per deadlock
