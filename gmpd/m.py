@@ -545,6 +545,9 @@ class M:
             self.resync()  # the G may have ended asleep-detected: the count and the P come back
             # Out of task code: leave RUNNING by CAS, so sysmon cannot count us out twice.
             while not outer and not node.m_cas_state(self.m, MState.RUNNING, MState.IDLE):
+                if node.m_info(self.m)[0] != MState.SYSCALL or self.in_syscall:
+                    node.m_set(self.m, state=MState.IDLE)  # not sysmon's doing: nothing to give back
+                    break
                 self.resync()
         finally:
             if not outer:
