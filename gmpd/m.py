@@ -543,9 +543,11 @@ class M:
         try:
             status, data = run_payload(node.g_payload(h))
             self.resync()  # the G may have ended asleep-detected: the count and the P come back
+            if not outer and self.in_syscall:
+                self.exitsyscall()  # the task returned inside a gmpd.syscall() it never left
             # Out of task code: leave RUNNING by CAS, so sysmon cannot count us out twice.
             while not outer and not node.m_cas_state(self.m, MState.RUNNING, MState.IDLE):
-                if node.m_info(self.m)[0] != MState.SYSCALL or self.in_syscall:
+                if node.m_info(self.m)[0] != MState.SYSCALL:
                     node.m_set(self.m, state=MState.IDLE)  # not sysmon's doing: nothing to give back
                     break
                 self.resync()

@@ -283,3 +283,17 @@ def test_blocking_joins_and_retakes_interleaved_lose_and_repeat_nothing() -> Non
         stats = ex.statistics()
         assert stats.retakes >= 1 and stats.syscalls >= 1
         assert stats.running_max <= 2
+
+
+def leaves_a_syscall_open() -> int:
+    gmpd.syscall().__enter__()  # never left: the M must still come out whole
+    return 7
+
+
+def test_a_task_that_returns_inside_gmpd_syscall_does_not_wedge_its_m() -> None:
+    with gmpd.Executor(1) as ex:
+        assert ex.submit(leaves_a_syscall_open).result(timeout=30) == 7
+        assert [f.result(timeout=30) for f in [ex.submit(pow, 3, k) for k in range(30)]] == [
+            3**k for k in range(30)
+        ]
+        assert ex.statistics().running_max <= 1
