@@ -246,12 +246,15 @@ class Coordinator:
         """Go's handoffp for a P sysmon retook: an M that came back from a
         syscall and waits for a P gets it first; else wake an M if the P's
         own queue or the global queue has work; else the P stays idle."""
+        if self.wake_want_p() or ((not self.nm.node.runq_empty(p) or self.grq) and self.startm()):
+            self.nm.node.sched_add(Counter.HANDOFFS, 1)
+
+    def wake_want_p(self) -> bool:
+        """Wake the first M that came back from a syscall with no P to get."""
         while self.want_p:
             if self.startm(self.want_p.popleft()):
-                self.nm.node.sched_add(Counter.HANDOFFS, 1)
-                return
-        if (not self.nm.node.runq_empty(p) or self.grq) and self.startm():
-            self.nm.node.sched_add(Counter.HANDOFFS, 1)
+                return True
+        return False
 
     def on_retaken(self, msg: wire.Retaken) -> None:
         lease = self.ps[msg.p] if 0 <= msg.p < self.nprocs else None
@@ -262,15 +265,13 @@ class Coordinator:
             self.make_idle(msg.p, front=True)
             self.handoffp(msg.p)
 
-    def retaken_meanwhile(self, lease: PLease) -> bool:
+    def retaken_meanwhile(self, lease: PLease) -> None:
         """The state word says sysmon retook this P and its Retaken is still
         on the way: act on it now (an M asking for a P again must not be
         re-sent a grant its P word no longer honours)."""
         status, owner, epoch = self.nm.node.p_state(lease.p)
-        if lease.m < 0 or epoch <= lease.epoch or (status, owner) != (PStatus.IDLE, -1):
-            return False
-        self.on_retaken(wire.Retaken(lease.p, epoch))
-        return True
+        if lease.m >= 0 and epoch > lease.epoch and (status, owner) == (PStatus.IDLE, -1):
+            self.on_retaken(wire.Retaken(lease.p, epoch))
 
     # ---- leases -----------------------------------------------------------
 
@@ -279,7 +280,7 @@ class Coordinator:
 
     def grant(self, info: MInfo, has_g: bool = False) -> None:
         if info.p >= 0:
-            self.retaken_meanwhile(self.ps[info.p])  # then info.p is -1: a fresh grant below
+            self.retaken_meanwhile(self.ps[info.p])  # if so, info.p is -1 now: a fresh grant below
         if info.p >= 0:  # it already holds one: re-send it (its Grant may be in flight)
             lease = self.ps[info.p]
         elif self.idle_ps:
@@ -313,9 +314,7 @@ class Coordinator:
             self.idle_ps.appendleft(p)  # the next grant takes it, with its queued Gs
         else:
             self.idle_ps.append(p)
-            while self.want_p:  # an M holding a G back from a syscall goes first
-                if self.startm(self.want_p.popleft()):
-                    break
+            self.wake_want_p()  # an M holding a G back from a syscall goes first
         self.nm.node.sched_add(Counter.NPIDLE, 1)
 
     def expire_leases(self, now: float) -> None:
