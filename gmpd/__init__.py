@@ -7,18 +7,30 @@ cluster), ``gmpd.go`` (start a G from a client or from inside a task) and
 """
 
 from gmpd.api import checkpoint, go, syscall
-from gmpd.errors import Deadlock, GmpdError, InternalError, NativeExtensionMissing, SegmentError
+from gmpd.errors import (
+    CoordinatorLost,
+    Deadlock,
+    GmpdError,
+    InternalError,
+    NativeExtensionMissing,
+    SegmentError,
+    TaskTimeout,
+    WorkerLost,
+)
 from gmpd.executor import ClusterLost, Executor
 
 __version__ = "0.1.0"
 __all__ = [
     "ClusterLost",
+    "CoordinatorLost",
     "Deadlock",
     "Executor",
     "GmpdError",
     "InternalError",
     "NativeExtensionMissing",
     "SegmentError",
+    "TaskTimeout",
+    "WorkerLost",
     "__version__",
     "checkpoint",
     "go",

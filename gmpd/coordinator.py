@@ -49,18 +49,42 @@ import ctypes
 import ctypes.util
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 
 import zmq
 
-from gmpd import wire
+from gmpd import runq, wire
+from gmpd.errors import WorkerLost
+from gmpd.g import GState
+from gmpd.m import RETIRED, error_payload
 from gmpd.runq import PStatus
 from gmpd.sched import Counter, MState
 from gmpd.shm import NodeMemory
 
 SLOW_TIMER_S = 0.05  # lease expiry and heap trimming are checked this often
 STARTED_DELAY_S = 0.001  # Started waits this long, so that quick tasks need none
+
+
+def describe_exit(code: int) -> str:
+    """An M's end, from its exit code (negative: the signal that killed it)."""
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+def exit_hint(code: int) -> str:
+    """A guess at why an M died, for WorkerLost."""
+    if code == -signal.SIGKILL:
+        return "SIGKILL: the kernel's out-of-memory killer (check dmesg), a task timeout, or a kill -9"
+    if code in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGILL, -signal.SIGFPE):
+        return "a crash in native code: a segfault in a C extension?"
+    if code == -signal.SIGABRT:
+        return "abort() in native code: a failed assertion in a C extension?"
+    if code < 0:
+        return "a signal from outside the cluster"
+    return "the task (or a library it called) ended the process: os._exit() or exit() in C?"
 
 
 def _load_libc() -> ctypes.CDLL | None:
@@ -91,13 +115,20 @@ class MInfo:
     p: int = -1
     waiting: wire.GetWork | None = None  # a held long-poll request
     deadline: float = 0.0
+    seq: int = 0  # the last global batch sent to it
+    # Batches sent and not known to be queued yet: seq -> items, each a root
+    # task id or (0, handle) for a node-local G (recovery re-queues the rest).
+    batches: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    spilled: frozenset[int] = frozenset()  # its last Spill: never re-queue these as orphans
 
 
 @dataclass
 class Root:
     client: bytes
     payload: bytes
+    retries: int  # attempts that may die with their M before the task fails
     started: bool = False
+    attempts: int = 0  # runs lost with their M so far
 
 
 @dataclass
@@ -112,6 +143,9 @@ class Stats:
     bad_frames: int = 0
     lost_peers: int = 0
     expired_leases: int = 0
+    m_lost: int = 0  # Ms that died without retiring
+    retried: int = 0  # root tasks queued again after their M died
+    worker_lost: int = 0  # tasks failed with WorkerLost (retry budget spent)
 
 
 @dataclass
@@ -121,7 +155,9 @@ class Coordinator:
     node_name: str
     lease_ttl: float
     lifeline: int  # pid whose exit ends the cluster (the client)
-    newm: int = -1  # pipe to the node agent: one byte asks for one more M (the M pool)
+    newm: int = -1  # pipe to the node agent: "m" asks for one more M, "r <m>" frees a dead M's slot
+    deaths: int = -1  # pipe from the node agent: "exit <m> <pid> <status>" per M that exited
+    retries: int = 3  # the default retry budget of a task
     ctx: zmq.Context[zmq.Socket[bytes]] = field(default_factory=zmq.Context)
     stats: Stats = field(default_factory=Stats)
 
@@ -142,6 +178,7 @@ class Coordinator:
         self.clients: dict[bytes, zmq.Socket[bytes]] = {}  # ident -> PUSH to its reply_to
         self.sysmon: bytes | None = None
         self.want_p: collections.deque[int] = collections.deque()  # Ms back from a syscall, no P
+        self.dead_pids: set[int] = set()  # Ms that died before their Hello was read
         self.grq_published = 0  # the global queue length last written to the node counters
         self.ms_asked = 0  # Ms asked of the node agent and not yet said Hello
         self.out_started: dict[bytes, list[int]] = collections.defaultdict(list)
@@ -205,6 +242,24 @@ class Coordinator:
             self.stats.global_takes += 1
         return roots, locals_
 
+    def batch_for(self, info: MInfo, limit: int) -> tuple[int, list[tuple[int, bytes]], list[int]]:
+        """A global batch for M ``info``, numbered and remembered until the
+        M records it queued every item (``forget_placed``)."""
+        roots, locals_ = self.take_batch(limit)
+        if not roots and not locals_:
+            return 0, roots, locals_
+        info.seq += 1
+        info.batches[info.seq] = [(tid, 0) for tid, _payload in roots] + [(0, h) for h in locals_]
+        return info.seq, roots, locals_
+
+    def forget_placed(self, info: MInfo) -> None:
+        """Drop the batches M ``info`` has queued in full (node memory says so)."""
+        if not info.batches:
+            return
+        seq, placed = self.nm.node.m_placing(info.m)
+        for s in [s for s, items in info.batches.items() if s < seq or (s == seq and placed >= len(items))]:
+            del info.batches[s]
+
     def serve_waiters(self) -> None:
         """Answer held GetWork long-polls (spinning Ms) while work lasts."""
         for info in self.ms.values():
@@ -213,8 +268,7 @@ class Coordinator:
             req = info.waiting
             if req is not None:
                 info.waiting = None
-                roots, locals_ = self.take_batch(req.max)
-                self.send(info.ident, wire.Work(roots, locals_))
+                self.send(info.ident, wire.Work(*self.batch_for(info, req.max)))
 
     def spinning(self) -> int:
         return sum(1 for info in self.ms.values() if info.waiting is not None)
@@ -237,7 +291,7 @@ class Coordinator:
                 return True
         if m < 0 and self.newm >= 0 and not self.ms_asked:
             with contextlib.suppress(BlockingIOError, BrokenPipeError):
-                os.write(self.newm, b"m")
+                os.write(self.newm, b"m\n")
                 self.ms_asked = 1
                 return True
         return False
@@ -295,11 +349,13 @@ class Coordinator:
         else:
             if has_g and info.m not in self.want_p:
                 self.want_p.append(info.m)  # woken first when a P is freed
-            self.send(info.ident, wire.Grant(-1, 0, 0, [], []))
+            self.send(info.ident, wire.Grant(-1, 0, 0, 0, [], []))
             return
         lease.expires = time.monotonic() + self.lease_ttl
-        roots, locals_ = self.take_batch(128)
-        self.send(info.ident, wire.Grant(lease.p, lease.epoch, int(self.lease_ttl * 1000), roots, locals_))
+        seq, roots, locals_ = self.batch_for(info, 128)
+        self.send(
+            info.ident, wire.Grant(lease.p, lease.epoch, int(self.lease_ttl * 1000), seq, roots, locals_)
+        )
 
     def make_idle(self, p: int, front: bool = False) -> None:
         lease = self.ps[p]
@@ -336,6 +392,190 @@ class Coordinator:
                 self.nm.node.p_cas(lease.p, seen, (PStatus.IDLE, -1, lease.epoch))
                 self.make_idle(lease.p)
 
+    # ---- a dead M (DESIGN §4.4) ---------------------------------------------
+    #
+    # The node agent reports every M exit (pidfds: within milliseconds).  The
+    # dead M's P and its ring survive in node memory.  What the M alone knew
+    # is rebuilt from node memory, never from a timeout:
+    #   - its P: fenced (epoch + 1) and withheld while the ring layer's
+    #     recovery (runq.c §3) finishes or rolls back its last queue op;
+    #   - Gs it had taken out of every queue (the op record's orphans);
+    #   - Gs it was running: its curg, then each G's ``outer`` (join-helping
+    #     runs Gs inline, one inside the other);
+    #   - global batches it had not queued in full (``m_placing``);
+    #   - root results that died in its memory or its socket: a census of
+    #     every arena finds the started roots that nobody holds any more.
+    # Then the P is idle again under the new epoch and the node agent may
+    # start a new M in the dead one's slot.
+
+    def on_deaths(self, data: bytes) -> None:
+        for line in data.decode().splitlines():
+            kind, m, pid, status = line.split()
+            if kind == "exit":
+                self.on_m_exit(int(m), int(pid), int(status))
+
+    def on_m_exit(self, m: int, pid: int, status: int) -> None:
+        info = self.ms.get(m)
+        if info is None or info.pid != pid:  # its Hello is not in yet (or never will be): it held nothing
+            self.dead_pids.add(pid)
+            self.free_slot(m)
+            return
+        del self.ms[m]
+        for ident in [i for i, mm in self.by_ident.items() if mm == m]:
+            del self.by_ident[ident]
+        with contextlib.suppress(ValueError):
+            self.want_p.remove(m)
+        code = os.waitstatus_to_exitcode(status)
+        crashed = self.running and code != RETIRED
+        p = self.fence(m)
+        recovery = runq.recover_m(self.nm.node, m)
+        if crashed:
+            self.stats.m_lost += 1
+            lost = WorkerLost(
+                f"M {m} (pid {pid}) {describe_exit(code)} while running this task",
+                m=m,
+                pid=pid,
+                exitcode=code if code >= 0 else None,
+                signal=signal.Signals(-code).name if code < 0 else None,
+                hint=exit_hint(code),
+            )
+            self.recover_gs(info, recovery, lost)
+        self.nm.node.m_set_placing(m, 0, 0)  # the next M in the slot numbers batches from 1
+        if p >= 0:
+            self.nm.node.g_sweep(p)  # allocations it never published
+            self.make_idle(p, front=True)
+            self.handoffp(p)
+        self.free_slot(m)
+
+    def fence(self, m: int) -> int:
+        """Take dead M m's P, if it held one, under a new epoch; the P stays
+        out of the idle list until recovery is done.  Returns it, or -1."""
+        node = self.nm.node
+        for p in range(self.nprocs):
+            lease = self.ps[p]
+            while True:
+                seen = node.p_state(p)
+                if seen[1] != m and (lease.m != m or seen[1] != -1):
+                    break  # not its P (or our table is behind a hand-off: the word wins)
+                lease.epoch = max(lease.epoch, seen[2]) + 1
+                if node.p_cas(p, seen, (PStatus.IDLE, -1, lease.epoch)):
+                    if lease.m != m:  # sysmon retook it meanwhile, or it was idle in our table
+                        with contextlib.suppress(ValueError):
+                            self.idle_ps.remove(p)
+                            node.sched_add(Counter.NPIDLE, -1)
+                    lease.m = m  # make_idle gives it back
+                    return p
+        return -1
+
+    def recover_gs(self, info: MInfo, recovery: runq.Recovery, lost: WorkerLost) -> None:
+        node = self.nm.node
+        m = info.m
+        # 1. Global batches it had not queued in full.
+        seq, placed = node.m_placing(m)
+        unplaced: list[tuple[int, int]] = []
+        for s, items in sorted(info.batches.items()):
+            if s < seq:
+                continue
+            if s == seq:
+                if placed < len(items) and not self.accepted(recovery, items[placed]):
+                    unplaced.append(items[placed])
+                unplaced += items[placed + 1 :]
+            else:
+                unplaced += items
+        requeue = [tid for tid, _h in unplaced if tid]
+        self.grq.extendleft((0, h) for tid, h in reversed(unplaced) if not tid)
+        # 2. Gs it had taken out of every queue.
+        running: dict[int, tuple[int, ...]] = {}
+        g: tuple[int, ...]
+        for h in recovery.orphans:
+            g = node.g_info(h)
+            if h in info.spilled or g[0] not in (GState.RUNNABLE, GState.RUNNING):
+                continue
+            if g[0] == GState.RUNNABLE:
+                self.grq.appendleft((0, h))
+            elif g[8] == m + 1 or (g[8] == 0 and g[11] != 2):  # taken by it (not claimed by a joiner)
+                running[h] = g
+        # 3. Gs it was running, innermost first.
+        h = node.m_info(m)[1]
+        while h and h not in running:
+            g = node.g_info(h)
+            if g[0] != GState.RUNNING or g[8] != m + 1:
+                break
+            running[h] = g
+            h = g[9]
+        for h, g in running.items():
+            parent, tid = g[2], g[3]
+            if parent == 0 and tid:
+                node.g_free(h)
+                self.retry(tid, lost)
+            elif parent in running:
+                node.g_free(h)  # its parent died too, and runs again from the start
+            elif node.g_attempt(h) > self.retries:
+                node.g_fail(h, wire.LOST)
+            else:
+                node.g_set_owner(h, -1)
+                node.g_cas_state(h, GState.RUNNING, GState.RUNNABLE)
+                self.grq.appendleft((0, h))
+                self.stats.retried += 1
+        # 4. Census: started roots that no queue, no live M and no batch in
+        #    flight holds any more (results that died with it) run again.
+        held = {tid for i in self.ms.values() for items in i.batches.values() for tid, _h in items}
+        unplaced_roots = set(requeue)
+        for p in range(self.nprocs):
+            for h in node.g_scan(p):
+                g = node.g_info(h)
+                tid = g[3]
+                if g[2] != 0 or not tid:
+                    continue
+                if g[0] == GState.RUNNABLE and tid in unplaced_roots:
+                    node.g_free(h)  # created, never queued: the batch item runs again
+                elif g[0] == GState.RUNNABLE or (g[0] == GState.RUNNING and g[8] - 1 in self.ms):
+                    held.add(tid)
+        for tid in requeue:
+            self.retry(tid, None)
+        for tid, root in list(self.roots.items()):
+            if root.started and tid not in held:
+                self.retry(tid, None)
+
+    @staticmethod
+    def accepted(recovery: runq.Recovery, item: tuple[int, int]) -> bool:
+        """Whether the batch item the dead M was queueing reached a queue."""
+        return recovery.accepted(item[1]) if item[1] else False
+
+    def retry(self, tid: int, lost: WorkerLost | None) -> None:
+        """Queue root ``tid`` again, first in line; ``lost`` (the run died
+        with its M) counts an attempt, and past the budget fails the task."""
+        root = self.roots.get(tid)
+        if root is None or not root.started:
+            return  # finished, cancelled, or queued already
+        if lost is not None:
+            root.attempts += 1
+            if root.attempts > root.retries:
+                lost.attempts = root.attempts
+                del self.roots[tid]
+                self.stats.worker_lost += 1
+                err = WorkerLost(
+                    f"{lost} (attempt {root.attempts} of {root.retries + 1}; {lost.hint})",
+                    m=lost.m,
+                    pid=lost.pid,
+                    exitcode=lost.exitcode,
+                    signal=lost.signal,
+                    attempts=root.attempts,
+                    hint=lost.hint,
+                )
+                payload = error_payload(err, " (the coordinator, after the M died)")
+                self.reply(root.client, wire.Results([(tid, wire.RAISED, payload)]))
+                return
+        root.started = False
+        self.grq.appendleft((tid, 0))
+        self.stats.retried += 1
+
+    def free_slot(self, m: int) -> None:
+        """Recovery of slot m is done: the node agent may start an M there."""
+        if self.newm >= 0:
+            with contextlib.suppress(BlockingIOError, BrokenPipeError):
+                os.write(self.newm, f"r {m}\n".encode())
+
     # ---- handlers ---------------------------------------------------------
 
     def on_hello(self, ident: bytes, msg: wire.Hello) -> None:
@@ -347,7 +587,7 @@ class Coordinator:
                 sock.connect(msg.reply_to)
                 self.clients[ident] = sock
             self.reply(ident, wire.Welcome(self.nprocs))
-        elif msg.role == "m" and 0 <= msg.m < self.nm.node.nms:
+        elif msg.role == "m" and 0 <= msg.m < self.nm.node.nms and msg.pid not in self.dead_pids:
             info = self.ms.get(msg.m)
             if info is None or info.pid != msg.pid:
                 info = self.ms[msg.m] = MInfo(msg.m, ident, msg.pid)
@@ -360,8 +600,11 @@ class Coordinator:
 
     def on_submit(self, ident: bytes, msg: wire.Submit) -> None:
         for tid, payload in msg.tasks:
-            self.roots[tid] = Root(ident, payload)
+            self.roots[tid] = Root(ident, payload, self.retries)
             self.grq.append((tid, 0))
+        for tid, retries, _timeout_ms in msg.options:
+            if tid in self.roots:
+                self.roots[tid].retries = retries
         self.stats.submitted += len(msg.tasks)
 
     def on_cancel(self, ident: bytes, msg: wire.Cancel) -> None:
@@ -378,26 +621,27 @@ class Coordinator:
         self.reply(ident, wire.Cancelled(done, refused))
 
     def on_finished(self, tids: list[int]) -> None:
-        """Ms sent these results to their client; forget the root tasks."""
+        """These results reached their client: forget the root tasks."""
         for tid in tids:
             if self.roots.pop(tid, None) is not None:
                 self.stats.completed += 1
 
     def on_m_message(self, info: MInfo, msg: wire.Message) -> None:
+        self.forget_placed(info)
         if isinstance(msg, wire.LeaseRequest):
             self.grant(info, msg.has_g)
         elif isinstance(msg, wire.GetWork):
-            self.on_finished(msg.finished)
             if not self.lease_ok(info.m, msg.p, msg.epoch):
                 self.send(info.ident, wire.Revoke(msg.p, msg.epoch))
                 return
             self.ps[msg.p].expires = time.monotonic() + self.lease_ttl
             if self.grq or msg.wait_ms == 0:
-                self.send(info.ident, wire.Work(*self.take_batch(msg.max)))
+                self.send(info.ident, wire.Work(*self.batch_for(info, msg.max)))
             else:
                 info.waiting, info.deadline = msg, time.monotonic() + msg.wait_ms / 1000
         elif isinstance(msg, wire.Spill):
             self.grq.extend((0, h) for h in msg.handles)
+            info.spilled = frozenset(msg.handles)
             self.stats.spilled += len(msg.handles)
         elif isinstance(msg, wire.Renew) and self.lease_ok(info.m, msg.p, msg.epoch):
             self.ps[msg.p].expires = time.monotonic() + self.lease_ttl
@@ -415,7 +659,7 @@ class Coordinator:
             return
         if isinstance(msg, wire.Hello):
             self.on_hello(ident, msg)
-        elif isinstance(msg, wire.Finished):
+        elif isinstance(msg, wire.Finished) and ident in self.clients:
             self.on_finished(msg.tids)
         elif isinstance(msg, wire.Submit) and ident in self.clients:
             self.on_submit(ident, msg)
@@ -448,7 +692,7 @@ class Coordinator:
         for info in self.ms.values():
             if info.waiting is not None and info.deadline <= now:
                 info.waiting = None
-                self.send(info.ident, wire.Work([], []))
+                self.send(info.ident, wire.Work(0, [], []))
         if self.out_started and now >= self.started_due:
             self.send_started()
         if now >= self.next_slow_timer:
@@ -476,6 +720,8 @@ class Coordinator:
         poller.register(self.sock, zmq.POLLIN)
         lifeline = os.pidfd_open(self.lifeline)
         poller.register(lifeline, zmq.POLLIN)
+        if self.deaths >= 0:
+            poller.register(self.deaths, zmq.POLLIN)
         while self.running:
             events = dict(poller.poll(self.poll_timeout(time.monotonic())))
             if lifeline in events:
@@ -489,6 +735,11 @@ class Coordinator:
                     self.stats.bad_frames += 1
                     continue
                 self.dispatch(ident, frame)
+            if self.deaths in events:  # after the socket: a dead M's last messages count
+                data = os.read(self.deaths, 65536)
+                if not data:
+                    break  # the node agent is gone
+                self.on_deaths(data)
             self.serve_waiters()
             self.wakep()
             self.timers(time.monotonic())
@@ -509,11 +760,21 @@ class Coordinator:
 
 
 def main(
-    endpoint: str, nprocs: int, node_name: str, lease_ttl: float, lifeline: int, *, newm: int = -1
+    endpoint: str,
+    nprocs: int,
+    node_name: str,
+    lease_ttl: float,
+    lifeline: int,
+    *,
+    newm: int = -1,
+    deaths: int = -1,
+    retries: int = 3,
 ) -> int:
     """Entry point (called in a process forked by the node agent; ``newm``
-    is the pipe on which it asks the node agent for another M)."""
-    coord = Coordinator(endpoint, nprocs, node_name, lease_ttl, lifeline, newm=newm)
+    and ``deaths`` are the pipes to and from it)."""
+    coord = Coordinator(
+        endpoint, nprocs, node_name, lease_ttl, lifeline, newm=newm, deaths=deaths, retries=retries
+    )
     try:
         coord.run()
     finally:

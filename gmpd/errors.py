@@ -29,3 +29,49 @@ class InternalError(GmpdError, AssertionError):
 
     def __init__(self, what: str) -> None:
         super().__init__(f"{what} (this is a bug in gmpd; please report it with the traceback)")
+
+
+class WorkerLost(GmpdError):
+    """A task's every attempt died with the worker process (M) running it.
+
+    ``m`` and ``pid`` name the last M; ``exitcode`` is its exit status or
+    ``None``, ``signal`` the signal name that killed it or ``None``;
+    ``attempts`` counts the runs lost; ``hint`` guesses why."""
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        m: int = -1,
+        pid: int = 0,
+        exitcode: int | None = None,
+        signal: str | None = None,
+        attempts: int = 0,
+        hint: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.m, self.pid, self.exitcode, self.signal = m, pid, exitcode, signal
+        self.attempts, self.hint = attempts, hint
+
+    def __reduce__(self) -> tuple[object, ...]:
+        kwargs = {
+            "m": self.m,
+            "pid": self.pid,
+            "exitcode": self.exitcode,
+            "signal": self.signal,
+            "attempts": self.attempts,
+            "hint": self.hint,
+        }
+        return (_rebuild_worker_lost, (str(self), kwargs))
+
+
+def _rebuild_worker_lost(message: str, kwargs: dict[str, object]) -> WorkerLost:
+    return WorkerLost(message, **kwargs)  # type: ignore[arg-type]
+
+
+class TaskTimeout(GmpdError, TimeoutError):
+    """A task ran past its timeout; the M running it was killed and replaced."""
+
+
+class CoordinatorLost(GmpdError):
+    """The cluster's coordinator process died: outstanding tasks cannot finish."""

@@ -62,7 +62,9 @@ class ClusterLost(GmpdError):
 class LocalCluster:
     """The processes of an embedded cluster, seen from the client."""
 
-    def __init__(self, nprocs: int, lease_ttl: float, spin_ms: int, max_ms: int = 0) -> None:
+    def __init__(
+        self, nprocs: int, lease_ttl: float, spin_ms: int, max_ms: int = 0, retries: int = 3
+    ) -> None:
         self.rundir = tempfile.mkdtemp(prefix="gmpd-", dir=os.environ.get("XDG_RUNTIME_DIR") or None)
         os.chmod(self.rundir, 0o700)
         self.endpoint = f"ipc://{self.rundir}/coord"
@@ -78,6 +80,7 @@ class LocalCluster:
             str(lease_ttl),
             str(spin_ms),
             str(max_ms),
+            str(retries),
         ]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         assert self.proc.stdout is not None
@@ -170,6 +173,7 @@ class _ClientIO(threading.Thread):
         self.sock.connect(cluster.endpoint)
         self.send_lock = threading.Lock()
         self.outbox: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.options: dict[int, list[int]] = {}  # tid -> [tid, retries, timeout_ms], not sent yet
         self.cancel_waits: dict[int, list[_CancelWait]] = {}  # tid -> the requests waiting on it
         self.futures: dict[int, TaskFuture] = {}
         self.cancel_lock = threading.Lock()
@@ -180,17 +184,21 @@ class _ClientIO(threading.Thread):
         self.kicked = False  # a wake-up byte is in the pipe (cleared before draining)
         self.done = threading.Event()
         self.submitted = self.completed = 0
+        self.received: list[int] = []  # tids of results in, to tell the coordinator (Finished)
         # Before any Submit can be sent: the coordinator drops those of strangers.
         self.send(wire.Hello("client", os.getpid(), "", -1, cluster.results_endpoint))
 
     # -- called from user threads --
-    def submit(self, payload: bytes) -> TaskFuture:
+    def submit(self, payload: bytes, options: tuple[int, int] | None = None) -> TaskFuture:
+        """``options``: (retries, timeout_ms) when they differ from the cluster's."""
         tid = next(self.tids)
         fut = TaskFuture(self, tid)
         self.submitted += 1
         self.futures[tid] = fut
+        if options is not None:
+            self.options[tid] = [tid, *options]
         if len(self.futures) == 1 and not self.outbox:  # alone in flight: no batch to wait for
-            self.send(wire.Submit([(tid, payload)]))
+            self.send(wire.Submit([(tid, payload)], self.take_options([(tid, payload)])))
             return fut
         self.outbox.append((tid, payload))
         if len(self.outbox) >= SUBMIT_EAGER:
@@ -253,16 +261,22 @@ class _ClientIO(threading.Thread):
                     while len(batch) < SUBMIT_BATCH:
                         batch.append(self.outbox.popleft())
                 if batch:
-                    self.sock.send(wire.encode(wire.Submit(batch)), copy=False)
+                    self.sock.send(wire.encode(wire.Submit(batch, self.take_options(batch))), copy=False)
+
+    def take_options(self, batch: list[tuple[int, bytes]]) -> list[list[int]]:
+        if not self.options:
+            return []
+        return [opt for tid, _payload in batch if (opt := self.options.pop(tid, None)) is not None]
 
     def on_message(self, msg: wire.Message) -> None:
         if isinstance(msg, wire.Started):
             for tid in msg.tids:
                 fut = self.futures.get(tid)
-                if fut is not None and not fut.done():
+                if fut is not None and not fut.done() and not fut.running():  # (again, when retried)
                     fut.set_running_or_notify_cancel()
         elif isinstance(msg, wire.Results):
             pop = self.futures.pop
+            self.received += [tid for tid, _status, _data in msg.results]
             for tid, status, data in msg.results:  # the hot loop of the client: ~2 us a result
                 fut = pop(tid, None)
                 if fut is None:
@@ -351,6 +365,9 @@ class _ClientIO(threading.Thread):
                     break
                 with contextlib.suppress(wire.WireError):
                     self.on_message(wire.decode(frame))
+            if self.received:  # the coordinator forgets them; until then it would retry them
+                self.send(wire.Finished(self.received))
+                self.received = []
 
 
 def _chunks(iterables: tuple[Iterable[Any], ...], size: int) -> Iterator[list[Any]]:
@@ -370,22 +387,33 @@ class Executor(_BaseExecutor):
 
     ``max_workers`` is GOMAXPROCS, the number of Ps (default: the CPU count).
     ``max_ms`` bounds the Ms (worker processes), which grow past GOMAXPROCS
-    while Ms block in syscalls or joins (default: 8 per P).
+    while Ms block in syscalls or joins (default: 8 per P).  ``retries``: how
+    many times a task runs again after the M running it died (killed, crashed,
+    ``os._exit``) before its future raises :class:`gmpd.WorkerLost`; per task
+    with ``executor.options(retries=...).submit(...)``.
     """
 
     def __init__(
-        self, max_workers: int | None = None, *, lease_ttl: float = 5.0, spin_ms: int = 2, max_ms: int = 0
+        self,
+        max_workers: int | None = None,
+        *,
+        lease_ttl: float = 5.0,
+        spin_ms: int = 2,
+        max_ms: int = 0,
+        retries: int = 3,
     ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
+        _check_retries(retries)
+        self._retries = retries
         self._max_workers = max_workers
         self._lock = threading.Lock()
         self._shutdown = False
         if max_ms and max_ms <= max_workers:
             raise ValueError(f"max_ms must exceed max_workers ({max_workers}): Ms in syscalls hold no P")
-        self._cluster = LocalCluster(max_workers, lease_ttl, spin_ms, max_ms)
+        self._cluster = LocalCluster(max_workers, lease_ttl, spin_ms, max_ms, retries)
         self._io = _ClientIO(self._cluster)
         self._io.start()
         _live.add(self)
@@ -396,6 +424,23 @@ class Executor(_BaseExecutor):
         return self._max_workers
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self._submit(None, fn, args, kwargs)
+
+    def options(self, *, retries: int | None = None) -> TaskOptions:
+        """Submit with other options than this executor's defaults:
+        ``ex.options(retries=0).submit(fn, x)`` (gmpd's own keywords never
+        mix with the task's keyword arguments)."""
+        if retries is not None:
+            _check_retries(retries)
+        return TaskOptions(self, self._retries if retries is None else retries)
+
+    def _submit(
+        self,
+        options: tuple[int, int] | None,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Future[Any]:
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -406,7 +451,7 @@ class Executor(_BaseExecutor):
                 fut.set_running_or_notify_cancel()
                 fut.set_exception(exc)
                 return fut
-            return self._io.submit(payload)
+            return self._io.submit(payload, options)
 
     def map(
         self,
@@ -459,6 +504,21 @@ class Executor(_BaseExecutor):
         if wait:
             self._io.done.wait()
         _live.discard(self)
+
+
+class TaskOptions:
+    """An executor's submit with per-task options (``Executor.options``)."""
+
+    def __init__(self, executor: Executor, retries: int) -> None:
+        self._executor, self._retries = executor, retries
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self._executor._submit((self._retries, 0), fn, args, kwargs)
+
+
+def _check_retries(retries: int) -> None:
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an int >= 0, got {retries!r}")
 
 
 def active_executor() -> Executor | None:

@@ -27,7 +27,7 @@ import cloudpickle
 import zmq
 
 from gmpd import config, wire
-from gmpd.errors import Deadlock, GmpdError
+from gmpd.errors import Deadlock, GmpdError, WorkerLost
 from gmpd.g import decode_task, dumps
 from gmpd.runq import PStatus, RunQ
 from gmpd.sched import (
@@ -69,7 +69,8 @@ class RemoteTraceback(Exception):
         return str(self.args[0]) if self.args else ""
 
 
-def _exc_payload(exc: BaseException, where: str = "") -> bytes:
+def error_payload(exc: BaseException, where: str = "") -> bytes:
+    """An exception as a RAISED result: (exc, its traceback as text), pickled."""
     tb = "".join(traceback.format_exception(exc))
     text = f'\n"""\nTraceback in gmpd M {os.getpid()}{where}:\n{tb}"""'
     try:
@@ -84,24 +85,28 @@ def run_payload(payload: bytes) -> tuple[int, bytes]:
     try:
         fn, args, kwargs = decode_task(payload)
     except BaseException as exc:
-        return wire.RAISED, _exc_payload(exc, " while unpickling the task")
+        return wire.RAISED, error_payload(exc, " while unpickling the task")
     try:
         result = fn(*args, **kwargs)
     except Shutdown:
         raise  # the cluster is going away while the task waited (a join, a syscall's exit)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task, not the M
-        return wire.RAISED, _exc_payload(exc)
+        return wire.RAISED, error_payload(exc)
     try:
         return wire.OK, dumps(result)
     except BaseException as exc:
         err = pickle.PicklingError(
             f"the task's result of type {type(result).__name__} cannot be pickled: {exc}"
         )
-        return wire.RAISED, _exc_payload(err, " while pickling the result")
+        return wire.RAISED, error_payload(err, " while pickling the result")
 
 
 def load_outcome(status: int, data: bytes) -> tuple[bool, Any]:
     """(ok, value-or-exception) from a status and payload; used by clients too."""
+    if status == wire.LOST:
+        return False, WorkerLost(
+            "every attempt of this child task died with the worker process (M) running it"
+        )
     try:
         value = cloudpickle.loads(data)
     except BaseException as exc:
@@ -176,14 +181,13 @@ class M:
         self.out.connect(results)
         self.p, self.epoch = -1, 0
         self.runq: RunQ | None = None
-        self.pending = 0  # a G handed over with a grant or a batch, to run first
         self.curg = 0
         self.depth = 0
         self.slice_start = 0.0  # when the current time slice began
         self.fair_tick = -1  # the schedtick whose fairness check was done
         self.results: list[tuple[int, int, bytes]] = []
-        self.finished: list[int] = []  # tids sent to the client, not yet told to the coordinator
-        self.stash: list[tuple[list[tuple[int, bytes]], list[int]]] = []  # work that came without a P
+        # Global batches (seq, roots, locals) not queued yet: they came while we held no P.
+        self.stash: list[tuple[int, list[tuple[int, bytes]], list[int]]] = []
         self.oldest = 0.0
         self.rng = random.Random(os.getpid())
         self.stopping = False
@@ -224,16 +228,12 @@ class M:
             if paused:
                 self.node.m_set(self.m, state=MState.RUNNING)  # only we change it from IDLE
 
-    def flush(self, tell: bool = True) -> None:
-        """Results go straight to the client; the coordinator only hears
-        which (now, or with the next GetWork when ``tell`` is false)."""
+    def flush(self) -> None:
+        """Results go straight to the client, which tells the coordinator
+        (Finished): a result lost with this M is then a task to retry."""
         if self.results:
             self.out.send(wire.encode(wire.Results(self.results)), copy=False)
-            self.finished += [tid for tid, _status, _data in self.results]
             self.results = []
-        if tell and self.finished:
-            self.send(wire.Finished(self.finished))
-            self.finished = []
 
     def spill(self, batch: tuple[int, ...]) -> None:
         """A full ring's half + 1 go to the global queue (runqputslow)."""
@@ -249,7 +249,10 @@ class M:
         while True:
             seen = self.node.p_state(grant.p)
             if seen[2] >= grant.epoch and seen[1] != self.m:
-                return  # a newer grant exists: this one is stale
+                # A newer grant exists: this one is stale, but its batch is
+                # ours to queue (the coordinator counts it as taken).
+                self.take_work(grant.seq, grant.roots, grant.locals)
+                return
             if self.node.p_cas(grant.p, seen, (PStatus.RUNNING, self.m, grant.epoch)):
                 break
         self.p, self.epoch = grant.p, grant.epoch
@@ -258,24 +261,7 @@ class M:
             self.node.m_set(self.m, p=grant.p, state=MState.IDLE)
         else:
             self.node.m_set(self.m, p=grant.p)
-        held, self.pending = self.pending, self.take_work(grant.roots, grant.locals)
-        self.unstash()
-        self.keep(held)
-
-    def unstash(self) -> None:
-        """Queue work that reached us while we held no P (take_work)."""
-        stash, self.stash = self.stash, []
-        for roots, locals_ in stash:
-            self.keep(self.take_work(roots, locals_))
-
-    def keep(self, g: int) -> None:
-        """Hold G g to run next, or queue it if a G is already held."""
-        if not g:
-            return
-        if not self.pending:
-            self.pending = g
-        elif self.runq is not None and (batch := self.runq.put(g)) is not None:
-            self.spill(batch)
+        self.take_work(grant.seq, grant.roots, grant.locals)
 
     def check_lease(self) -> None:
         """After a G: if the P was retaken meanwhile (epoch moved), never
@@ -299,42 +285,61 @@ class M:
     def owns_p(self) -> bool:
         return self.p >= 0 and self.node.p_state(self.p) == (PStatus.RUNNING, self.m, self.epoch)
 
-    def take_work(self, roots: list[tuple[int, bytes]], locals_: list[int]) -> int:
-        """Gs for a global batch: run the first, queue the rest locally.
-        If sysmon took our P while the batch was on its way, its ring and
-        arena are another M's now: keep the batch until we hold a P again."""
-        if not roots and not locals_:
-            return 0
-        if self.runq is None or not self.owns_p():
-            self.stash.append((roots, locals_))
-            return 0
-        hs = []
-        for tid, payload in roots:
-            try:
-                hs.append(self.node.g_new(self.p, payload, root_id=tid))
-            except MemoryError as exc:  # fails this task only, never the M
-                self.results.append((tid, wire.RAISED, _exc_payload(GmpdError(f"task too large: {exc}"))))
-        hs += locals_
-        for h in hs[1:]:
-            batch = self.runq.put(h)
-            if batch is not None:
+    def take_work(self, seq: int, roots: list[tuple[int, bytes]], locals_: list[int]) -> bool:
+        """Queue a global batch in our P's queue, its first G in runnext so
+        that it runs next; True if any was queued.  If sysmon took our P
+        while the batch was on its way, its ring and arena are another M's
+        now: keep the batch until we hold a P again (batches are queued in
+        the order they came, which recovery relies on)."""
+        if roots or locals_:
+            self.stash.append((seq, roots, locals_))
+        placed = False
+        while self.stash and self.runq is not None and self.owns_p():
+            self.place(*self.stash.pop(0))
+            placed = True
+        return placed
+
+    def place(self, seq: int, roots: list[tuple[int, bytes]], locals_: list[int]) -> None:
+        """Queue one batch, recording after each item how many are queued
+        (``m_set_placing``): if this M dies meanwhile, recovery re-queues
+        exactly the items that never reached a queue."""
+        node, runq = self.node, self.runq
+        assert runq is not None
+        items: list[tuple[int, bytes] | int] = [*roots, *locals_]
+        for n, item in enumerate(items, 1):
+            if isinstance(item, tuple):
+                tid, payload = item
+                try:
+                    h = node.g_new(self.p, payload, root_id=tid)
+                except MemoryError as exc:  # fails this task only, never the M
+                    err = error_payload(GmpdError(f"task too large: {exc}"))
+                    self.results.append((tid, wire.RAISED, err))
+                    h = 0
+            else:
+                h = item
+            if h and (batch := runq.put_next(h) if n == 1 else runq.put(h)) is not None:
                 self.spill(batch)
-        if hs:
-            self.node.sched_add(Counter.GLOBAL_TAKES, 1)
-        return hs[0] if hs else 0
+            if seq:
+                node.m_set_placing(self.m, seq, n)
+        node.sched_add(Counter.GLOBAL_TAKES, 1)
 
     def get_work(self, limit: int, wait_ms: int) -> int:
-        self.flush(tell=False)
-        finished, self.finished = self.finished, []
+        """A global batch into our queue; the G to run first (0 if none)."""
+        self.flush()
         reply = self.call(
-            wire.GetWork(self.m, self.p, self.epoch, limit, wait_ms, finished), REQUEST_TIMEOUT_MS + wait_ms
+            wire.GetWork(self.m, self.p, self.epoch, limit, wait_ms), REQUEST_TIMEOUT_MS + wait_ms
         )
         if isinstance(reply, wire.Revoke):
             self.p, self.runq = -1, None  # our lease is gone; the P is someone else's
             return 0
-        if isinstance(reply, wire.Work):
-            return self.take_work(reply.roots, reply.locals)
+        if isinstance(reply, wire.Work) and self.take_work(reply.seq, reply.roots, reply.locals):
+            return self.next_queued()
         return 0
+
+    def next_queued(self) -> int:
+        """The G a batch just put in runnext (or whatever the queue has first)."""
+        g = self.runq.get() if self.runq is not None else None
+        return g or 0
 
     # ---- the schedule loop (gmpd.sched, steps 1-6) -------------------------
 
@@ -362,11 +367,8 @@ class M:
     def find_runnable(self) -> tuple[int, bool]:
         """(G, inherit_time), or (0, False) when there is nothing to run or
         the lease was revoked meanwhile (``self.runq`` is then None)."""
-        if self.stash:
-            self.unstash()
-        if self.pending:
-            g, self.pending = self.pending, 0
-            return g, False
+        if self.stash and self.take_work(0, [], []):
+            return self.next_queued(), False
         tick = self.node.p_ticks(self.p)[0]
         g = 0
         if tick % FAIRNESS_TICK == 0 and tick != self.fair_tick and tick > 0:
@@ -413,7 +415,7 @@ class M:
                 seen = node.m_info(self.m)[5]  # read the park word before the state: no lost wake-up
                 if node.m_info(self.m)[0] == MState.WAKING:
                     break
-                if self.spare and time.monotonic() > idle_until and not self.pending and not self.stash:
+                if self.spare and time.monotonic() > idle_until and not self.stash:
                     # A CAS, so a coordinator waking us right now either wins or sees us gone.
                     if node.m_cas_state(self.m, MState.PARKED, MState.EXITING):
                         raise Retire("idle")
@@ -509,9 +511,6 @@ class M:
                 self.execute(g, inherit)
                 self.check_lease()
                 if self.max_tasks and self.node.m_info(self.m)[6] - self.tasks_before >= self.max_tasks:
-                    if self.pending and self.runq is not None and (batch := self.runq.put(self.pending)):
-                        self.spill(batch)
-                    self.pending = 0
                     self.drop_p()  # its queued Gs stay with the P for the next M
                     raise Retire("recycled")
             elif self.p >= 0:
@@ -532,8 +531,8 @@ class M:
             self.slice_start = time.monotonic()
             if node.p_ticks(self.p)[2]:
                 node.set_preempt(self.p, False)  # a new slice: the flag was for the G before
-        node.g_set_owner(h, self.m)
         outer = self.curg
+        node.g_set_owner(h, self.m, outer)  # recovery follows curg -> outer after a crash
         self.curg = h
         node.m_set(self.m, curg=h, state=MState.RUNNING)
         self.runq.release()  # recorded as curg: the queue no longer needs to hold it
@@ -562,15 +561,14 @@ class M:
             if len(self.results) == 1:
                 self.oldest = time.monotonic()
             if len(self.results) >= FLUSH_EVERY or time.monotonic() - self.oldest > FLUSH_AGE:
-                # The coordinator hears of them with the next GetWork, or per
-                # 64: a message per result would wake it for nothing (each
-                # wake-up is CPU a busy 2-core farm takes from an M).
-                self.flush(tell=len(self.finished) >= FLUSH_EVERY)
+                # Per 64 or 2 ms: a message per result would cost the client
+                # a wake-up each (CPU a busy 2-core farm takes from an M).
+                self.flush()
         else:
             try:
                 node.g_set_result(h, self.p, data, status)
             except MemoryError as exc:  # the child fails, the M goes on
-                err = _exc_payload(GmpdError(f"result too large for the node's G arena: {exc}"))
+                err = error_payload(GmpdError(f"result too large for the node's G arena: {exc}"))
                 node.g_set_result(h, self.p, err, wire.RAISED)
         self.curg = outer
         node.m_set(self.m, curg=outer, state=MState.RUNNING if outer else MState.IDLE)
@@ -723,6 +721,7 @@ class M:
         global CURRENT  # noqa: PLW0603 - the one M this process is, for gmpd.go
         CURRENT = self
         self.node.m_set(self.m, pid=os.getpid(), state=MState.NEW)
+        self.node.m_set_placing(self.m, 0, 0)
         self.node.start_heartbeat(self.m, HEARTBEAT_MS)  # GIL-free: what the coordinator trusts
         self.send(wire.Hello("m", os.getpid(), self.nm.name, self.m))
         hb = threading.Thread(target=self.heartbeat, name="gmpd-heartbeat", daemon=True)
@@ -744,7 +743,7 @@ class M:
             # so wait for them (ctx.term) once the heartbeat thread closed its socket.
             self.stopping = True
             hb.join(1.0)
-            self.sock.close(2000)  # Release and Finished must reach the coordinator
+            self.sock.close(2000)  # Release must reach the coordinator
             self.out.close(2000)
             self.ctx.term()
             return RETIRED

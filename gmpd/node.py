@@ -66,6 +66,7 @@ def template(
     the command pipe closes it waits for its Ms (SIGKILL after a grace), so
     no M outlives it unnoticed."""
     children: dict[int, int] = {}
+    pidfds: dict[int, int] = {}  # pid -> pidfd: an exit is seen at once, not at the next poll
 
     def reap() -> None:
         while children:
@@ -75,14 +76,16 @@ def template(
                 return
             if pid == 0:
                 return
+            with contextlib.suppress(KeyError):
+                os.close(pidfds.pop(pid))
             with contextlib.suppress(OSError):
                 os.write(report, f"exit {children.pop(pid, -1)} {pid} {status}\n".encode())
 
     buf = b""
     while True:
-        ready = select.select([cmd], [], [], 0.05)[0]
+        ready = select.select([cmd, *pidfds.values()], [], [], 0.5)[0]
         reap()
-        if not ready:
+        if cmd not in ready:
             continue
         data = os.read(cmd, 4096)
         if not data:  # the node agent is shutting down or died
@@ -104,14 +107,23 @@ def template(
             start = functools.partial(
                 m.main, nm, mid, endpoint=endpoint, results=results, lifeline=lifeline, spin_ms=spin_ms
             )
-            pid = fork(start, close=(cmd, report))
+            pid = fork(start, close=(cmd, report, *pidfds.values()))
             children[pid] = mid
+            pidfds[pid] = os.pidfd_open(pid)
             os.write(report, f"pid {mid} {pid}\n".encode())
 
 
 class NodeAgent:
     def __init__(
-        self, rundir: str, nprocs: int, client: int, *, lease_ttl: float, spin_ms: int, max_ms: int = 0
+        self,
+        rundir: str,
+        nprocs: int,
+        client: int,
+        *,
+        lease_ttl: float,
+        spin_ms: int,
+        max_ms: int = 0,
+        retries: int = 3,
     ) -> None:
         self.nprocs = nprocs
         self.client = client
@@ -122,13 +134,23 @@ class NodeAgent:
         self.nm = NodeMemory.create(nprocs, self.max_ms + 1)  # + sysmon's slot
         self.newm_r, newm_w = os.pipe()
         os.set_blocking(newm_w, False)
+        deaths_r, self.deaths = os.pipe()  # M exits, to the coordinator (which recovers them)
         self.coord = fork(
             functools.partial(
-                coordinator.main, self.endpoint, nprocs, self.nm.name, lease_ttl, client, newm=newm_w
+                coordinator.main,
+                self.endpoint,
+                nprocs,
+                self.nm.name,
+                lease_ttl,
+                client,
+                newm=newm_w,
+                deaths=deaths_r,
+                retries=retries,
             ),
-            close=(self.newm_r,),
+            close=(self.newm_r, self.deaths),
         )
         os.close(newm_w)
+        os.close(deaths_r)
         self.live: dict[int, int] = {}  # M slot -> pid, from the template's reports
         self.wanted = 0  # a new M was asked for at max_ms: start it when a slot frees
         cmd_r, self.cmd = os.pipe()
@@ -145,7 +167,7 @@ class NodeAgent:
                 lifeline=agent,
                 spin_ms=spin_ms,
             ),
-            close=(self.cmd, self.reports, self.newm_r),
+            close=(self.cmd, self.reports, self.newm_r, self.deaths),
         )
         os.close(cmd_r)
         os.close(rep_w)
@@ -155,7 +177,7 @@ class NodeAgent:
     def start_sysmon(self) -> int:
         return fork(
             functools.partial(sysmon.main, self.endpoint, self.nm.name, os.getpid()),
-            close=(self.cmd, self.reports, self.newm_r),
+            close=(self.cmd, self.reports, self.newm_r, self.deaths),
         )
 
     def spawn(self, mid: int) -> None:
@@ -173,13 +195,26 @@ class NodeAgent:
             self.nm.node.sched_add(Counter.MPOOLFULL, 1)
 
     def on_reports(self, data: bytes) -> None:
+        """The template's "pid"/"exit" lines.  An exited M's slot stays taken
+        until the coordinator has recovered it ("r <m>", on_coordinator)."""
         for line in data.decode().splitlines():
             kind, mid, *rest = line.split()
-            if kind == "exit":
-                self.live.pop(int(mid), None)
-                retired = os.waitstatus_to_exitcode(int(rest[-1])) == m.RETIRED
-                if retired and int(mid) <= self.nprocs:
-                    self.spawn(int(mid))  # a recycled M of the first GOMAXPROCS + 1: replace it
+            if kind == "exit" and int(mid) in self.live:
+                self.live[int(mid)] = -1
+                with contextlib.suppress(OSError):
+                    os.write(self.deaths, f"exit {mid} {rest[0]} {rest[1]}\n".encode())
+
+    def on_coordinator(self, data: bytes) -> None:
+        """ "m": start one more M; "r <m>": dead M m is recovered, its slot free."""
+        for line in data.decode().splitlines():
+            kind, *rest = line.split()
+            if kind == "m":
+                self.newm()
+            elif kind == "r" and self.live.get(int(rest[0])) == -1:
+                mid = int(rest[0])
+                del self.live[mid]
+                if mid <= self.nprocs:
+                    self.spawn(mid)  # one of the first GOMAXPROCS + 1 (retired or dead): replace it
                 elif self.wanted:
                     self.wanted = 0
                     self.newm()
@@ -206,9 +241,7 @@ class NodeAgent:
                     self.sysmon_starts += 1
                     mon = os.pidfd_open(self.sysmon)
                 if self.newm_r in ready:
-                    for _ in os.read(self.newm_r, 64):
-                        self.newm()
-                # "pid"/"exit" reports free M slots; replacing dead Ms is issue 5's work.
+                    self.on_coordinator(os.read(self.newm_r, 65536))
                 if self.reports in ready:
                     data = os.read(self.reports, 65536)
                     if not data:
@@ -227,6 +260,7 @@ class NodeAgent:
         _reap(self.sysmon, 0.0)  # it holds nothing to lose: SIGKILL at once
         _reap(self.coord, deadline)
         _reap(self.template, deadline + GRACE)
+        os.close(self.deaths)
         self.nm.close()
 
 
@@ -244,13 +278,16 @@ def _reap(pid: int, deadline: float) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m gmpd.node RUNDIR NPROCS CLIENT_PID CWD SYS_PATH_JSON LEASE_TTL SPIN_MS MAX_MS``."""
+    """``python -m gmpd.node RUNDIR NPROCS CLIENT_PID CWD SYS_PATH_JSON LEASE_TTL SPIN_MS MAX_MS RETRIES``."""
     rundir, nprocs, client, cwd = argv[0], int(argv[1]), int(argv[2]), argv[3]
     paths, lease_ttl, spin_ms, max_ms = json.loads(argv[4]), float(argv[5]), int(argv[6]), int(argv[7])
+    retries = int(argv[8])
     os.setsid()  # the user's Ctrl-C reaches the client, which shuts us down
     os.chdir(cwd)
     sys.path[:0] = [p for p in paths if p not in sys.path]
-    agent = NodeAgent(rundir, nprocs, client, lease_ttl=lease_ttl, spin_ms=spin_ms, max_ms=max_ms)
+    agent = NodeAgent(
+        rundir, nprocs, client, lease_ttl=lease_ttl, spin_ms=spin_ms, max_ms=max_ms, retries=retries
+    )
     try:
         agent.run()
     finally:

@@ -8,12 +8,11 @@ count and drop (a bad frame never takes a process down).
 
 Who sends what (ids: client task id ``tid``; M index ``m``; P index ``p``)::
 
-    client -> coordinator   Hello, Submit(tasks), Cancel(tids), Bye
+    client -> coordinator   Hello, Submit(tasks, options), Cancel(tids), Finished(tids), Bye
     coordinator -> client   Welcome, Started(tids), Cancelled(tids, refused)   (to its PULL socket)
     M -> client             Results(results)          (straight to the client's PULL socket)
-    M -> coordinator        Hello, LeaseRequest, GetWork(+finished tids), Spill, Finished(tids),
-                            Renew, Release
-    coordinator -> M        Grant(p, epoch, work), Work(work), Revoke(p, epoch), Bye
+    M -> coordinator        Hello, LeaseRequest, GetWork, Spill, Renew, Release
+    coordinator -> M        Grant(p, epoch, seq, work), Work(seq, work), Revoke(p, epoch), Bye
     sysmon -> coordinator   Hello, Retaken(p, epoch)   (it took a P from an M in a syscall)
 
 Work is a list of root tasks ``(tid, payload)`` plus node-local G handles
@@ -24,14 +23,14 @@ node shared memory).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 import msgpack
 
 from gmpd.errors import GmpdError
 
-PROTOCOL = 2
+PROTOCOL = 3
 
 
 class WireError(GmpdError, ValueError):
@@ -153,8 +152,9 @@ def _message(kind: int, *schema: Check) -> Callable[[M], M]:
     return register
 
 
-# Result status values.
-OK, RAISED = 0, 1
+# Result status values.  LOST: every attempt died with its M (a child G's
+# record carries no error payload then; the reader raises gmpd.WorkerLost).
+OK, RAISED, LOST = 0, 1, 2
 
 
 @_message(1, _str, U32, _str, _i32, _str)
@@ -173,10 +173,11 @@ class Welcome(Message):
     nprocs: int
 
 
-@_message(3, _tasks)
+@_message(3, _tasks, _list(_list(U64)))
 @dataclass(frozen=True, slots=True)
 class Submit(Message):
     tasks: list[tuple[int, bytes]]
+    options: list[list[int]] = field(default_factory=list)  # [tid, retries, timeout_ms]: non-default only
 
 
 @_message(4, _list(U64))
@@ -213,17 +214,18 @@ class LeaseRequest(Message):
     has_g: bool  # back from a syscall with a G to finish: first in line for a freed P
 
 
-@_message(9, _i32, U32, U32, _tasks, _list(U32))
+@_message(9, _i32, U32, U32, U32, _tasks, _list(U32))
 @dataclass(frozen=True, slots=True)
 class Grant(Message):
     p: int  # -1: no P is free
     epoch: int
     ttl_ms: int
+    seq: int  # numbers the batch (0: none), see Work
     roots: list[tuple[int, bytes]]
     locals: list[int]
 
 
-@_message(10, U32, U32, U32, U32, U32, _list(U64))
+@_message(10, U32, U32, U32, U32, U32)
 @dataclass(frozen=True, slots=True)
 class GetWork(Message):
     m: int
@@ -231,12 +233,16 @@ class GetWork(Message):
     epoch: int
     max: int
     wait_ms: int  # 0: answer now; else hold the request until work or timeout
-    finished: list[int]  # root tasks whose results just went to their client (as Finished)
 
 
-@_message(11, _tasks, _list(U32))
+@_message(11, U32, _tasks, _list(U32))
 @dataclass(frozen=True, slots=True)
 class Work(Message):
+    """A global batch.  ``seq`` numbers the batches sent to one M (0: an
+    empty one); the M records in node memory how many items of batch
+    ``seq`` it has queued, so recovery knows which it never did."""
+
+    seq: int
     roots: list[tuple[int, bytes]]
     locals: list[int]
 
@@ -281,6 +287,9 @@ class Bye(Message):
 @_message(17, _list(U64))
 @dataclass(frozen=True, slots=True)
 class Finished(Message):
+    """From a client: these root tasks' results reached it, so the
+    coordinator forgets them (until then a lost M's tasks are retried)."""
+
     tids: list[int]
 
 

@@ -553,6 +553,29 @@ static PyObject *node_m_info(NodeObject *self, PyObject *arg)
                          __atomic_load_n(&mp->park, __ATOMIC_ACQUIRE), __atomic_load_n(&mp->nrun, __ATOMIC_RELAXED));
 }
 
+/* The global batch an M is queueing: (seq, items placed).  Written by the
+ * M after each item, read by recovery once the M is dead. */
+static PyObject *node_m_placing(NodeObject *self, PyObject *arg)
+{
+    uint32_t m;
+    if (!arg_m(self, arg, &m))
+        return NULL;
+    /* acquire: pairs with the M's release store. */
+    uint64_t w = __atomic_load_n(&gmpd_node_m(self->nd, m)->placing, __ATOMIC_ACQUIRE);
+    return Py_BuildValue("(II)", (unsigned int)(w >> 32), (unsigned int)(w & 0xffffffffu));
+}
+
+static PyObject *node_m_set_placing(NodeObject *self, PyObject *args)
+{
+    long m;
+    unsigned int seq, n;
+    if (!PyArg_ParseTuple(args, "lII:m_set_placing", &m, &seq, &n) || !check_m(self, m))
+        return NULL;
+    /* release: the queue stores of the items before it. */
+    __atomic_store_n(&gmpd_node_m(self->nd, (uint32_t)m)->placing, ((uint64_t)seq << 32) | n, __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
 static PyObject *node_m_ran(NodeObject *self, PyObject *arg)
 {
     uint32_t m;
@@ -838,9 +861,47 @@ static PyObject *node_g_info(NodeObject *self, PyObject *arg)
     gmpd_grec *r = gmpd_grec_at(self->gtab, h);
     /* acquire on state: the other fields were written before it. */
     uint32_t st = __atomic_load_n(&r->state, __ATOMIC_ACQUIRE);
-    return Py_BuildValue("(IIIKIIIII)", st, r->gen, r->parent, (unsigned long long)r->root_id, r->len,
+    return Py_BuildValue("(IIIKIIIIIIII)", st, r->gen, r->parent, (unsigned long long)r->root_id, r->len,
                          __atomic_load_n(&r->result, __ATOMIC_ACQUIRE), r->status,
-                         __atomic_load_n(&r->waiter, __ATOMIC_ACQUIRE), __atomic_load_n(&r->owner, __ATOMIC_ACQUIRE));
+                         __atomic_load_n(&r->waiter, __ATOMIC_ACQUIRE), __atomic_load_n(&r->owner, __ATOMIC_ACQUIRE),
+                         __atomic_load_n(&r->outer, __ATOMIC_ACQUIRE), __atomic_load_n(&r->attempts, __ATOMIC_ACQUIRE),
+                         __atomic_load_n(&r->refs, __ATOMIC_ACQUIRE));
+}
+
+/* One more attempt of G h died with its M; returns the count.  Runs in: the coordinator. */
+static PyObject *node_g_attempt(NodeObject *self, PyObject *arg)
+{
+    uint32_t h;
+    if (!parse_handle(self, arg, &h))
+        return NULL;
+    /* relaxed: only recovery counts, single-threaded. */
+    return PyLong_FromUnsignedLong(__atomic_add_fetch(&gmpd_grec_at(self->gtab, h)->attempts, 1, __ATOMIC_RELAXED));
+}
+
+static PyObject *node_g_fail(NodeObject *self, PyObject *args)
+{
+    PyObject *ho;
+    unsigned int status;
+    uint32_t h;
+    if (!PyArg_ParseTuple(args, "OI:g_fail", &ho, &status) || !parse_handle(self, ho, &h))
+        return NULL;
+    gmpd_gfail(self->nd, self->gtab, h, status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *node_g_scan(NodeObject *self, PyObject *arg)
+{
+    uint32_t p;
+    if (!gtab_ok(self) || !arg_p(self, arg, &p))
+        return NULL;
+    enum { CAP = 1u << 16 };
+    uint32_t *buf = PyMem_Malloc(CAP * sizeof(uint32_t));
+    if (buf == NULL)
+        return PyErr_NoMemory();
+    uint32_t n = gmpd_gtab_scan(self->nd, self->gtab, p, buf, CAP);
+    PyObject *res = u32_tuple(buf, (int)n);
+    PyMem_Free(buf);
+    return res;
 }
 
 static PyObject *node_g_cas_state(NodeObject *self, PyObject *args)
@@ -859,13 +920,16 @@ static PyObject *node_g_set_owner(NodeObject *self, PyObject *args)
 {
     PyObject *ho;
     int m;
+    unsigned int outer = 0;
     uint32_t h;
-    if (!PyArg_ParseTuple(args, "Oi:g_set_owner", &ho, &m) || !parse_handle(self, ho, &h))
+    if (!PyArg_ParseTuple(args, "Oi|I:g_set_owner", &ho, &m, &outer) || !parse_handle(self, ho, &h))
         return NULL;
     if (m >= 0 && !check_m(self, m))
         return NULL;
+    gmpd_grec *r = gmpd_grec_at(self->gtab, h);
+    __atomic_store_n(&r->outer, outer, __ATOMIC_RELAXED); /* relaxed: published by the owner store */
     /* release: read by sysmon and by recovery after the M dies. */
-    __atomic_store_n(&gmpd_grec_at(self->gtab, h)->owner, (uint32_t)(m + 1), __ATOMIC_RELEASE);
+    __atomic_store_n(&r->owner, (uint32_t)(m + 1), __ATOMIC_RELEASE);
     Py_RETURN_NONE;
 }
 
@@ -1085,6 +1149,8 @@ static PyMethodDef node_methods[] = {
     {"schedtick", (PyCFunction)node_schedtick, METH_O, "schedtick(p) -> int: bump and return"},
     {"set_preempt", (PyCFunction)node_set_preempt, METH_VARARGS, "set_preempt(p, flag)"},
     {"m_info", (PyCFunction)node_m_info, METH_O, "m_info(m) -> (state, curg, p, pid, heartbeat_ns, park, nrun)"},
+    {"m_placing", (PyCFunction)node_m_placing, METH_O, "m_placing(m) -> (seq, placed): the batch M m queues"},
+    {"m_set_placing", (PyCFunction)node_m_set_placing, METH_VARARGS, "m_set_placing(m, seq, placed)"},
     {"m_ran", (PyCFunction)node_m_ran, METH_O, "m_ran(m) -> int: count one more G run by M m"},
     {"m_set", (PyCFunction)(void (*)(void))node_m_set, METH_VARARGS | METH_KEYWORDS,
      "m_set(m, *, state, curg, p, pid)"},
@@ -1105,7 +1171,11 @@ static PyMethodDef node_methods[] = {
     {"g_info", (PyCFunction)node_g_info, METH_O,
      "g_info(h) -> (state, gen, parent, root_id, len, result, status, waiter, owner)"},
     {"g_cas_state", (PyCFunction)node_g_cas_state, METH_VARARGS, "g_cas_state(h, old, new) -> bool"},
-    {"g_set_owner", (PyCFunction)node_g_set_owner, METH_VARARGS, "g_set_owner(h, m): M running it (-1: none)"},
+    {"g_set_owner", (PyCFunction)node_g_set_owner, METH_VARARGS,
+     "g_set_owner(h, m, outer=0): M running it (-1: none), and the G it runs it inside"},
+    {"g_attempt", (PyCFunction)node_g_attempt, METH_O, "g_attempt(h) -> int: count an attempt lost with its M"},
+    {"g_fail", (PyCFunction)node_g_fail, METH_VARARGS, "g_fail(h, status): DONE with no result payload"},
+    {"g_scan", (PyCFunction)node_g_scan, METH_O, "g_scan(p) -> tuple: RUNNABLE and RUNNING Gs in P p's arena"},
     {"g_set_result", (PyCFunction)node_g_set_result, METH_VARARGS,
      "g_set_result(h, p, data, status) -> result handle: store in P p's arena, mark DONE, wake the waiter"},
     {"g_result", (PyCFunction)node_g_result, METH_O, "g_result(h) -> (status, bytes) | None"},

@@ -274,3 +274,47 @@ uint32_t gmpd_gtab_sweep_building(gmpd_node *nd, void *gtab, uint32_t p)
     }
     return n;
 }
+
+/* A G whose every attempt died with its M: DONE with `status` and no
+ * result payload (the waiter builds the error).  Like g_set_result, minus
+ * the allocation, so the recoverer needs no P.  Runs in: the coordinator. */
+void gmpd_gfail(gmpd_node *nd, void *gtab, uint32_t handle, uint32_t status)
+{
+    gmpd_grec *r = gmpd_grec_at(gtab, handle);
+    r->status = status;
+    __atomic_store_n(&r->result, 0, __ATOMIC_RELAXED); /* relaxed: published below */
+    /* release: status before DONE. */
+    __atomic_store_n(&r->state, GMPD_G_DONE, __ATOMIC_RELEASE);
+    if (!gmpd_gpublished(nd, gtab, handle))
+        return; /* detached: freed */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* seq_cst: as in g_set_result */
+    uint32_t w = __atomic_load_n(&r->waiter, __ATOMIC_ACQUIRE);
+    if (w != 0 && w - 1 < nd->nms) {
+        uint32_t *word = &gmpd_node_m(nd, w - 1)->park;
+        __atomic_add_fetch(word, 1, __ATOMIC_RELEASE); /* release: as in wake() */
+        gmpd_futex_wake(word, 1);
+    }
+}
+
+/* Handles of RUNNABLE and RUNNING Gs in P p's arena, at most `cap`; returns
+ * how many.  The owner of p may be allocating meanwhile: a header caught
+ * mid-split reads as units 0 or past top and ends the walk early, so a
+ * scan of a live arena may miss Gs but never invents one (each hit is
+ * re-read by the caller).  Runs in: the coordinator, after an M died. */
+uint32_t gmpd_gtab_scan(gmpd_node *nd, void *gtab, uint32_t p, uint32_t *out, uint32_t cap)
+{
+    gmpd_p *pp = gmpd_node_p(nd, p);
+    uint32_t n = 0, top = __atomic_load_n(&pp->arena_top, __ATOMIC_ACQUIRE); /* acquire: racy snapshot */
+    for (uint32_t u = 1; u < top && n < cap;) {
+        gmpd_grec *r = unit_at(gtab, p, u);
+        uint32_t units = __atomic_load_n(&r->units, __ATOMIC_RELAXED); /* relaxed: validated below */
+        if (units == 0 || units > top - u)
+            break;
+        /* acquire: as in is_free(). */
+        uint32_t st = __atomic_load_n(&r->state, __ATOMIC_ACQUIRE);
+        if (st == GMPD_G_RUNNABLE || st == GMPD_G_RUNNING)
+            out[n++] = (p << 22) | u;
+        u += units;
+    }
+    return n;
+}

@@ -56,7 +56,11 @@ typedef struct gmpd_grec {
     uint32_t detach;  /* 0; 1: nobody will read the result (the finisher
                        * frees); 2: result published first (the detacher
                        * frees).  One CAS each side decides who frees. */
-    uint8_t _pad[GMPD_GUNIT - 52];
+    uint32_t outer;   /* the G its M was running when it started this one
+                       * inline (join-helping), 0 if none: with the M's
+                       * curg, the chain of Gs a dead M was running */
+    uint32_t attempts; /* times an M died running it (recovery retries) */
+    uint8_t _pad[GMPD_GUNIT - 60];
 } gmpd_grec;
 
 static inline uint32_t gmpd_gh_p(uint32_t h) { return h >> 22; }
@@ -75,5 +79,7 @@ uint32_t gmpd_greclaim(gmpd_node *nd, void *gtab, uint32_t p);
 uint32_t gmpd_gtab_live_units(gmpd_node *nd, uint32_t p);
 size_t gmpd_gtab_trim(gmpd_node *nd, void *gtab, uint32_t p);
 uint32_t gmpd_gtab_sweep_building(gmpd_node *nd, void *gtab, uint32_t p);
+void gmpd_gfail(gmpd_node *nd, void *gtab, uint32_t handle, uint32_t status);
+uint32_t gmpd_gtab_scan(gmpd_node *nd, void *gtab, uint32_t p, uint32_t *out, uint32_t cap);
 
 #endif /* GMPD_GTAB_H */

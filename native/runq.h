@@ -20,7 +20,7 @@
 #include <stdint.h>
 
 #define GMPD_MAGIC 0x31646d70676d6721ULL /* "!gmgpmd1" */
-#define GMPD_LAYOUT_VERSION 2u
+#define GMPD_LAYOUT_VERSION 3u
 #define GMPD_CACHELINE 64
 #define GMPD_RUNQ_SIZE 256u           /* len(p.runq) in Go */
 #define GMPD_RUNQ_HALF 128u           /* runqputslow moves this many + 1 */
@@ -130,7 +130,9 @@ typedef struct gmpd_m {
     uint64_t heartbeat_ns; /* CLOCK_MONOTONIC ns of the M's last heartbeat */
     uint32_t park;      /* futex word: a wake counter (notewakeup bumps it) */
     uint32_t nrun;      /* Gs this M slot has run (statistics) */
-    uint8_t _pad0[GMPD_CACHELINE - 32];
+    uint64_t placing;   /* [batch seq:32][items placed:32] of the global
+                         * batch being queued; read by recovery (gmpd/m.py) */
+    uint8_t _pad0[GMPD_CACHELINE - 40];
     /* line 1: written by *other* Ms (see runq.c §Recovery: confirmation) */
     uint32_t confirmed;
     uint8_t _pad1[GMPD_CACHELINE - 4];

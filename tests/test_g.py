@@ -20,7 +20,7 @@ def test_g_new_payload_and_info(nm: NodeMemory) -> None:
     h = node.g_new(2, b"hello", parent=7, root_id=99)
     assert handle_p(h) == 2
     assert node.g_payload(h) == b"hello"
-    state, gen, parent, root_id, length, result, _status, waiter, owner = node.g_info(h)
+    state, gen, parent, root_id, length, result, _status, waiter, owner, *_rest = node.g_info(h)
     assert (state, parent, root_id, length, result, waiter, owner) == (GState.RUNNABLE, 7, 99, 5, 0, 0, 0)
     assert gen >= 1
 

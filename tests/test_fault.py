@@ -1,0 +1,118 @@
+"""Faults (issue 5): real processes killed, every task still ends exactly once.
+
+Each test kills real Ms (SIGKILL, os._exit, a segfault) and checks every
+result, then the autouse fixture checks that no process and no segment is
+left behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import gmpd
+
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(90)]
+
+
+def m_pids(ex: gmpd.Executor) -> list[int]:
+    """Live M processes (the template's children), from the OS."""
+    agent = psutil.Process(ex._cluster.proc.pid)
+    return [m.pid for child in agent.children() for m in child.children()]
+
+
+def slow_square(x: int, seconds: float = 0.01) -> int:
+    time.sleep(seconds)
+    return x * x
+
+
+def die_once(marker: str, how: str, x: int) -> int:
+    """Dies the first time it runs (the marker file says whether it ran)."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("ran")
+        crash(how)
+    return x + 1
+
+
+def crash(how: str) -> None:
+    if how == "os._exit":
+        os._exit(3)
+    elif how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif how == "segfault":
+        ctypes.string_at(0)  # reads address 0: SIGSEGV in C
+    elif how == "raise":
+        raise ValueError("task failed")
+    elif how == "sys.exit":
+        sys.exit(4)
+    time.sleep(30)  # a signal on its way
+
+
+def always_dies(how: str) -> int:
+    crash(how)
+    return 0
+
+
+def test_sigkilled_ms_lose_no_task() -> None:
+    """SIGKILL Ms while a map runs: every result arrives, exactly once."""
+    with gmpd.Executor(2) as ex:
+        futures = [ex.submit(slow_square, i, 0.005) for i in range(600)]
+        killed = 0
+        deadline = time.monotonic() + 20
+        while killed < 4 and time.monotonic() < deadline:
+            time.sleep(0.15)
+            pids = m_pids(ex)
+            if pids:
+                os.kill(pids[killed % len(pids)], signal.SIGKILL)
+                killed += 1
+        assert [f.result(timeout=60) for f in futures] == [i * i for i in range(600)]
+        assert killed == 4
+        # The cluster still works, with replacement Ms.
+        assert ex.submit(slow_square, 7).result(timeout=30) == 49
+        assert len(m_pids(ex)) >= 2
+
+
+@pytest.mark.parametrize("how", ["os._exit", "sigkill", "segfault"])
+def test_a_task_that_kills_its_m_once_is_retried(tmp_path: Path, how: str) -> None:
+    with gmpd.Executor(2) as ex:
+        fut = ex.submit(die_once, str(tmp_path / "ran"), how, 41)
+        assert fut.result(timeout=30) == 42
+
+
+@pytest.mark.parametrize(
+    ("how", "signame", "exitcode"),
+    [("os._exit", None, 3), ("sigkill", "SIGKILL", None), ("segfault", "SIGSEGV", None)],
+)
+def test_past_its_retry_budget_a_task_raises_worker_lost(
+    how: str, signame: str | None, exitcode: int | None
+) -> None:
+    with gmpd.Executor(2, retries=2) as ex:
+        fut = ex.submit(always_dies, how)
+        with pytest.raises(gmpd.WorkerLost) as err:
+            fut.result(timeout=30)
+        lost = err.value
+        assert isinstance(lost, gmpd.GmpdError)
+        assert lost.attempts == 3
+        assert lost.signal == signame and lost.exitcode == exitcode
+        assert lost.pid > 0 and lost.m >= 0 and lost.hint
+        assert str(lost.pid) in str(lost)
+        # Other work goes on.
+        assert ex.submit(slow_square, 3).result(timeout=30) == 9
+
+
+def test_retries_per_task() -> None:
+    with gmpd.Executor(2) as ex:
+        fut = ex.options(retries=0).submit(always_dies, "os._exit")
+        with pytest.raises(gmpd.WorkerLost) as err:
+            fut.result(timeout=30)
+        assert err.value.attempts == 1
+        with pytest.raises(ValueError, match="retries"):
+            ex.options(retries=-1)
