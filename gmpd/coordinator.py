@@ -60,7 +60,7 @@ from gmpd.errors import WorkerLost
 from gmpd.g import GState
 from gmpd.m import RETIRED, error_payload
 from gmpd.runq import PStatus
-from gmpd.sched import Counter, MState
+from gmpd.sched import Counter, Doom, MState
 from gmpd.shm import NodeMemory
 
 SLOW_TIMER_S = 0.05  # lease expiry and heap trimming are checked this often
@@ -85,6 +85,13 @@ def exit_hint(code: int) -> str:
     if code < 0:
         return "a signal from outside the cluster"
     return "the task (or a library it called) ended the process: os._exit() or exit() in C?"
+
+
+DOOM_HINTS = {
+    Doom.FENCED: "its lease expired: the M was stopped (SIGSTOP) or wedged longer than the lease TTL, "
+    "so it was killed",
+    Doom.MEMORY: "it went over the per-M memory limit (configs/gmpd.toml [m] max_rss_mb), so it was killed",
+}
 
 
 def _load_libc() -> ctypes.CDLL | None:
@@ -120,6 +127,7 @@ class MInfo:
     # task id or (0, handle) for a node-local G (recovery re-queues the rest).
     batches: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     spilled: frozenset[int] = frozenset()  # its last Spill: never re-queue these as orphans
+    fenced: bool = False  # killed on purpose; its death is on the way
 
 
 @dataclass
@@ -140,12 +148,8 @@ class Stats:
     global_takes: int = 0
     spilled: int = 0
     wakeups: int = 0
-    bad_frames: int = 0
     lost_peers: int = 0
     expired_leases: int = 0
-    m_lost: int = 0  # Ms that died without retiring
-    retried: int = 0  # root tasks queued again after their M died
-    worker_lost: int = 0  # tasks failed with WorkerLost (retry budget spent)
 
 
 @dataclass
@@ -186,6 +190,10 @@ class Coordinator:
         self.busy_since_trim, self.last_trim = False, 0.0
         self.started_due = self.next_slow_timer = 0.0
         self.nm.node.sched_add(Counter.NPIDLE, self.nprocs)  # every P starts idle
+
+    def count(self, counter: Counter, n: int = 1) -> None:
+        """A node counter (Executor.statistics() reads them)."""
+        self.nm.node.sched_add(counter, n)
 
     # ---- sending ----------------------------------------------------------
 
@@ -374,23 +382,37 @@ class Coordinator:
         self.nm.node.sched_add(Counter.NPIDLE, 1)
 
     def expire_leases(self, now: float) -> None:
-        """Retake the P of an M that stopped living.  Ms on this node prove
-        they live by the native heartbeat in node shared memory (a GIL-free
-        thread, so a task in one long C call does not lose its P); Renew
-        messages are the signal for Ms we cannot see (other hosts, later)."""
+        """Fence Ms that stopped living.  Ms on this node prove they live by
+        the native heartbeat in node shared memory (a GIL-free thread, so a
+        task in one long C call does not lose its P); Renew messages are the
+        signal for Ms we cannot see (other hosts, later).
+
+        An M whose heartbeat is older than the lease TTL is stopped (SIGSTOP)
+        or wedged: it is SIGKILLed, which fences it for good (a stopped M
+        that resumed could still be inside a ring operation on a P leased to
+        another M since), and its death is recovered like any other: the P
+        with its ring goes on under a new epoch, its G runs again."""
         now_ns = time.monotonic_ns()
         for lease in self.ps:
-            if lease.m < 0:
-                continue
-            heartbeat = self.nm.node.m_info(lease.m)[4]
-            if heartbeat and now_ns - heartbeat < self.lease_ttl * 1e9:
-                lease.expires = now + self.lease_ttl
-            if lease.expires < now:
-                seen = self.nm.node.p_state(lease.p)
+            if lease.m >= 0:
+                heartbeat = self.nm.node.m_info(lease.m)[4]
+                if heartbeat and now_ns - heartbeat < self.lease_ttl * 1e9:
+                    lease.expires = now + self.lease_ttl
+        for info in list(self.ms.values()):
+            heartbeat = self.nm.node.m_info(info.m)[4]
+            expired = info.p >= 0 and self.ps[info.p].expires < now
+            if expired or (heartbeat and now_ns - heartbeat > self.lease_ttl * 1e9):
                 self.stats.expired_leases += 1
-                lease.epoch += 1
-                self.nm.node.p_cas(lease.p, seen, (PStatus.IDLE, -1, lease.epoch))
-                self.make_idle(lease.p)
+                self.fence_m(info, Doom.FENCED)
+
+    def fence_m(self, info: MInfo, why: Doom) -> None:
+        """Kill M ``info`` on purpose, saying why (recovery follows its death)."""
+        if info.fenced:
+            return
+        info.fenced = True
+        self.nm.node.m_set_doom(info.m, why)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(info.pid, signal.SIGKILL)
 
     # ---- a dead M (DESIGN §4.4) ---------------------------------------------
     #
@@ -427,19 +449,23 @@ class Coordinator:
             self.want_p.remove(m)
         code = os.waitstatus_to_exitcode(status)
         crashed = self.running and code != RETIRED
+        doom = Doom(self.nm.node.m_doom(m)[1])
         p = self.fence(m)
         recovery = runq.recover_m(self.nm.node, m)
         if crashed:
-            self.stats.m_lost += 1
+            self.count(Counter.MLOST)
+            if doom == Doom.FENCED:
+                self.count(Counter.FENCED)
             lost = WorkerLost(
                 f"M {m} (pid {pid}) {describe_exit(code)} while running this task",
                 m=m,
                 pid=pid,
                 exitcode=code if code >= 0 else None,
                 signal=signal.Signals(-code).name if code < 0 else None,
-                hint=exit_hint(code),
+                hint=DOOM_HINTS.get(doom) or exit_hint(code),
             )
             self.recover_gs(info, recovery, lost)
+        self.nm.node.m_set_doom(m, Doom.NONE)
         self.nm.node.m_set_placing(m, 0, 0)  # the next M in the slot numbers batches from 1
         if p >= 0:
             self.nm.node.g_sweep(p)  # allocations it never published
@@ -516,7 +542,7 @@ class Coordinator:
                 node.g_set_owner(h, -1)
                 node.g_cas_state(h, GState.RUNNING, GState.RUNNABLE)
                 self.grq.appendleft((0, h))
-                self.stats.retried += 1
+                self.count(Counter.RETRIED)
         # 4. Census: started roots that no queue, no live M and no batch in
         #    flight holds any more (results that died with it) run again.
         held = {tid for i in self.ms.values() for items in i.batches.values() for tid, _h in items}
@@ -553,7 +579,7 @@ class Coordinator:
             if root.attempts > root.retries:
                 lost.attempts = root.attempts
                 del self.roots[tid]
-                self.stats.worker_lost += 1
+                self.count(Counter.WORKERLOST)
                 err = WorkerLost(
                     f"{lost} (attempt {root.attempts} of {root.retries + 1}; {lost.hint})",
                     m=lost.m,
@@ -568,7 +594,7 @@ class Coordinator:
                 return
         root.started = False
         self.grq.appendleft((tid, 0))
-        self.stats.retried += 1
+        self.count(Counter.RETRIED)
 
     def free_slot(self, m: int) -> None:
         """Recovery of slot m is done: the node agent may start an M there."""
@@ -655,7 +681,7 @@ class Coordinator:
         try:
             msg = wire.decode(frame)
         except wire.WireError:
-            self.stats.bad_frames += 1
+            self.count(Counter.BADFRAMES)
             return
         if isinstance(msg, wire.Hello):
             self.on_hello(ident, msg)
@@ -672,7 +698,7 @@ class Coordinator:
         elif ident in self.by_ident and self.by_ident[ident] in self.ms:
             self.on_m_message(self.ms[self.by_ident[ident]], msg)
         else:
-            self.stats.bad_frames += 1  # well-formed but from the wrong peer
+            self.count(Counter.BADFRAMES)  # well-formed but from the wrong peer
 
     # ---- loop -------------------------------------------------------------
 
@@ -732,7 +758,7 @@ class Coordinator:
                 except zmq.Again:
                     break
                 except ValueError:  # not exactly two frames
-                    self.stats.bad_frames += 1
+                    self.count(Counter.BADFRAMES)
                     continue
                 self.dispatch(ident, frame)
             if self.deaths in events:  # after the socket: a dead M's last messages count

@@ -41,7 +41,7 @@ from typing import Any
 import zmq
 
 from gmpd import wire
-from gmpd.errors import GmpdError
+from gmpd.errors import CoordinatorLost, GmpdError
 from gmpd.g import encode_task
 from gmpd.m import load_outcome
 from gmpd.shm import SHM_DIR, NodeMemory
@@ -91,7 +91,7 @@ class LocalCluster:
         if not line or line[0] != "ready":
             self.kill()
             raise GmpdError(f"the gmpd node agent failed to start (exit status {self.proc.poll()})")
-        self.node_name = line[1]
+        self.node_name, self.coordinator = line[1], int(line[2])
         self.nm: NodeMemory | None = NodeMemory.attach(self.node_name)  # read-only use: statistics
 
     def wait(self, timeout: float = 10.0) -> None:
@@ -328,8 +328,10 @@ class _ClientIO(threading.Thread):
         poller.register(self.wake_r, zmq.POLLIN)
         lifeline = os.pidfd_open(self.cluster.proc.pid)
         poller.register(lifeline, zmq.POLLIN)
+        coordinator = os.pidfd_open(self.cluster.coordinator)
+        poller.register(coordinator, zmq.POLLIN)
         try:
-            self.loop(poller, lifeline)
+            self.loop(poller, lifeline, coordinator)
         except BaseException as exc:  # a bug here must not leave futures hanging
             self.fail_all(GmpdError(f"the gmpd client thread failed ({exc!r}); this is a bug in gmpd"))
             raise
@@ -341,12 +343,13 @@ class _ClientIO(threading.Thread):
             self.cluster.results.close(0)
             self.ctx.term()
             os.close(lifeline)
+            os.close(coordinator)
             self.cluster.wait()
             os.close(self.wake_r)
             os.close(self.wake_w)
             self.done.set()
 
-    def loop(self, poller: zmq.Poller, lifeline: int) -> None:
+    def loop(self, poller: zmq.Poller, lifeline: int, coordinator: int) -> None:
         while True:
             self.pump_out()
             if self.closing and not self.futures and not self.outbox:
@@ -355,6 +358,14 @@ class _ClientIO(threading.Thread):
             if self.wake_r in events:
                 self.kicked = False  # before draining: a later submit writes again
                 os.read(self.wake_r, 65536)
+            if coordinator in events:
+                self.fail_all(
+                    CoordinatorLost(
+                        f"the gmpd coordinator (pid {self.cluster.coordinator}) died; the tasks still "
+                        f"outstanding cannot finish: create a new gmpd.Executor and submit them again"
+                    )
+                )
+                return
             if lifeline in events:
                 self.fail_all(ClusterLost("the gmpd cluster exited; its tasks' results are lost"))
                 return

@@ -227,7 +227,7 @@ class NodeAgent:
         client = os.pidfd_open(self.client)
         coord = os.pidfd_open(self.coord)
         mon = os.pidfd_open(self.sysmon)
-        sys.stdout.write(f"ready {self.nm.name}\n")
+        sys.stdout.write(f"ready {self.nm.name} {self.coord}\n")
         sys.stdout.flush()
         try:
             while True:

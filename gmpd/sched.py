@@ -92,6 +92,23 @@ class Counter(enum.IntEnum):
     DEADLOCK = 21
     UNMARKED = 22
     MPOOLFULL = 23
+    BADFRAMES = 24
+    MLOST = 25
+    RETRIED = 26
+    WORKERLOST = 27
+    TIMEOUTS = 28
+    FENCED = 29
+    MEMKILLS = 30
+
+
+class Doom(enum.IntEnum):
+    """Why an M was killed on purpose (its slot's ``doom`` word, stored
+    before the kill so recovery can say why)."""
+
+    NONE = 0
+    TIMEOUT = 1  # its task ran past its timeout (sysmon)
+    FENCED = 2  # its lease expired: stopped or wedged (the coordinator)
+    MEMORY = 3  # over the per-M memory limit (sysmon)
 
 
 FAIRNESS_TICK = 61  # Go: schedtick % 61 takes one global G first

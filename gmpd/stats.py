@@ -57,6 +57,13 @@ class Statistics:
     preempts: int  # preempt flags sysmon set (one G held a P for 10 ms)
     unmarked_blocks: int  # Ms sysmon found asleep in calls not marked with gmpd.syscall()
     m_pool_full: int  # times a hand-off wanted a new M while max_ms were alive (it waited)
+    bad_frames: int  # frames the coordinator dropped (malformed, unknown kind, wrong peer)
+    m_lost: int  # Ms that died (crashed or killed) instead of retiring
+    retried: int  # tasks queued again after the M running or holding them died
+    worker_lost: int  # tasks that failed with WorkerLost (retry budget spent)
+    timeouts: int  # Ms killed because their task ran past its timeout
+    fenced: int  # Ms killed because their lease expired (stopped or wedged)
+    mem_kills: int  # Ms killed or retired over the per-M memory limit
     yields: int  # gmpd.checkpoint() calls that gave a flagged P's queue away
     sysmon_pid: int  # this node's sysmon process (it is restarted if it dies)
     gtab_resident_bytes: int  # memory the G table segment holds now
@@ -98,6 +105,13 @@ def snapshot(nm: NodeMemory, submitted: int, completed: int) -> Statistics:
         preempts=c[Counter.PREEMPTS],
         unmarked_blocks=c[Counter.UNMARKED],
         m_pool_full=c[Counter.MPOOLFULL],
+        bad_frames=c[Counter.BADFRAMES],
+        m_lost=c[Counter.MLOST],
+        retried=c[Counter.RETRIED],
+        worker_lost=c[Counter.WORKERLOST],
+        timeouts=c[Counter.TIMEOUTS],
+        fenced=c[Counter.FENCED],
+        mem_kills=c[Counter.MEMKILLS],
         yields=c[Counter.YIELDS],
         sysmon_pid=node.m_info(node.nms - 1)[3],
         gtab_resident_bytes=nm.gtab.path.stat().st_blocks * 512,

@@ -576,6 +576,40 @@ static PyObject *node_m_set_placing(NodeObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* (deadline_ns, doom) of M m: its task's deadline, and why it was killed. */
+static PyObject *node_m_doom(NodeObject *self, PyObject *arg)
+{
+    uint32_t m;
+    if (!arg_m(self, arg, &m))
+        return NULL;
+    gmpd_m *mp = gmpd_node_m(self->nd, m);
+    /* acquire: pairs with the release stores below. */
+    return Py_BuildValue("(KI)", (unsigned long long)__atomic_load_n(&mp->deadline_ns, __ATOMIC_ACQUIRE),
+                         __atomic_load_n(&mp->doom, __ATOMIC_ACQUIRE));
+}
+
+static PyObject *node_m_set_deadline(NodeObject *self, PyObject *args)
+{
+    long m;
+    unsigned long long ns;
+    if (!PyArg_ParseTuple(args, "lK:m_set_deadline", &m, &ns) || !check_m(self, m))
+        return NULL;
+    /* release: read by sysmon. */
+    __atomic_store_n(&gmpd_node_m(self->nd, (uint32_t)m)->deadline_ns, (uint64_t)ns, __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
+static PyObject *node_m_set_doom(NodeObject *self, PyObject *args)
+{
+    long m;
+    unsigned int why;
+    if (!PyArg_ParseTuple(args, "lI:m_set_doom", &m, &why) || !check_m(self, m))
+        return NULL;
+    /* release: stored before the kill, read by recovery after the death. */
+    __atomic_store_n(&gmpd_node_m(self->nd, (uint32_t)m)->doom, why, __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
 static PyObject *node_m_ran(NodeObject *self, PyObject *arg)
 {
     uint32_t m;
@@ -1151,6 +1185,9 @@ static PyMethodDef node_methods[] = {
     {"m_info", (PyCFunction)node_m_info, METH_O, "m_info(m) -> (state, curg, p, pid, heartbeat_ns, park, nrun)"},
     {"m_placing", (PyCFunction)node_m_placing, METH_O, "m_placing(m) -> (seq, placed): the batch M m queues"},
     {"m_set_placing", (PyCFunction)node_m_set_placing, METH_VARARGS, "m_set_placing(m, seq, placed)"},
+    {"m_doom", (PyCFunction)node_m_doom, METH_O, "m_doom(m) -> (deadline_ns, doom)"},
+    {"m_set_deadline", (PyCFunction)node_m_set_deadline, METH_VARARGS, "m_set_deadline(m, ns): 0 for none"},
+    {"m_set_doom", (PyCFunction)node_m_set_doom, METH_VARARGS, "m_set_doom(m, why): before killing M m"},
     {"m_ran", (PyCFunction)node_m_ran, METH_O, "m_ran(m) -> int: count one more G run by M m"},
     {"m_set", (PyCFunction)(void (*)(void))node_m_set, METH_VARARGS | METH_KEYWORDS,
      "m_set(m, *, state, curg, p, pid)"},

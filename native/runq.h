@@ -132,7 +132,9 @@ typedef struct gmpd_m {
     uint32_t nrun;      /* Gs this M slot has run (statistics) */
     uint64_t placing;   /* [batch seq:32][items placed:32] of the global
                          * batch being queued; read by recovery (gmpd/m.py) */
-    uint8_t _pad0[GMPD_CACHELINE - 40];
+    uint64_t deadline_ns; /* CLOCK_MONOTONIC ns its current task must end by, 0: none */
+    uint32_t doom;      /* why sysmon or the coordinator killed it (gmpd.sched.Doom), 0 */
+    uint8_t _pad0[GMPD_CACHELINE - 52];
     /* line 1: written by *other* Ms (see runq.c §Recovery: confirmation) */
     uint32_t confirmed;
     uint8_t _pad1[GMPD_CACHELINE - 4];
@@ -173,6 +175,13 @@ enum gmpd_sched_counter {
     GMPD_SC_DEADLOCK,       /* deadlocks checkdead reported (Ms in a join compare it) */
     GMPD_SC_UNMARKED,       /* Ms sysmon found blocked in an unmarked call (from /proc) */
     GMPD_SC_MPOOLFULL,      /* new Ms asked for while max_ms were alive (the hand-off waited) */
+    GMPD_SC_BADFRAMES,      /* frames the coordinator dropped: malformed, unknown, wrong peer */
+    GMPD_SC_MLOST,          /* Ms that died (crashed, killed) rather than retired */
+    GMPD_SC_RETRIED,        /* tasks queued again after their M died */
+    GMPD_SC_WORKERLOST,     /* tasks failed with WorkerLost (retry budget spent) */
+    GMPD_SC_TIMEOUTS,       /* Ms killed because their task ran past its timeout */
+    GMPD_SC_FENCED,         /* Ms killed because their lease expired (stopped, wedged) */
+    GMPD_SC_MEMKILLS,       /* Ms killed or retired for going over the memory limit */
     GMPD_SC__COUNT
 };
 

@@ -75,6 +75,8 @@ def test_sigkilled_ms_lose_no_task() -> None:
                 killed += 1
         assert [f.result(timeout=60) for f in futures] == [i * i for i in range(600)]
         assert killed == 4
+        stats = ex.statistics()
+        assert stats.m_lost == 4 and stats.worker_lost == 0, stats
         # The cluster still works, with replacement Ms.
         assert ex.submit(slow_square, 7).result(timeout=30) == 49
         assert len(m_pids(ex)) >= 2
@@ -116,3 +118,62 @@ def test_retries_per_task() -> None:
         assert err.value.attempts == 1
         with pytest.raises(ValueError, match="retries"):
             ex.options(retries=-1)
+
+
+def test_a_stopped_m_is_fenced_and_its_task_runs_elsewhere() -> None:
+    """SIGSTOP the M running a task: past the lease TTL it is killed (a
+    stopped M could resume inside a ring operation on a re-leased P), and
+    the task runs again on another M; one result reaches the submitter."""
+    with gmpd.Executor(2, lease_ttl=0.5) as ex:
+        fut = ex.submit(whoami_after, 0.5)
+        time.sleep(0.2)
+        victim = next(m.pid for m in ex.statistics().ms if m.curg)
+        os.kill(victim, signal.SIGSTOP)
+        pid = fut.result(timeout=30)
+        assert pid != victim
+        assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
+        stats = ex.statistics()
+        assert stats.fenced == 1 and stats.m_lost == 1 and stats.retried >= 1, stats
+        assert [ex.submit(slow_square, i).result(timeout=30) for i in range(4)] == [0, 1, 4, 9]
+
+
+def whoami_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_coordinator_killed_fails_the_futures_within_a_second() -> None:
+    ex = gmpd.Executor(2)
+    try:
+        futures = [ex.submit(slow_square, i, 0.05) for i in range(200)]
+        os.kill(ex._cluster.coordinator, signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(gmpd.CoordinatorLost):
+            for fut in futures:
+                fut.result(timeout=5)
+        assert time.monotonic() - start < 1.0
+        assert all(f.done() for f in futures)
+    finally:
+        ex.shutdown(wait=True)  # every other process exits, segments unlinked (the fixture checks)
+
+
+def test_node_agent_killed_fails_the_futures_and_leaves_nothing() -> None:
+    ex = gmpd.Executor(2)
+    try:
+        futures = [ex.submit(slow_square, i, 0.05) for i in range(100)]
+        time.sleep(0.2)
+        os.kill(ex._cluster.proc.pid, signal.SIGKILL)
+        with pytest.raises(gmpd.ClusterLost):
+            for fut in futures:
+                fut.result(timeout=10)
+    finally:
+        ex.shutdown(wait=True)
+
+
+def test_sysmon_killed_mid_farm_loses_nothing() -> None:
+    with gmpd.Executor(2) as ex:
+        futures = [ex.submit(slow_square, i, 0.002) for i in range(400)]
+        for _ in range(3):
+            time.sleep(0.1)
+            os.kill(ex.statistics().sysmon_pid, signal.SIGKILL)
+        assert [f.result(timeout=60) for f in futures] == [i * i for i in range(400)]
