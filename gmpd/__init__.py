@@ -8,6 +8,7 @@ cluster), ``gmpd.go`` (start a G from a client or from inside a task) and
 
 from gmpd.api import checkpoint, go, syscall
 from gmpd.errors import (
+    ClusterLost,
     CoordinatorLost,
     Deadlock,
     GmpdError,
@@ -17,7 +18,7 @@ from gmpd.errors import (
     TaskTimeout,
     WorkerLost,
 )
-from gmpd.executor import ClusterLost, Executor
+from gmpd.executor import Executor
 
 __version__ = "0.1.0"
 __all__ = [

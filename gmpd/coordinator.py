@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from gmpd import runq, wire
-from gmpd.errors import WorkerLost
+from gmpd.errors import TaskTimeout, WorkerLost
 from gmpd.g import GState
 from gmpd.m import RETIRED, error_payload
 from gmpd.runq import PStatus
@@ -88,6 +88,7 @@ def exit_hint(code: int) -> str:
 
 
 DOOM_HINTS = {
+    Doom.TIMEOUT: "a task it ran went past its timeout, so sysmon killed it",
     Doom.FENCED: "its lease expired: the M was stopped (SIGSTOP) or wedged longer than the lease TTL, "
     "so it was killed",
     Doom.MEMORY: "it went over the per-M memory limit (configs/gmpd.toml [m] max_rss_mb), so it was killed",
@@ -438,6 +439,10 @@ class Coordinator:
 
     def on_m_exit(self, m: int, pid: int, status: int) -> None:
         info = self.ms.get(m)
+        code = os.waitstatus_to_exitcode(status)
+        crashed = self.running and code != RETIRED
+        if crashed:
+            self.count(Counter.MLOST)
         if info is None or info.pid != pid:  # its Hello is not in yet (or never will be): it held nothing
             self.dead_pids.add(pid)
             self.free_slot(m)
@@ -447,13 +452,10 @@ class Coordinator:
             del self.by_ident[ident]
         with contextlib.suppress(ValueError):
             self.want_p.remove(m)
-        code = os.waitstatus_to_exitcode(status)
-        crashed = self.running and code != RETIRED
         doom = Doom(self.nm.node.m_doom(m)[1])
         p = self.fence(m)
         recovery = runq.recover_m(self.nm.node, m)
         if crashed:
-            self.count(Counter.MLOST)
             if doom == Doom.FENCED:
                 self.count(Counter.FENCED)
             lost = WorkerLost(
@@ -464,7 +466,7 @@ class Coordinator:
                 signal=signal.Signals(-code).name if code < 0 else None,
                 hint=DOOM_HINTS.get(doom) or exit_hint(code),
             )
-            self.recover_gs(info, recovery, lost)
+            self.recover_gs(info, recovery, lost, doom)
         self.nm.node.m_set_doom(m, Doom.NONE)
         self.nm.node.m_set_placing(m, 0, 0)  # the next M in the slot numbers batches from 1
         if p >= 0:
@@ -493,7 +495,7 @@ class Coordinator:
                     return p
         return -1
 
-    def recover_gs(self, info: MInfo, recovery: runq.Recovery, lost: WorkerLost) -> None:
+    def recover_gs(self, info: MInfo, recovery: runq.Recovery, lost: WorkerLost, doom: Doom) -> None:
         node = self.nm.node
         m = info.m
         # 1. Global batches it had not queued in full.
@@ -533,7 +535,8 @@ class Coordinator:
             parent, tid = g[2], g[3]
             if parent == 0 and tid:
                 node.g_free(h)
-                self.retry(tid, lost)
+                if doom != Doom.TIMEOUT or not self.fail_timed_out(tid, lost):
+                    self.retry(tid, lost)
             elif parent in running:
                 node.g_free(h)  # its parent died too, and runs again from the start
             elif node.g_attempt(h) > self.retries:
@@ -595,6 +598,24 @@ class Coordinator:
         root.started = False
         self.grq.appendleft((tid, 0))
         self.count(Counter.RETRIED)
+
+    def fail_timed_out(self, tid: int, lost: WorkerLost) -> bool:
+        """Root ``tid`` ran on an M sysmon killed for a task's timeout: a task
+        with a timeout that fails on it (payload prefix T, gmpd.executor)
+        fails now with TaskTimeout; True if it did."""
+        root = self.roots.get(tid)
+        if root is None or root.payload[:1] != b"T":
+            return False  # no timeout of its own, or one that is retried
+        seconds = int.from_bytes(root.payload[1:5], "little") / 1000
+        err = TaskTimeout(
+            f"the task ran past its timeout of {seconds:g} s: its M (pid {lost.pid}) was killed "
+            f"and replaced; raise the timeout, or pass retry_timeouts=True to run it again"
+        )
+        del self.roots[tid]
+        self.reply(
+            root.client, wire.Results([(tid, wire.RAISED, error_payload(err, " (sysmon's watchdog)"))])
+        )
+        return True
 
     def free_slot(self, m: int) -> None:
         """Recovery of slot m is done: the node agent may start an M there."""

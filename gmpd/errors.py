@@ -73,5 +73,9 @@ class TaskTimeout(GmpdError, TimeoutError):
     """A task ran past its timeout; the M running it was killed and replaced."""
 
 
-class CoordinatorLost(GmpdError):
+class ClusterLost(GmpdError):
+    """The embedded cluster exited while tasks were outstanding."""
+
+
+class CoordinatorLost(ClusterLost):
     """The cluster's coordinator process died: outstanding tasks cannot finish."""

@@ -41,7 +41,7 @@ from typing import Any
 import zmq
 
 from gmpd import wire
-from gmpd.errors import CoordinatorLost, GmpdError
+from gmpd.errors import ClusterLost, CoordinatorLost, GmpdError
 from gmpd.g import encode_task
 from gmpd.m import load_outcome
 from gmpd.shm import SHM_DIR, NodeMemory
@@ -53,10 +53,6 @@ SUBMIT_EAGER = 64  # an outbox this full is sent by the submitting thread itself
 
 _live: weakref.WeakSet[Executor] = weakref.WeakSet()
 _active: list[weakref.ref[Executor]] = []
-
-
-class ClusterLost(GmpdError):
-    """The embedded cluster exited while tasks were outstanding."""
 
 
 class LocalCluster:
@@ -400,8 +396,12 @@ class Executor(_BaseExecutor):
     ``max_ms`` bounds the Ms (worker processes), which grow past GOMAXPROCS
     while Ms block in syscalls or joins (default: 8 per P).  ``retries``: how
     many times a task runs again after the M running it died (killed, crashed,
-    ``os._exit``) before its future raises :class:`gmpd.WorkerLost`; per task
-    with ``executor.options(retries=...).submit(...)``.
+    ``os._exit``) before its future raises :class:`gmpd.WorkerLost`.
+    ``task_timeout`` (seconds, default none): a task still running after it
+    has its M killed and replaced (sysmon enforces it), and its future raises
+    :class:`gmpd.TaskTimeout`, or with ``retry_timeouts`` the task runs again
+    within its retry budget.  Per task: ``executor.options(retries=...,
+    timeout=..., retry_timeouts=...).submit(...)``.
     """
 
     def __init__(
@@ -412,13 +412,17 @@ class Executor(_BaseExecutor):
         spin_ms: int = 2,
         max_ms: int = 0,
         retries: int = 3,
+        task_timeout: float | None = None,
+        retry_timeouts: bool = False,
     ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         _check_retries(retries)
-        self._retries = retries
+        if task_timeout is not None:
+            _check_timeout(task_timeout)
+        self._retries, self._task_timeout, self._retry_timeouts = retries, task_timeout, retry_timeouts
         self._max_workers = max_workers
         self._lock = threading.Lock()
         self._shutdown = False
@@ -437,17 +441,26 @@ class Executor(_BaseExecutor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         return self._submit(None, fn, args, kwargs)
 
-    def options(self, *, retries: int | None = None) -> TaskOptions:
+    def options(
+        self, *, retries: int | None = None, timeout: float | None = None, retry_timeouts: bool | None = None
+    ) -> TaskOptions:
         """Submit with other options than this executor's defaults:
-        ``ex.options(retries=0).submit(fn, x)`` (gmpd's own keywords never
-        mix with the task's keyword arguments)."""
+        ``ex.options(retries=0, timeout=2.5).submit(fn, x)`` (gmpd's own
+        keywords never mix with the task's keyword arguments)."""
         if retries is not None:
             _check_retries(retries)
-        return TaskOptions(self, self._retries if retries is None else retries)
+        if timeout is not None:
+            _check_timeout(timeout)
+        return TaskOptions(
+            self,
+            self._retries if retries is None else retries,
+            self._task_timeout if timeout is None else timeout,
+            self._retry_timeouts if retry_timeouts is None else retry_timeouts,
+        )
 
     def _submit(
         self,
-        options: tuple[int, int] | None,
+        options: TaskOptions | None,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -457,12 +470,18 @@ class Executor(_BaseExecutor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             try:
                 payload = encode_task(fn, args, kwargs)
+                timeout = self._task_timeout if options is None else options.timeout
+                if timeout is not None:
+                    retry = self._retry_timeouts if options is None else options.retry_timeouts
+                    # Read by the M: it publishes the deadline that sysmon enforces.
+                    ms = max(1, round(timeout * 1000)).to_bytes(4, "little")
+                    payload = (b"t" if retry else b"T") + ms + payload
             except Exception as exc:
                 fut: Future[Any] = Future()
                 fut.set_running_or_notify_cancel()
                 fut.set_exception(exc)
                 return fut
-            return self._io.submit(payload, options)
+            return self._io.submit(payload, None if options is None else (options.retries, 0))
 
     def map(
         self,
@@ -520,11 +539,17 @@ class Executor(_BaseExecutor):
 class TaskOptions:
     """An executor's submit with per-task options (``Executor.options``)."""
 
-    def __init__(self, executor: Executor, retries: int) -> None:
-        self._executor, self._retries = executor, retries
+    def __init__(self, executor: Executor, retries: int, timeout: float | None, retry_timeouts: bool) -> None:
+        self._executor = executor
+        self.retries, self.timeout, self.retry_timeouts = retries, timeout, retry_timeouts
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        return self._executor._submit((self._retries, 0), fn, args, kwargs)
+        return self._executor._submit(self, fn, args, kwargs)
+
+
+def _check_timeout(timeout: float) -> None:
+    if not isinstance(timeout, int | float) or not 0 < timeout < 2**31 / 1000:
+        raise ValueError(f"a task timeout is a number of seconds > 0, got {timeout!r}")
 
 
 def _check_retries(retries: int) -> None:

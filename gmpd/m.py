@@ -60,6 +60,7 @@ class Retire(Exception):
 
 
 RETIRED = 75  # an M's exit status when it retired (EX_TEMPFAIL), so the node agent can tell
+TIMED = (b"T", b"t")  # payload prefixes of a task with a timeout (+ 4-byte ms): fail / retry on it
 
 
 class RemoteTraceback(Exception):
@@ -195,6 +196,7 @@ class M:
         self.idle_exit_s, self.max_tasks = conf["idle_exit_ms"] / 1000, conf["max_tasks"]
         self.spare = m > self.nprocs  # beyond the first GOMAXPROCS + 1: may exit when idle
         self.in_syscall = False  # inside gmpd.syscall() (or a blocked join)
+        self.deadline = 0  # monotonic ns the running task must end by (0: none)
 
     # ---- talking to the coordinator ---------------------------------------
 
@@ -539,8 +541,16 @@ class M:
         info = node.g_info(h)
         if not outer:  # an M counts once, however deep it nests inline runs
             node.sched_add(Counter.RUNNING, 1)
+        payload, deadline = node.g_payload(h), self.deadline
+        if payload[:1] in TIMED:  # a task with a timeout: sysmon kills us past the deadline
+            ms = int.from_bytes(payload[1:5], "little")
+            self.deadline = time.monotonic_ns() + ms * 1_000_000
+            if deadline:
+                self.deadline = min(deadline, self.deadline)
+            node.m_set_deadline(self.m, self.deadline)
+            payload = payload[5:]
         try:
-            status, data = run_payload(node.g_payload(h))
+            status, data = run_payload(payload)
             self.resync()  # the G may have ended asleep-detected: the count and the P come back
             if not outer and self.in_syscall:
                 self.exitsyscall()  # the task returned inside a gmpd.syscall() it never left
@@ -553,6 +563,9 @@ class M:
         finally:
             if not outer:
                 node.sched_add(Counter.RUNNING, -1)
+            if self.deadline != deadline:
+                self.deadline = deadline
+                node.m_set_deadline(self.m, deadline)
         node.m_ran(self.m)
         parent, root_id = info[2], info[3]
         if parent == 0 and root_id:
@@ -722,6 +735,7 @@ class M:
         CURRENT = self
         self.node.m_set(self.m, pid=os.getpid(), state=MState.NEW)
         self.node.m_set_placing(self.m, 0, 0)
+        self.node.m_set_deadline(self.m, 0)
         self.node.start_heartbeat(self.m, HEARTBEAT_MS)  # GIL-free: what the coordinator trusts
         self.send(wire.Hello("m", os.getpid(), self.nm.name, self.m))
         hb = threading.Thread(target=self.heartbeat, name="gmpd-heartbeat", daemon=True)

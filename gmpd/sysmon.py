@@ -52,8 +52,10 @@ Runs in: the sysmon process (forked by the node agent).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -63,7 +65,7 @@ import zmq
 
 from gmpd import config, wire
 from gmpd.runq import PStatus
-from gmpd.sched import FORCE_PREEMPT_S, Counter, MState
+from gmpd.sched import FORCE_PREEMPT_S, Counter, Doom, MState
 from gmpd.shm import NodeMemory
 
 CHECKDEAD_S = 0.1  # checkdead looks this often; a deadlock shows on two looks
@@ -87,6 +89,7 @@ class PWatch:
 
 
 UNMARKED_MIN_S = 0.001  # two looks at least this far apart (the issue's 1 ms)
+WATCHDOG_S = 0.005  # task deadlines are checked this often
 
 
 class Sysmon:
@@ -104,7 +107,7 @@ class Sysmon:
         self.sock.connect(endpoint)
         self.sock.send(wire.encode(wire.Hello("sysmon", os.getpid(), nm.name, self.slot)))
         self.start = time.monotonic()
-        self.last_trace = self.last_checkdead = 0.0
+        self.last_trace = self.last_checkdead = self.last_watchdog = 0.0
         self.joined: set[int] = set()
         self.procfds: dict[int, int] = {}  # M pid -> its kept-open /proc stat file
         self.reported: set[int] = set()
@@ -240,6 +243,21 @@ class Sysmon:
         elif not dead:
             self.reported = set()
 
+    def watchdog(self) -> None:
+        """Kill the Ms whose task ran past its timeout (the M published the
+        deadline; the doom word tells recovery why, so the task fails with
+        gmpd.TaskTimeout or runs again, as its submitter asked)."""
+        node, now_ns = self.node, time.monotonic_ns()
+        for m in range(node.nms - 1):
+            deadline, doom = node.m_doom(m)
+            if deadline and now_ns > deadline and doom == Doom.NONE:
+                pid = node.m_info(m)[3]
+                if pid > 0:
+                    node.m_set_doom(m, Doom.TIMEOUT)
+                    node.sched_add(Counter.TIMEOUTS, 1)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+
     def all_idle(self) -> bool:
         return all(self.node.p_state(p)[0] == PStatus.IDLE for p in range(self.node.nprocs))
 
@@ -268,6 +286,9 @@ class Sysmon:
             if now - self.last_checkdead >= CHECKDEAD_S:  # also between deep sleeps: a
                 self.last_checkdead = now  # deadlock leaves every P idle
                 self.checkdead()
+            if now - self.last_watchdog >= WATCHDOG_S:  # (a task blocked past its timeout holds no P)
+                self.last_watchdog = now
+                self.watchdog()
             if self.trace_ms <= 0 and self.all_idle():
                 self.deep_sleep()
                 idle, delay_us = 0, self.min_us

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import pickle
 import signal
 import sys
 import time
@@ -177,3 +178,100 @@ def test_sysmon_killed_mid_farm_loses_nothing() -> None:
             time.sleep(0.1)
             os.kill(ex.statistics().sysmon_pid, signal.SIGKILL)
         assert [f.result(timeout=60) for f in futures] == [i * i for i in range(400)]
+
+
+def sleep_once(marker: str, seconds: float) -> str:
+    """Sleeps ``seconds`` the first time it runs, returns at once after."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("ran")
+        time.sleep(seconds)
+    return "done"
+
+
+def test_a_task_past_its_timeout_fails_with_task_timeout_and_its_m_is_replaced() -> None:
+    with gmpd.Executor(2) as ex:
+        quick = ex.options(timeout=5).submit(slow_square, 5)
+        start = time.monotonic()
+        slow = ex.options(timeout=0.3).submit(time.sleep, 10)
+        with pytest.raises(gmpd.TaskTimeout, match=r"timeout of 0.3 s"):
+            slow.result(timeout=30)
+        assert time.monotonic() - start < 3
+        assert quick.result(timeout=30) == 25
+        stats = ex.statistics()
+        assert stats.timeouts == 1 and stats.m_lost == 1, stats
+        assert isinstance(slow.exception(), TimeoutError)  # TaskTimeout is a TimeoutError too
+        assert [ex.submit(slow_square, i).result(timeout=30) for i in range(3)] == [0, 1, 4]
+
+
+def test_a_timed_out_task_runs_again_when_asked(tmp_path: Path) -> None:
+    with gmpd.Executor(2, task_timeout=0.3, retry_timeouts=True, retries=1) as ex:
+        assert ex.submit(sleep_once, str(tmp_path / "ran"), 10).result(timeout=30) == "done"
+        assert ex.statistics().timeouts == 1
+    with (
+        gmpd.Executor(1, task_timeout=0.2, retry_timeouts=True, retries=1) as ex,
+        pytest.raises(gmpd.WorkerLost, match="timeout"),
+    ):
+        ex.submit(time.sleep, 10).result(timeout=30)
+
+
+# ---- the crash matrix: how a task dies x where -----------------------------
+
+
+class LoadBomb:
+    """An argument that crashes the M while it unpickles the task."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (crash, (self.how,))
+
+
+class DumpBomb:
+    """A result that crashes the M while it pickles the result."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def __reduce__(self) -> tuple[object, ...]:
+        crash(self.how)
+        return (str, ())
+
+
+def takes(arg: object) -> str:
+    return "ran"
+
+
+def returns_bomb(how: str) -> DumpBomb:
+    return DumpBomb(how)
+
+
+KILLS = ["os._exit", "sigkill", "segfault"]
+WHERE = ["unpickling the task", "running", "pickling the result"]
+
+
+@pytest.mark.parametrize("where", WHERE)
+@pytest.mark.parametrize("how", ["raise", "sys.exit", *KILLS])
+def test_crash_matrix(how: str, where: str) -> None:
+    """Each way a task can die, at each point of its run: the task fails
+    alone (raise, sys.exit) or its M dies and the task is retried, then
+    fails with WorkerLost (os._exit, SIGKILL, segfault); the executor works
+    on afterwards."""
+    with gmpd.Executor(2, retries=1) as ex:
+        if where == "unpickling the task":
+            fut = ex.submit(takes, LoadBomb(how))
+        elif where == "running":
+            fut = ex.submit(always_dies, how)
+        else:
+            fut = ex.submit(returns_bomb, how)
+        exc = fut.exception(timeout=60)
+        if how in KILLS:
+            assert isinstance(exc, gmpd.WorkerLost) and exc.attempts == 2, exc
+            assert ex.statistics().m_lost == 2
+        elif where == "pickling the result":
+            assert isinstance(exc, pickle.PicklingError) and "cannot be pickled" in str(exc), exc
+        else:
+            assert isinstance(exc, ValueError if how == "raise" else SystemExit), exc
+            assert ex.statistics().m_lost == 0
+        assert ex.submit(slow_square, 6).result(timeout=30) == 36
