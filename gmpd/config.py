@@ -22,10 +22,13 @@ DEFAULTS: dict[str, dict[str, int]] = {
         "syscall_grace_ms": 10,
         "deep_sleep_ms": 100,
     },
-    "m": {"max_ms_per_p": 8, "idle_exit_ms": 10_000, "max_tasks": 0},
+    "m": {"max_ms_per_p": 8, "idle_exit_ms": 10_000, "max_tasks": 0, "max_rss_mb": 0, "rss_kill": 0},
+    "coordinator": {"lease_ttl_ms": 5000},
+    "wire": {"max_message_mb": 1024},
 }
 
 REPO_FILE = Path(__file__).resolve().parent.parent / "configs" / "gmpd.toml"
+FRAME_SLACK = 1 << 20  # a frame may carry this much beyond its largest payload (headers, ids)
 
 
 class ConfigError(GmpdError, ValueError):
@@ -63,3 +66,17 @@ def _merge(conf: dict[str, dict[str, int]], data: dict[str, Any], where: str) ->
             if type(value) is not int:
                 raise ConfigError(f"{where}: {section}.{key} must be an integer, not {value!r}")
             conf[section][key] = value
+
+
+def max_frame_bytes() -> int:
+    """ZMQ_MAXMSGSIZE for sockets that peers write to: the [wire] limit on a
+    task or result, plus room for the frame around one."""
+    return (load()["wire"]["max_message_mb"] << 20) + FRAME_SLACK
+
+
+def too_large(what: str, nbytes: int, limit: int) -> str:
+    """The error text for a task or result over the [wire] size limit."""
+    return (
+        f"{what} is {nbytes / 2**20:.1f} MiB pickled, over the {limit >> 20} MiB limit "
+        f"([wire] max_message_mb in configs/gmpd.toml, or GMPD_WIRE_MAX_MESSAGE_MB)"
+    )

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from gmpd import runq, wire
+from gmpd import config, runq, wire
 from gmpd.errors import TaskTimeout, WorkerLost
 from gmpd.g import GState
 from gmpd.m import RETIRED, error_payload
@@ -170,6 +170,7 @@ class Coordinator:
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes())  # larger: dropped by ZeroMQ
         self.sock.bind(self.endpoint)
         self.nm = NodeMemory.attach(self.node_name)
         self.ps = [PLease(p) for p in range(self.nprocs)]
@@ -626,24 +627,39 @@ class Coordinator:
     # ---- handlers ---------------------------------------------------------
 
     def on_hello(self, ident: bytes, msg: wire.Hello) -> None:
-        if msg.role == "client" and msg.reply_to:
+        """A peer says who it is; each claim is checked against what only
+        that peer can know (its pid, written in node memory by itself, or
+        the client's pid we were started for), so a stray or forged frame
+        cannot pose as an M, sysmon or the client."""
+        node = self.nm.node
+        if msg.role == "client" and msg.reply_to and msg.pid == self.lifeline:
             if ident not in self.clients:
                 sock = self.ctx.socket(zmq.PUSH)
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.setsockopt(zmq.SNDHWM, 0)  # a client that stalls a while must not lose a Cancelled
-                sock.connect(msg.reply_to)
+                try:
+                    sock.connect(msg.reply_to)
+                except zmq.ZMQError:
+                    sock.close(0)
+                    self.count(Counter.BADFRAMES)
+                    return
                 self.clients[ident] = sock
             self.reply(ident, wire.Welcome(self.nprocs))
-        elif msg.role == "m" and 0 <= msg.m < self.nm.node.nms and msg.pid not in self.dead_pids:
+        elif msg.role == "m" and 0 <= msg.m < node.nms - 1 and msg.pid not in self.dead_pids:
+            if node.m_info(msg.m)[3] != msg.pid:
+                self.count(Counter.BADFRAMES)
+                return
             info = self.ms.get(msg.m)
             if info is None or info.pid != msg.pid:
                 info = self.ms[msg.m] = MInfo(msg.m, ident, msg.pid)
                 self.ms_asked = 0  # a new M: if it was the one asked for, ask again when needed
             self.by_ident[ident] = msg.m
-        elif msg.role == "m-hb" and msg.m in self.ms:
+        elif msg.role == "m-hb" and msg.m in self.ms and self.ms[msg.m].pid == msg.pid:
             self.by_ident[ident] = msg.m
-        elif msg.role == "sysmon":
+        elif msg.role == "sysmon" and msg.pid == node.m_info(node.nms - 1)[3]:
             self.sysmon = ident  # a restarted sysmon replaces the old one
+        else:
+            self.count(Counter.BADFRAMES)
 
     def on_submit(self, ident: bytes, msg: wire.Submit) -> None:
         for tid, payload in msg.tasks:
@@ -667,10 +683,12 @@ class Coordinator:
         self.stats.cancelled += len(done)
         self.reply(ident, wire.Cancelled(done, refused))
 
-    def on_finished(self, tids: list[int]) -> None:
+    def on_finished(self, ident: bytes, tids: list[int]) -> None:
         """These results reached their client: forget the root tasks."""
         for tid in tids:
-            if self.roots.pop(tid, None) is not None:
+            root = self.roots.get(tid)
+            if root is not None and root.client == ident:
+                del self.roots[tid]
                 self.stats.completed += 1
 
     def on_m_message(self, info: MInfo, msg: wire.Message) -> None:
@@ -707,7 +725,7 @@ class Coordinator:
         if isinstance(msg, wire.Hello):
             self.on_hello(ident, msg)
         elif isinstance(msg, wire.Finished) and ident in self.clients:
-            self.on_finished(msg.tids)
+            self.on_finished(ident, msg.tids)
         elif isinstance(msg, wire.Submit) and ident in self.clients:
             self.on_submit(ident, msg)
         elif isinstance(msg, wire.Cancel) and ident in self.clients:

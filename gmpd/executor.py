@@ -40,7 +40,7 @@ from typing import Any
 
 import zmq
 
-from gmpd import wire
+from gmpd import config, wire
 from gmpd.errors import ClusterLost, CoordinatorLost, GmpdError
 from gmpd.g import encode_task
 from gmpd.m import load_outcome
@@ -50,6 +50,7 @@ from gmpd.stats import Statistics, snapshot
 START_TIMEOUT = 30.0
 SUBMIT_BATCH = 1024  # tasks per Submit frame at most
 SUBMIT_EAGER = 64  # an outbox this full is sent by the submitting thread itself
+SUBMIT_BYTES = 8 << 20  # payload bytes per Submit frame at most (beyond one task)
 
 _live: weakref.WeakSet[Executor] = weakref.WeakSet()
 _active: list[weakref.ref[Executor]] = []
@@ -68,6 +69,7 @@ class LocalCluster:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.results = self.ctx.socket(zmq.PULL)
         self.results.setsockopt(zmq.LINGER, 0)
+        self.results.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes())
         self.results_endpoint = f"ipc://{self.rundir}/client"
         self.results.bind(self.results_endpoint)
         cmd = [sys.executable, "-m", "gmpd.node", self.rundir, str(nprocs), str(os.getpid()), os.getcwd()]
@@ -253,9 +255,13 @@ class _ClientIO(threading.Thread):
         with self.send_lock:
             while self.outbox:
                 batch: list[tuple[int, bytes]] = []
+                size = 0  # a frame stays under the peers' size limit (one task alone always fits)
                 with contextlib.suppress(IndexError):  # another thread took the last ones
-                    while len(batch) < SUBMIT_BATCH:
+                    while len(batch) < SUBMIT_BATCH and (
+                        not batch or size + len(self.outbox[0][1]) < SUBMIT_BYTES
+                    ):
                         batch.append(self.outbox.popleft())
+                        size += len(batch[-1][1])
                 if batch:
                     self.sock.send(wire.encode(wire.Submit(batch, self.take_options(batch))), copy=False)
 
@@ -408,7 +414,7 @@ class Executor(_BaseExecutor):
         self,
         max_workers: int | None = None,
         *,
-        lease_ttl: float = 5.0,
+        lease_ttl: float | None = None,
         spin_ms: int = 2,
         max_ms: int = 0,
         retries: int = 3,
@@ -428,6 +434,10 @@ class Executor(_BaseExecutor):
         self._shutdown = False
         if max_ms and max_ms <= max_workers:
             raise ValueError(f"max_ms must exceed max_workers ({max_workers}): Ms in syscalls hold no P")
+        conf = config.load()
+        if lease_ttl is None:
+            lease_ttl = conf["coordinator"]["lease_ttl_ms"] / 1000
+        self._max_message = conf["wire"]["max_message_mb"] << 20
         self._cluster = LocalCluster(max_workers, lease_ttl, spin_ms, max_ms, retries)
         self._io = _ClientIO(self._cluster)
         self._io.start()
@@ -476,6 +486,8 @@ class Executor(_BaseExecutor):
                     # Read by the M: it publishes the deadline that sysmon enforces.
                     ms = max(1, round(timeout * 1000)).to_bytes(4, "little")
                     payload = (b"t" if retry else b"T") + ms + payload
+                if len(payload) > self._max_message:
+                    raise ValueError(config.too_large("the task", len(payload), self._max_message))
             except Exception as exc:
                 fut: Future[Any] = Future()
                 fut.set_running_or_notify_cancel()

@@ -15,6 +15,7 @@ import os
 import pickle
 import random
 import select
+import sys
 import threading
 import time
 import traceback
@@ -93,6 +94,9 @@ def run_payload(payload: bytes) -> tuple[int, bytes]:
         raise  # the cluster is going away while the task waited (a join, a syscall's exit)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task, not the M
         return wire.RAISED, error_payload(exc)
+    finally:
+        if sys.stdout.closed or sys.stderr.closed or sys.stdin.closed:
+            repair_stdio()
     try:
         return wire.OK, dumps(result)
     except BaseException as exc:
@@ -100,6 +104,19 @@ def run_payload(payload: bytes) -> tuple[int, bytes]:
             f"the task's result of type {type(result).__name__} cannot be pickled: {exc}"
         )
         return wire.RAISED, error_payload(err, " while pickling the result")
+
+
+def repair_stdio() -> None:
+    """A task closed sys.stdin, stdout or stderr: later tasks on this M must
+    still be able to print, so open them again (on the same file descriptors,
+    which CPython's std streams do not own; /dev/null if those are gone)."""
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        if getattr(sys, name).closed:
+            try:
+                stream = open(fd, mode, closefd=False, buffering=1 if mode == "w" else -1)  # noqa: SIM115
+            except OSError:
+                stream = open(os.devnull, mode)  # noqa: SIM115
+            setattr(sys, name, stream)
 
 
 def load_outcome(status: int, data: bytes) -> tuple[bool, Any]:
@@ -194,6 +211,8 @@ class M:
         self.stopping = False
         conf = config.load()["m"]
         self.idle_exit_s, self.max_tasks = conf["idle_exit_ms"] / 1000, conf["max_tasks"]
+        self.max_message = config.load()["wire"]["max_message_mb"] << 20
+        self.result_bytes = 0  # in self.results
         self.spare = m > self.nprocs  # beyond the first GOMAXPROCS + 1: may exit when idle
         self.in_syscall = False  # inside gmpd.syscall() (or a blocked join)
         self.deadline = 0  # monotonic ns the running task must end by (0: none)
@@ -235,7 +254,7 @@ class M:
         (Finished): a result lost with this M is then a task to retry."""
         if self.results:
             self.out.send(wire.encode(wire.Results(self.results)), copy=False)
-            self.results = []
+            self.results, self.result_bytes = [], 0
 
     def spill(self, batch: tuple[int, ...]) -> None:
         """A full ring's half + 1 go to the global queue (runqputslow)."""
@@ -569,7 +588,13 @@ class M:
         node.m_ran(self.m)
         parent, root_id = info[2], info[3]
         if parent == 0 and root_id:
+            if len(data) > self.max_message:
+                too_big = GmpdError(config.too_large("the task's result", len(data), self.max_message))
+                status, data = wire.RAISED, error_payload(too_big)
+            if self.result_bytes + len(data) > self.max_message:
+                self.flush()  # one message stays under the client's size limit
             self.results.append((root_id, status, data))
+            self.result_bytes += len(data)
             node.g_free(h)
             if len(self.results) == 1:
                 self.oldest = time.monotonic()
