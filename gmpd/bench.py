@@ -13,6 +13,10 @@ Workloads (issue 3; issue 6 adds more):
   farm         400 tasks of ~5 ms pure-Python CPU                         efficiency
   fanout       one task spawns 400 ~5 ms children with gmpd.go and sums   makespan / ideal
                (peers: the client submits the 400 and sums)
+  fault        2,000 tasks of ~2 ms; after ~300 results one worker        tasks completed
+               process of each system is SIGKILLed (lost, errored and
+               wall time beside; a task with no result 5 s after the
+               last one came is lost)
 
 Runs in: the client process of the ``gmpd`` command.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import statistics
 import sys
 import time
@@ -30,6 +35,8 @@ from concurrent.futures import Executor as BaseExecutor
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+
+import psutil
 
 import gmpd
 
@@ -72,9 +79,13 @@ class Pool:
 
     def __init__(self, workers: int) -> None:
         self.pool = multiprocessing.get_context("fork").Pool(workers)
+        self.lost_tasks = False  # a killed worker's task never completes: join() would wait forever
 
     def close(self) -> None:
-        self.pool.close()
+        if self.lost_tasks:
+            self.pool.terminate()
+        else:
+            self.pool.close()
         self.pool.join()
 
 
@@ -172,6 +183,54 @@ def fanout(ex: BaseExecutor | Pool, n: int, workers: int) -> tuple[float, dict[s
     return makespan / (n * 0.005 / workers), {}
 
 
+FAULT_AT = 300  # results before the kill
+FAULT_WAIT_S = 5.0  # a task with no result this long after the last result is counted lost
+
+
+def worker_pids(ex: BaseExecutor | Pool) -> list[int]:
+    """The worker processes of a running system."""
+    if isinstance(ex, Pool):
+        return [p.pid for p in ex.pool._pool if p.pid]  # type: ignore[attr-defined]
+    if isinstance(ex, gmpd.Executor):
+        agent = psutil.Process(ex._cluster.proc.pid)
+        return [m.pid for child in agent.children() for m in child.children()]
+    return list(ex._processes or {})  # type: ignore[attr-defined]
+
+
+def fault(ex: BaseExecutor | Pool, n: int, workers: int) -> tuple[float, dict[str, float]]:
+    """SIGKILL one worker after FAULT_AT results; count what each system
+    delivers.  Lost and errored tasks do not fail the run: they are the
+    measurement."""
+    t = time.monotonic()
+    if isinstance(ex, Pool):
+        pending: list[Any] = [ex.pool.apply_async(burn, (2.0,)) for _ in range(n)]
+        done: Callable[[Any], bool] = lambda r: r.ready()  # noqa: E731
+        ok: Callable[[Any], bool] = lambda r: r.successful() and r.get() > 0  # noqa: E731
+    else:
+        pending = [ex.submit(burn, 2.0) for _ in range(n)]
+        done = lambda f: f.done()  # noqa: E731
+        ok = lambda f: f.exception() is None and f.result() > 0  # noqa: E731
+    killed, finished, last = False, 0, time.monotonic()
+    wait = FAULT_WAIT_S if n >= 2000 else 1.0  # (--quick: a shorter wait for mp.Pool's lost task)
+    while finished < n and time.monotonic() - last < wait:
+        count = sum(1 for r in pending if done(r))
+        if count > finished:
+            finished, last = count, time.monotonic()
+        if not killed and finished >= FAULT_AT:
+            pids = worker_pids(ex)
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed = True
+                if isinstance(ex, Pool):
+                    ex.lost_tasks = True
+        time.sleep(0.001)
+    wall = last - t  # to the last result that came
+    completed = sum(1 for r in pending if done(r) and ok(r))
+    errored = sum(1 for r in pending if done(r) and not ok(r))
+    check(killed, "fault: no worker to kill")
+    return completed, {"lost": n - completed - errored, "errored": errored, "wall_s": wall}
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str
@@ -188,6 +247,7 @@ WORKLOADS = [
     Workload("latency", "p50 us", False, latency, 2_000, 200),
     Workload("farm", "efficiency", True, farm, 400, 60),
     Workload("fanout", "makespan/ideal", False, fanout, 400, 60),
+    Workload("fault", "tasks completed", True, fault, 2_000, 600),
 ]
 
 

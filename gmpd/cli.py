@@ -1,6 +1,7 @@
 """The ``gmpd`` command.
 
     gmpd bench [--workers N] [--reps N] [--quick] [--json] [WORKLOAD ...]
+    gmpd chaos [--seconds S] [--workers N] [--min S] [--max S] [--seed N]
 
 Runs in: the user's shell (it is a client of an embedded cluster).
 """
@@ -20,7 +21,26 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--reps", type=int, default=3, help="repetitions after a warm-up round (default 3)")
     b.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     b.add_argument("--json", action="store_true", help="one JSON line per workload")
+    c = sub.add_parser("chaos", help="a task stream under injected faults; JSON summary, exit 1 on loss")
+    c.add_argument("--seconds", type=float, default=60.0, help="how long faults are injected (default 60)")
+    c.add_argument("--workers", type=int, default=None, help="Ps (default: CPU count)")
+    c.add_argument("--min", type=float, default=0.2, help="shortest pause between faults, s (default 0.2)")
+    c.add_argument("--max", type=float, default=0.5, help="longest pause between faults, s (default 0.5)")
+    c.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
+    c.add_argument("--task-ms", type=float, default=2.0, help="CPU per task, ms (default 2)")
     args = ap.parse_args(argv)
+    if args.command == "chaos":
+        from gmpd import chaos  # noqa: PLC0415
+
+        if (
+            args.seconds <= 0
+            or not 0 < args.min <= args.max
+            or (args.workers is not None and args.workers < 1)
+        ):
+            ap.error("--seconds must be > 0, 0 < --min <= --max, --workers >= 1")
+        return chaos.main(
+            args.seconds, args.workers, low=args.min, high=args.max, seed=args.seed, task_ms=args.task_ms
+        )
     if args.command == "bench":
         from gmpd import bench  # noqa: PLC0415 - only this subcommand needs the peers
 

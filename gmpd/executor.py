@@ -181,7 +181,7 @@ class _ClientIO(threading.Thread):
         self.closing = False
         self.kicked = False  # a wake-up byte is in the pipe (cleared before draining)
         self.done = threading.Event()
-        self.submitted = self.completed = 0
+        self.submitted = self.completed = self.duplicates = 0
         self.received: list[int] = []  # tids of results in, to tell the coordinator (Finished)
         # Before any Submit can be sent: the coordinator drops those of strangers.
         self.send(wire.Hello("client", os.getpid(), "", -1, cluster.results_endpoint))
@@ -282,7 +282,8 @@ class _ClientIO(threading.Thread):
             for tid, status, data in msg.results:  # the hot loop of the client: ~2 us a result
                 fut = pop(tid, None)
                 if fut is None:
-                    continue  # a duplicate
+                    self.duplicates += 1  # (or a result for a future cancelled meanwhile)
+                    continue
                 ok, value = load_outcome(status, data)
                 try:  # raises if a user thread cancelled it while its result was on the way
                     if ok:
@@ -534,7 +535,7 @@ class Executor(_BaseExecutor):
         nm = self._cluster.nm
         if nm is None:
             raise RuntimeError("statistics() after the cluster has shut down")
-        return snapshot(nm, self._io.submitted, self._io.completed)
+        return snapshot(nm, self._io.submitted, self._io.completed, self._io.duplicates)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:

@@ -41,6 +41,7 @@ class Statistics:
     ms: tuple[MStats, ...]
     tasks_submitted: int
     tasks_completed: int
+    duplicate_results: int  # results the client dropped: a task run again after its M died had delivered
     steals: int
     stolen: int  # Gs moved by steals
     global_takes: int
@@ -69,7 +70,7 @@ class Statistics:
     gtab_resident_bytes: int  # memory the G table segment holds now
 
 
-def snapshot(nm: NodeMemory, submitted: int, completed: int) -> Statistics:
+def snapshot(nm: NodeMemory, submitted: int, completed: int, duplicates: int = 0) -> Statistics:
     node = nm.node
     ps = []
     for p in range(node.nprocs):
@@ -89,6 +90,7 @@ def snapshot(nm: NodeMemory, submitted: int, completed: int) -> Statistics:
         ms=tuple(ms),
         tasks_submitted=submitted,
         tasks_completed=completed,
+        duplicate_results=duplicates,
         steals=c[Counter.STEALS],
         stolen=c[Counter.STOLEN],
         global_takes=c[Counter.GLOBAL_TAKES],

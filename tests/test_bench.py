@@ -21,7 +21,11 @@ def test_bench_quick_json_lines_are_well_formed() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [r["workload"] for r in rows] == ["noop_submit", "noop_map", "latency", "farm", "fanout"]
+    assert [r["workload"] for r in rows] == ["noop_submit", "noop_map", "latency", "farm", "fanout", "fault"]
+    fault = rows.pop()
+    # gmpd loses nothing when a worker is SIGKILLed; PPE's pool breaks (its tasks error).
+    assert fault["results"]["gmpd"] == fault["n"] and fault["lost"]["gmpd"] == fault["errored"]["gmpd"] == 0
+    assert fault["errored"]["ppe"] > 0, fault
     for row in rows:
         assert set(row) >= {"workload", "unit", "higher_is_better", "results", "min", "max"}
         for key in ("results", "min", "max"):

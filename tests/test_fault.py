@@ -8,9 +8,11 @@ left behind.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import pickle
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -275,3 +277,26 @@ def test_crash_matrix(how: str, where: str) -> None:
             assert isinstance(exc, ValueError if how == "raise" else SystemExit), exc
             assert ex.statistics().m_lost == 0
         assert ex.submit(slow_square, 6).result(timeout=30) == 36
+
+
+def test_gmpd_chaos_loses_and_duplicates_nothing() -> None:
+    """`gmpd chaos`: SIGKILLed Ms, SIGSTOPped Ms (some past the lease TTL,
+    fenced) and SIGKILLed sysmons, every 0.1-0.25 s for 5 s."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gmpd.cli",
+            "chaos",
+            *["--seconds", "5", "--workers", "2", "--min", "0.1", "--max", "0.25", "--seed", "7"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert proc.returncode == 0, (summary, proc.stderr)
+    assert summary["lost"] == summary["duplicated"] == 0
+    assert summary["completed"] + summary["errored"] == summary["submitted"] > 500
+    assert summary["faults_injected"] >= 15 and summary["m_lost"] >= 3, summary
