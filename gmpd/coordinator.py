@@ -446,6 +446,7 @@ class Coordinator:
             self.count(Counter.MLOST)
         if info is None or info.pid != pid:  # its Hello is not in yet (or never will be): it held nothing
             self.dead_pids.add(pid)
+            self.nm.node.m_set_doom(m, Doom.NONE)
             self.free_slot(m)
             return
         del self.ms[m]
@@ -654,8 +655,8 @@ class Coordinator:
                 info = self.ms[msg.m] = MInfo(msg.m, ident, msg.pid)
                 self.ms_asked = 0  # a new M: if it was the one asked for, ask again when needed
             self.by_ident[ident] = msg.m
-        elif msg.role == "m-hb" and msg.m in self.ms and self.ms[msg.m].pid == msg.pid:
-            self.by_ident[ident] = msg.m
+        elif msg.role == "m-hb" and 0 <= msg.m < node.nms - 1 and node.m_info(msg.m)[3] == msg.pid:
+            self.by_ident[ident] = msg.m  # (its thread may say Hello before the M's main one)
         elif msg.role == "sysmon" and msg.pid == node.m_info(node.nms - 1)[3]:
             self.sysmon = ident  # a restarted sysmon replaces the old one
         else:

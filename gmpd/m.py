@@ -37,6 +37,7 @@ from gmpd.sched import (
     GLOBAL_BATCH,
     STEAL_TRIES,
     Counter,
+    Doom,
     MState,
     steal_order,
 )
@@ -212,6 +213,7 @@ class M:
         conf = config.load()["m"]
         self.idle_exit_s, self.max_tasks = conf["idle_exit_ms"] / 1000, conf["max_tasks"]
         self.max_message = config.load()["wire"]["max_message_mb"] << 20
+        self.rss_limited = conf["max_rss_mb"] > 0  # sysmon may doom us to retire (memcheck)
         self.result_bytes = 0  # in self.results
         self.spare = m > self.nprocs  # beyond the first GOMAXPROCS + 1: may exit when idle
         self.in_syscall = False  # inside gmpd.syscall() (or a blocked join)
@@ -531,7 +533,9 @@ class M:
             if g:
                 self.execute(g, inherit)
                 self.check_lease()
-                if self.max_tasks and self.node.m_info(self.m)[6] - self.tasks_before >= self.max_tasks:
+                if (self.max_tasks and self.node.m_info(self.m)[6] - self.tasks_before >= self.max_tasks) or (
+                    self.rss_limited and self.node.m_doom(self.m)[1] == Doom.MEMORY
+                ):
                     self.drop_p()  # its queued Gs stay with the P for the next M
                     raise Retire("recycled")
             elif self.p >= 0:
@@ -761,6 +765,7 @@ class M:
         self.node.m_set(self.m, pid=os.getpid(), state=MState.NEW)
         self.node.m_set_placing(self.m, 0, 0)
         self.node.m_set_deadline(self.m, 0)
+        self.node.m_set_doom(self.m, Doom.NONE)
         self.node.start_heartbeat(self.m, HEARTBEAT_MS)  # GIL-free: what the coordinator trusts
         self.send(wire.Hello("m", os.getpid(), self.nm.name, self.m))
         hb = threading.Thread(target=self.heartbeat, name="gmpd-heartbeat", daemon=True)

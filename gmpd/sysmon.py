@@ -61,6 +61,7 @@ import time
 from dataclasses import dataclass
 from typing import TextIO
 
+import psutil
 import zmq
 
 from gmpd import config, wire
@@ -90,6 +91,7 @@ class PWatch:
 
 UNMARKED_MIN_S = 0.001  # two looks at least this far apart (the issue's 1 ms)
 WATCHDOG_S = 0.005  # task deadlines are checked this often
+MEMCHECK_S = 0.1  # M memory (RSS) is read this often, when a limit is set
 
 
 class Sysmon:
@@ -107,7 +109,10 @@ class Sysmon:
         self.sock.connect(endpoint)
         self.sock.send(wire.encode(wire.Hello("sysmon", os.getpid(), nm.name, self.slot)))
         self.start = time.monotonic()
-        self.last_trace = self.last_checkdead = self.last_watchdog = 0.0
+        self.last_trace = self.last_checkdead = self.last_watchdog = self.last_memcheck = 0.0
+        mconf = config.load()["m"]
+        self.max_rss, self.rss_kill = mconf["max_rss_mb"] << 20, bool(mconf["rss_kill"])
+        self.procs: dict[int, psutil.Process] = {}  # M pid -> its psutil handle
         self.joined: set[int] = set()
         self.procfds: dict[int, int] = {}  # M pid -> its kept-open /proc stat file
         self.reported: set[int] = set()
@@ -258,6 +263,32 @@ class Sysmon:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
 
+    def memcheck(self) -> None:
+        """Ms over ``[m] max_rss_mb``: doom word MEMORY, so the M retires
+        after its current task (it checks after each G) and the node agent
+        starts a fresh one; with ``rss_kill`` killed at once instead (its
+        task runs again elsewhere within its retry budget)."""
+        node = self.node
+        live = set()
+        for m in range(node.nms - 1):
+            state, _curg, _p, pid, *_ = node.m_info(m)
+            if pid <= 0 or state == MState.EXITING or node.m_doom(m)[1] != Doom.NONE:
+                continue
+            live.add(pid)
+            try:
+                proc = self.procs.get(pid) or self.procs.setdefault(pid, psutil.Process(pid))
+                rss = proc.memory_info().rss
+            except psutil.Error:
+                continue
+            if rss > self.max_rss:
+                node.m_set_doom(m, Doom.MEMORY)
+                node.sched_add(Counter.MEMKILLS, 1)
+                if self.rss_kill:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+        for pid in set(self.procs) - live:
+            del self.procs[pid]
+
     def all_idle(self) -> bool:
         return all(self.node.p_state(p)[0] == PStatus.IDLE for p in range(self.node.nprocs))
 
@@ -289,6 +320,9 @@ class Sysmon:
             if now - self.last_watchdog >= WATCHDOG_S:  # (a task blocked past its timeout holds no P)
                 self.last_watchdog = now
                 self.watchdog()
+            if self.max_rss and now - self.last_memcheck >= MEMCHECK_S:
+                self.last_memcheck = now
+                self.memcheck()
             if self.trace_ms <= 0 and self.all_idle():
                 self.deep_sleep()
                 idle, delay_us = 0, self.min_us

@@ -300,3 +300,69 @@ def test_gmpd_chaos_loses_and_duplicates_nothing() -> None:
     assert summary["lost"] == summary["duplicated"] == 0
     assert summary["completed"] + summary["errored"] == summary["submitted"] > 500
     assert summary["faults_injected"] >= 15 and summary["m_lost"] >= 3, summary
+
+
+_HOARD: list[bytes] = []
+
+
+def hoard(mib: int, seconds: float = 0.0) -> int:
+    """Keeps ``mib`` MiB alive in the M (a leak), then sleeps."""
+    _HOARD.append(os.urandom(1 << 20) * mib)
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_an_m_over_the_memory_limit_retires_after_its_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GMPD_M_MAX_RSS_MB", "150")
+    with gmpd.Executor(1) as ex:
+        first = ex.submit(hoard, 300, 0.5).result(timeout=30)  # sysmon sees it while it sleeps
+        later = {ex.submit(hoard, 0).result(timeout=30) for _ in range(5)}
+        assert first not in later, "the M over the limit went on running tasks"
+        stats = ex.statistics()
+        assert stats.mem_kills >= 1 and stats.m_lost == 0, stats
+
+
+def test_an_m_over_the_memory_limit_is_killed_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GMPD_M_MAX_RSS_MB", "150")
+    monkeypatch.setenv("GMPD_M_RSS_KILL", "1")
+    with gmpd.Executor(1, retries=1) as ex:
+        with pytest.raises(gmpd.WorkerLost, match="memory limit") as err:
+            ex.submit(hoard, 300, 5.0).result(timeout=30)
+        assert err.value.attempts == 2 and err.value.signal == "SIGKILL"
+        assert ex.submit(hoard, 0).result(timeout=30) > 0
+        assert ex.statistics().mem_kills == 2
+
+
+def test_recycling_after_max_tasks_keeps_working_under_kills(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GMPD_M_MAX_TASKS", "25")
+    with gmpd.Executor(2) as ex:
+        futures = [ex.submit(slow_square, i, 0.002) for i in range(400)]
+        for _ in range(3):
+            time.sleep(0.1)
+            pids = m_pids(ex)
+            if pids:
+                os.kill(pids[-1], signal.SIGKILL)
+        assert [f.result(timeout=60) for f in futures] == [i * i for i in range(400)]
+        stats = ex.statistics()
+        assert stats.m_exits >= 5 and stats.m_lost >= 1, stats
+
+
+def test_a_dead_m_is_seen_within_100_ms_and_its_p_and_ring_go_on() -> None:
+    """One P: the dead M's ring (its queued Gs) survives in node memory and
+    is leased to the next M under a new epoch; the death is seen from the
+    pidfd at once, not after a heartbeat timeout."""
+    with gmpd.Executor(1) as ex:
+        futures = [ex.submit(slow_square, i, 0.005) for i in range(200)]
+        time.sleep(0.2)
+        before = ex.statistics()
+        owner = before.ps[0].owner
+        victim = next(m.pid for m in before.ms if m.m == owner)
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        while ex.statistics().m_lost == 0 and time.monotonic() - killed < 5:
+            time.sleep(0.001)
+        assert time.monotonic() - killed < 0.1, "the death was not seen within 100 ms"
+        assert [f.result(timeout=60) for f in futures] == [i * i for i in range(200)]
+        after = ex.statistics()
+        assert after.ps[0].epoch > before.ps[0].epoch
+        assert after.worker_lost == 0
