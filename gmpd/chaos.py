@@ -11,11 +11,14 @@ injected every ``--min``..``--max`` seconds, chosen at random:
 
 At the end it waits for every future and prints one JSON line: tasks
 submitted, completed, errored (a terminal error, e.g. WorkerLost past the
-retry budget), lost (no terminal state, or a wrong result), duplicated (a
-future that completed twice), retried (tasks the coordinator queued again),
-reexecuted (task runs beyond one per task, counted by the tasks themselves
-in a log file), and the faults injected.  The exit status is 1 on any loss
-or duplicate.
+retry budget), lost (no terminal state, or a wrong result), duplicated
+(a task whose future was completed more than once, which concurrent.futures
+itself makes impossible, so this is a check of gmpd's use of it rather than
+a measurement), retried (tasks the coordinator queued again), reexecuted
+(task runs beyond one per task, counted by the tasks themselves in a log
+file), duplicate_results_dropped (results that reached the client for a
+task already answered: execution is at-least-once, delivery exactly-once),
+and the faults injected.  The exit status is 1 on any loss or duplicate.
 
 Runs in: the client process of the ``gmpd`` command.
 """

@@ -70,8 +70,19 @@ STARTED_DELAY_S = 0.001  # Started waits this long, so that quick tasks need non
 def describe_exit(code: int) -> str:
     """An M's end, from its exit code (negative: the signal that killed it)."""
     if code < 0:
-        return f"was killed by {signal.Signals(-code).name}"
+        return f"was killed by {signame(-code)}"
     return f"exited with status {code}"
+
+
+SPILL_KINDS = frozenset({"put_slow", "drain", "drain_next"})  # ring ops whose Gs an M spills
+
+
+def signame(n: int) -> str:
+    """SIGKILL for 9; "signal 40" for a real-time signal (no name)."""
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
 
 
 def exit_hint(code: int) -> str:
@@ -89,8 +100,7 @@ def exit_hint(code: int) -> str:
 
 DOOM_HINTS = {
     Doom.TIMEOUT: "a task it ran went past its timeout, so sysmon killed it",
-    Doom.FENCED: "its lease expired: the M was stopped (SIGSTOP) or wedged longer than the lease TTL, "
-    "so it was killed",
+    Doom.FENCED: "its lease expired: the M was stopped (SIGSTOP) or wedged longer than the lease TTL",
     Doom.MEMORY: "it went over the per-M memory limit (configs/gmpd.toml [m] max_rss_mb), so it was killed",
 }
 
@@ -129,6 +139,8 @@ class MInfo:
     batches: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     spilled: frozenset[int] = frozenset()  # its last Spill: never re-queue these as orphans
     fenced: bool = False  # killed on purpose; its death is on the way
+    stalled: bool = False  # stopped beating; its P and task went on (on_stalled)
+    stalled_tids: set[int] = field(default_factory=set)  # roots queued again when it stalled
 
 
 @dataclass
@@ -136,7 +148,8 @@ class Root:
     client: bytes
     payload: bytes
     retries: int  # attempts that may die with their M before the task fails
-    started: bool = False
+    started: bool = False  # an M has it (it is not in the global queue)
+    taken: bool = False  # an M had it once: the client's future may be RUNNING; never withdrawn
     attempts: int = 0  # runs lost with their M so far
 
 
@@ -242,7 +255,7 @@ class Coordinator:
             root = self.roots.get(tid)
             if root is None or root.started:
                 continue  # cancelled while queued
-            root.started = True
+            root.started = root.taken = True
             if not self.out_started:
                 self.started_due = time.monotonic() + STARTED_DELAY_S
             self.out_started[root.client].append(tid)
@@ -387,13 +400,9 @@ class Coordinator:
         """Fence Ms that stopped living.  Ms on this node prove they live by
         the native heartbeat in node shared memory (a GIL-free thread, so a
         task in one long C call does not lose its P); Renew messages are the
-        signal for Ms we cannot see (other hosts, later).
-
-        An M whose heartbeat is older than the lease TTL is stopped (SIGSTOP)
-        or wedged: it is SIGKILLed, which fences it for good (a stopped M
-        that resumed could still be inside a ring operation on a P leased to
-        another M since), and its death is recovered like any other: the P
-        with its ring goes on under a new epoch, its G runs again."""
+        signal for Ms we cannot see (other hosts, later).  An M whose
+        heartbeat is older than the lease TTL is stopped (SIGSTOP) or wedged
+        (``on_stalled``)."""
         now_ns = time.monotonic_ns()
         for lease in self.ps:
             if lease.m >= 0:
@@ -404,8 +413,60 @@ class Coordinator:
             heartbeat = self.nm.node.m_info(info.m)[4]
             expired = info.p >= 0 and self.ps[info.p].expires < now
             if expired or (heartbeat and now_ns - heartbeat > self.lease_ttl * 1e9):
-                self.stats.expired_leases += 1
-                self.fence_m(info, Doom.FENCED)
+                if not info.stalled:
+                    self.stats.expired_leases += 1
+                    self.on_stalled(info)
+            else:
+                info.stalled = False  # it lives again (SIGCONT)
+
+    def on_stalled(self, info: MInfo) -> None:
+        """M ``info`` stopped beating.  Its P (with its ring) goes to another
+        M under a new epoch, and the root task it was running runs again.
+        It may resume (SIGCONT): then its state word says SYSCALL, so at its
+        next scheduling point it leaves that "syscall" and asks for a P like
+        any M back from one; its epoch is stale, so it never touches its old
+        P again, and its late result is a duplicate the client drops.
+
+        That is only safe when the M holds nothing else: no ring operation
+        in flight or Gs held (its op record is IDLE), and at most one G
+        running, a root (a child's record would be finished twice, by it and
+        by the re-run).  Otherwise it is SIGKILLed (doom FENCED), the one
+        fence that cannot fail, and recovered like any dead M."""
+        node, m = self.nm.node, info.m
+        self.forget_placed(info)
+        state, curg, *_ = node.m_info(m)
+        g = node.g_info(curg) if curg else None
+        lone_root = g is not None and g[0] == GState.RUNNING and g[2] == 0 and g[3] and g[9] == 0
+        owned = sum(  # its running G, and root Gs whose results it has not sent yet
+            1 for p in range(self.nprocs) for h in node.g_scan(p) if node.g_info(h)[8] == m + 1
+        )
+        holds_more = owned > (1 if g is not None else 0)
+        if (
+            node.op_record(m)[1] != runq.OpState.IDLE
+            or (g is not None and not lone_root)
+            or holds_more
+            or info.batches
+        ):
+            self.fence_m(info, Doom.FENCED)
+            return
+        info.stalled = True
+        self.count(Counter.FENCED)
+        if state == MState.RUNNING and node.m_cas_state(m, MState.RUNNING, MState.SYSCALL):
+            node.sched_add(Counter.RUNNING, -1)  # it gives the count back when it resumes
+        p = self.fence(m)
+        if p >= 0:
+            self.make_idle(p, front=True)
+            self.handoffp(p)
+        if g is not None:
+            lost = WorkerLost(
+                f"M {m} (pid {info.pid}) stopped responding (no heartbeat for {self.lease_ttl:g} s) "
+                f"while running this task",
+                m=m,
+                pid=info.pid,
+                hint=DOOM_HINTS[Doom.FENCED],
+            )
+            info.stalled_tids.add(g[3])
+            self.retry(g[3], lost)  # its record stays: the M frees it if it resumes
 
     def fence_m(self, info: MInfo, why: Doom) -> None:
         """Kill M ``info`` on purpose, saying why (recovery follows its death)."""
@@ -441,11 +502,14 @@ class Coordinator:
     def on_m_exit(self, m: int, pid: int, status: int) -> None:
         info = self.ms.get(m)
         code = os.waitstatus_to_exitcode(status)
-        crashed = self.running and code != RETIRED
+        # A retiring M gives its slot up (pid 0) before it exits 75; a task's os._exit(75) does not.
+        crashed = self.running and not (code == RETIRED and self.nm.node.m_info(m)[3] == 0)
         if crashed:
             self.count(Counter.MLOST)
+        self.nm.node.m_set_deadline(m, 0)  # (sysmon would act on it again)
         if info is None or info.pid != pid:  # its Hello is not in yet (or never will be): it held nothing
             self.dead_pids.add(pid)
+            self.ms_asked = 0  # it may have been the M asked for
             self.nm.node.m_set_doom(m, Doom.NONE)
             self.free_slot(m)
             return
@@ -465,7 +529,7 @@ class Coordinator:
                 m=m,
                 pid=pid,
                 exitcode=code if code >= 0 else None,
-                signal=signal.Signals(-code).name if code < 0 else None,
+                signal=signame(-code) if code < 0 else None,
                 hint=DOOM_HINTS.get(doom) or exit_hint(code),
             )
             self.recover_gs(info, recovery, lost, doom)
@@ -500,48 +564,52 @@ class Coordinator:
     def recover_gs(self, info: MInfo, recovery: runq.Recovery, lost: WorkerLost, doom: Doom) -> None:
         node = self.nm.node
         m = info.m
-        # 1. Global batches it had not queued in full.
-        seq, placed = node.m_placing(m)
-        unplaced: list[tuple[int, int]] = []
-        for s, items in sorted(info.batches.items()):
-            if s < seq:
-                continue
-            if s == seq:
-                if placed < len(items) and not self.accepted(recovery, items[placed]):
-                    unplaced.append(items[placed])
-                unplaced += items[placed + 1 :]
-            else:
-                unplaced += items
-        requeue = [tid for tid, _h in unplaced if tid]
-        self.grq.extendleft((0, h) for tid, h in reversed(unplaced) if not tid)
-        # 2. Gs it had taken out of every queue.
-        running: dict[int, tuple[int, ...]] = {}
         g: tuple[int, ...]
-        for h in recovery.orphans:
+        live: dict[int, tuple[int, ...]] = {}  # every RUNNABLE or RUNNING G of every arena
+        for p in range(self.nprocs):
+            for h in node.g_scan(p):
+                live[h] = node.g_info(h)
+        # 1. Global batch items it never queued.  Batches are queued in the
+        #    order they came, so after the last recorded item comes one that
+        #    may be in flight (the op record tells), then none.
+        seq, placed = node.m_placing(m)
+        items = [item for s, batch in sorted(info.batches.items()) if s >= seq for item in batch]
+        done = placed if info.batches.get(seq) else 0
+        unplaced = items[done:]
+        if unplaced and self.accepted(recovery, unplaced[0]):
+            unplaced = unplaced[1:]
+        requeue = {tid for tid, _h in unplaced if tid}
+        self.grq.extendleft((0, h) for tid, h in reversed(unplaced) if not tid)
+        # 2. Gs it had taken out of every queue (not those its last Spill,
+        #    acknowledged, already put in the global queue).
+        running: dict[int, tuple[int, ...]] = {}
+        spilled = (
+            recovery.state == runq.OpState.HELD
+            and recovery.kind in SPILL_KINDS
+            and set(recovery.orphans) == info.spilled
+        )
+        for h in () if spilled else recovery.orphans:
             g = node.g_info(h)
-            if h in info.spilled or g[0] not in (GState.RUNNABLE, GState.RUNNING):
-                continue
             if g[0] == GState.RUNNABLE:
                 self.grq.appendleft((0, h))
-            elif g[8] == m + 1 or (g[8] == 0 and g[11] != 2):  # taken by it (not claimed by a joiner)
+            elif g[0] == GState.RUNNING and g[8] == 0 and g[11] != 2:  # taken, not yet its (nor a joiner's)
                 running[h] = g
-        # 3. Gs it was running, innermost first.
-        h = node.m_info(m)[1]
-        while h and h not in running:
-            g = node.g_info(h)
-            if g[0] != GState.RUNNING or g[8] != m + 1:
-                break
-            running[h] = g
-            h = g[9]
+        # 3. Gs it was running (its curg, the Gs it ran them inside) and root
+        #    Gs whose results it had not sent: RUNNING and its own.  Nobody
+        #    else writes such records, so the scan sees them whole.
+        running.update((h, g) for h, g in live.items() if g[0] == GState.RUNNING and g[8] == m + 1)
         for h, g in running.items():
             parent, tid = g[2], g[3]
             if parent == 0 and tid:
                 node.g_free(h)
+                if tid in info.stalled_tids:
+                    continue  # queued again when it stalled
                 if doom != Doom.TIMEOUT or not self.fail_timed_out(tid, lost):
                     self.retry(tid, lost)
             elif parent in running:
                 node.g_free(h)  # its parent died too, and runs again from the start
             elif node.g_attempt(h) > self.retries:
+                node.g_set_owner(h, -1)
                 node.g_fail(h, wire.LOST)
             else:
                 node.g_set_owner(h, -1)
@@ -549,29 +617,33 @@ class Coordinator:
                 self.grq.appendleft((0, h))
                 self.count(Counter.RETRIED)
         # 4. Census: started roots that no queue, no live M and no batch in
-        #    flight holds any more (results that died with it) run again.
-        held = {tid for i in self.ms.values() for items in i.batches.values() for tid, _h in items}
-        unplaced_roots = set(requeue)
-        for p in range(self.nprocs):
-            for h in node.g_scan(p):
-                g = node.g_info(h)
-                tid = g[3]
-                if g[2] != 0 or not tid:
-                    continue
-                if g[0] == GState.RUNNABLE and tid in unplaced_roots:
-                    node.g_free(h)  # created, never queued: the batch item runs again
-                elif g[0] == GState.RUNNABLE or (g[0] == GState.RUNNING and g[8] - 1 in self.ms):
-                    held.add(tid)
+        #    flight holds any more (results that died in its socket) run again.
+        held = {tid for i in self.ms.values() for batch in i.batches.values() for tid, _h in batch}
+        for h, g in live.items():
+            tid = g[3]
+            if g[2] != 0 or not tid or h in running:
+                continue
+            if g[0] == GState.RUNNABLE and tid in requeue:
+                node.g_free(h)  # created, never queued: the batch item runs again
+            elif g[0] == GState.RUNNABLE or (g[0] == GState.RUNNING and g[8] - 1 in self.ms):
+                held.add(tid)
         for tid in requeue:
             self.retry(tid, None)
         for tid, root in list(self.roots.items()):
             if root.started and tid not in held:
                 self.retry(tid, None)
 
-    @staticmethod
-    def accepted(recovery: runq.Recovery, item: tuple[int, int]) -> bool:
-        """Whether the batch item the dead M was queueing reached a queue."""
-        return recovery.accepted(item[1]) if item[1] else False
+    def accepted(self, recovery: runq.Recovery, item: tuple[int, int]) -> bool:
+        """Whether the batch item the dead M was queueing reached a queue
+        (its last op was the put of it: the put finished, or recovery made
+        it an orphan, re-queued in step 2)."""
+        tid, h = item
+        if recovery.kind not in runq.PUT_KINDS:
+            return False
+        if h:
+            return recovery.arg == h
+        g = self.nm.node.g_info(recovery.arg) if recovery.arg else None
+        return g is not None and g[2] == 0 and g[3] == tid
 
     def retry(self, tid: int, lost: WorkerLost | None) -> None:
         """Queue root ``tid`` again, first in line; ``lost`` (the run died
@@ -676,7 +748,7 @@ class Coordinator:
         done, refused = [], []
         for tid in msg.tids:
             root = self.roots.get(tid)
-            if root is not None and not root.started and root.client == ident:
+            if root is not None and not root.taken and root.client == ident:
                 del self.roots[tid]
                 done.append(tid)
             else:
@@ -708,6 +780,7 @@ class Coordinator:
         elif isinstance(msg, wire.Spill):
             self.grq.extend((0, h) for h in msg.handles)
             info.spilled = frozenset(msg.handles)
+            self.send(info.ident, wire.Work(0, [], []))  # the M holds them until this comes
             self.stats.spilled += len(msg.handles)
         elif isinstance(msg, wire.Renew) and self.lease_ok(info.m, msg.p, msg.epoch):
             self.ps[msg.p].expires = time.monotonic() + self.lease_ttl

@@ -181,6 +181,7 @@ class _ClientIO(threading.Thread):
         self.closing = False
         self.kicked = False  # a wake-up byte is in the pipe (cleared before draining)
         self.done = threading.Event()
+        self.lost: BaseException | None = None  # why the cluster is gone (fail_all), if it is
         self.submitted = self.completed = self.duplicates = 0
         self.received: list[int] = []  # tids of results in, to tell the coordinator (Finished)
         # Before any Submit can be sent: the coordinator drops those of strangers.
@@ -191,6 +192,10 @@ class _ClientIO(threading.Thread):
         """``options``: (retries, timeout_ms) when they differ from the cluster's."""
         tid = next(self.tids)
         fut = TaskFuture(self, tid)
+        if self.lost is not None or self.done.is_set():  # the cluster is gone: nothing will ever answer
+            fut.set_running_or_notify_cancel()
+            fut.set_exception(self.lost or ClusterLost("the gmpd cluster has shut down"))
+            return fut
         self.submitted += 1
         self.futures[tid] = fut
         if options is not None:
@@ -315,6 +320,7 @@ class _ClientIO(threading.Thread):
                         wait.answered.set()
 
     def fail_all(self, exc: BaseException) -> None:
+        self.lost = exc
         for fut in list(self.futures.values()):
             if not fut.done() and (fut.running() or fut.set_running_or_notify_cancel()):
                 fut.set_exception(exc)
@@ -329,12 +335,15 @@ class _ClientIO(threading.Thread):
         poller = zmq.Poller()
         poller.register(self.cluster.results, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
-        lifeline = os.pidfd_open(self.cluster.proc.pid)
-        poller.register(lifeline, zmq.POLLIN)
-        coordinator = os.pidfd_open(self.cluster.coordinator)
-        poller.register(coordinator, zmq.POLLIN)
+        lifeline = coordinator = -1
         try:
+            lifeline = os.pidfd_open(self.cluster.proc.pid)
+            poller.register(lifeline, zmq.POLLIN)
+            coordinator = os.pidfd_open(self.cluster.coordinator)
+            poller.register(coordinator, zmq.POLLIN)
             self.loop(poller, lifeline, coordinator)
+        except ProcessLookupError:  # it died (and was reaped) before we watched it
+            self.fail_all(CoordinatorLost("the gmpd cluster exited as it started"))
         except BaseException as exc:  # a bug here must not leave futures hanging
             self.fail_all(GmpdError(f"the gmpd client thread failed ({exc!r}); this is a bug in gmpd"))
             raise
@@ -345,8 +354,9 @@ class _ClientIO(threading.Thread):
                 self.sock.close(1000)
             self.cluster.results.close(0)
             self.ctx.term()
-            os.close(lifeline)
-            os.close(coordinator)
+            for fd in (lifeline, coordinator):
+                if fd >= 0:
+                    os.close(fd)
             self.cluster.wait()
             os.close(self.wake_r)
             os.close(self.wake_w)

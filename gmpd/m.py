@@ -96,8 +96,7 @@ def run_payload(payload: bytes) -> tuple[int, bytes]:
     except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task, not the M
         return wire.RAISED, error_payload(exc)
     finally:
-        if sys.stdout.closed or sys.stderr.closed or sys.stdin.closed:
-            repair_stdio()
+        repair_stdio()
     try:
         return wire.OK, dumps(result)
     except BaseException as exc:
@@ -112,7 +111,12 @@ def repair_stdio() -> None:
     still be able to print, so open them again (on the same file descriptors,
     which CPython's std streams do not own; /dev/null if those are gone)."""
     for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
-        if getattr(sys, name).closed:
+        stream = getattr(sys, name, None)
+        try:
+            usable = stream is not None and not stream.closed
+        except Exception:  # a replacement without .closed, or a broken one
+            usable = False
+        if not usable:
             try:
                 stream = open(fd, mode, closefd=False, buffering=1 if mode == "w" else -1)  # noqa: SIM115
             except OSError:
@@ -215,6 +219,7 @@ class M:
         self.max_message = config.load()["wire"]["max_message_mb"] << 20
         self.rss_limited = conf["max_rss_mb"] > 0  # sysmon may doom us to retire (memcheck)
         self.result_bytes = 0  # in self.results
+        self.result_gs: list[int] = []  # root Gs of self.results: freed once the results are sent
         self.spare = m > self.nprocs  # beyond the first GOMAXPROCS + 1: may exit when idle
         self.in_syscall = False  # inside gmpd.syscall() (or a blocked join)
         self.deadline = 0  # monotonic ns the running task must end by (0: none)
@@ -257,11 +262,16 @@ class M:
         if self.results:
             self.out.send(wire.encode(wire.Results(self.results)), copy=False)
             self.results, self.result_bytes = [], 0
+            for h in self.result_gs:  # kept (RUNNING, ours) so recovery saw them
+                self.node.g_free(h)
+            self.result_gs = []
 
     def spill(self, batch: tuple[int, ...]) -> None:
-        """A full ring's half + 1 go to the global queue (runqputslow)."""
+        """A full ring's half + 1 go to the global queue (runqputslow).  The
+        ring layer holds them for us (HELD) until the coordinator says it has
+        them: if we die before, recovery finds them there, exactly once."""
         assert self.runq is not None
-        self.send(wire.Spill(self.p, self.epoch, list(batch)))
+        self.call(wire.Spill(self.p, self.epoch, list(batch)))
         self.runq.release()
         self.node.sched_add(Counter.SPILLS, 1)
 
@@ -374,8 +384,8 @@ class M:
     def steal(self, spinning: bool) -> int:
         """Go's stealWork, if this M spins or may become spinning."""
         assert self.runq is not None
-        if not spinning and not self.may_spin():
-            return 0
+        if (not spinning and not self.may_spin()) or not self.owns_p():
+            return 0  # (a steal fills our own ring: never one of a P we lost while stopped)
         for i in range(STEAL_TRIES):
             for victim in steal_order(self.nprocs, self.rng):
                 if victim == self.p:
@@ -599,7 +609,7 @@ class M:
                 self.flush()  # one message stays under the client's size limit
             self.results.append((root_id, status, data))
             self.result_bytes += len(data)
-            node.g_free(h)
+            self.result_gs.append(h)
             if len(self.results) == 1:
                 self.oldest = time.monotonic()
             if len(self.results) >= FLUSH_EVERY or time.monotonic() - self.oldest > FLUSH_AGE:
@@ -762,10 +772,10 @@ class M:
         """The M's life; its exit status (RETIRED, or 0)."""
         global CURRENT  # noqa: PLW0603 - the one M this process is, for gmpd.go
         CURRENT = self
-        self.node.m_set(self.m, pid=os.getpid(), state=MState.NEW)
         self.node.m_set_placing(self.m, 0, 0)
-        self.node.m_set_deadline(self.m, 0)
+        self.node.m_set_deadline(self.m, 0)  # before the pid: sysmon acts on a deadline with a pid
         self.node.m_set_doom(self.m, Doom.NONE)
+        self.node.m_set(self.m, pid=os.getpid(), state=MState.NEW)
         self.node.start_heartbeat(self.m, HEARTBEAT_MS)  # GIL-free: what the coordinator trusts
         self.send(wire.Hello("m", os.getpid(), self.nm.name, self.m))
         hb = threading.Thread(target=self.heartbeat, name="gmpd-heartbeat", daemon=True)

@@ -77,13 +77,17 @@ def template(
             if pid == 0:
                 return
             with contextlib.suppress(KeyError):
-                os.close(pidfds.pop(pid))
+                fd = pidfds.pop(pid)
+                poller.unregister(fd)
+                os.close(fd)
             with contextlib.suppress(OSError):
                 os.write(report, f"exit {children.pop(pid, -1)} {pid} {status}\n".encode())
 
     buf = b""
+    poller = select.poll()  # (select() fails on fds >= 1024: max_ms pidfds can get there)
+    poller.register(cmd, select.POLLIN)
     while True:
-        ready = select.select([cmd, *pidfds.values()], [], [], 0.5)[0]
+        ready = {fd for fd, _event in poller.poll(500)}
         reap()
         if cmd not in ready:
             continue
@@ -110,6 +114,7 @@ def template(
             pid = fork(start, close=(cmd, report, *pidfds.values()))
             children[pid] = mid
             pidfds[pid] = os.pidfd_open(pid)
+            poller.register(pidfds[pid], select.POLLIN)
             os.write(report, f"pid {mid} {pid}\n".encode())
 
 

@@ -155,7 +155,7 @@ class Sysmon:
         node = self.node
         state, curg, _p, pid, *_ = node.m_info(m)
         seen = self.thread_state(pid) if state == MState.RUNNING and curg and pid else None
-        if seen is None or seen[0] not in "SD":
+        if seen is None or seen[0] not in "SDTt":  # asleep, or stopped (SIGSTOP, a debugger)
             pd.asleep = None
             return False
         look = (pid, curg, pd.schedtick, seen[1])
@@ -255,7 +255,7 @@ class Sysmon:
         node, now_ns = self.node, time.monotonic_ns()
         for m in range(node.nms - 1):
             deadline, doom = node.m_doom(m)
-            if deadline and now_ns > deadline and doom == Doom.NONE:
+            if deadline and now_ns > deadline and doom in (Doom.NONE, Doom.MEMORY):
                 pid = node.m_info(m)[3]
                 if pid > 0:
                     node.m_set_doom(m, Doom.TIMEOUT)

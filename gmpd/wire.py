@@ -173,7 +173,15 @@ class Welcome(Message):
     nprocs: int
 
 
-@_message(3, _tasks, _list(_list(U64)))
+def _options(v: Any) -> list[list[int]]:
+    """Submit options: [tid, retries, timeout_ms] items."""
+    out = _list(_list(U64))(v)
+    if any(len(item) != 3 for item in out):
+        raise WireError("expected [tid, retries, timeout_ms] items")
+    return out  # type: ignore[no-any-return]
+
+
+@_message(3, _tasks, _options)
 @dataclass(frozen=True, slots=True)
 class Submit(Message):
     tasks: list[tuple[int, bytes]]

@@ -7,6 +7,7 @@ left behind.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -56,6 +57,10 @@ def crash(how: str) -> None:
         raise ValueError("task failed")
     elif how == "sys.exit":
         sys.exit(4)
+    elif how == "exit75":  # the status a retiring M exits with
+        os._exit(75)
+    elif how == "sigrt":  # a real-time signal: no name in signal.Signals
+        os.kill(os.getpid(), signal.SIGRTMIN + 6)
     time.sleep(30)  # a signal on its way
 
 
@@ -123,21 +128,59 @@ def test_retries_per_task() -> None:
             ex.options(retries=-1)
 
 
-def test_a_stopped_m_is_fenced_and_its_task_runs_elsewhere() -> None:
-    """SIGSTOP the M running a task: past the lease TTL it is killed (a
-    stopped M could resume inside a ring operation on a re-leased P), and
-    the task runs again on another M; one result reaches the submitter."""
+def test_a_stopped_m_loses_its_p_and_task_and_its_late_result_is_dropped() -> None:
+    """SIGSTOP the M running a task: its P goes on at once (sysmon reads the
+    stop like a blocking call), past the lease TTL its task runs again on
+    another M; resumed, it cannot touch its old P, and its late result is a
+    duplicate the client drops: the submitter sees one result."""
     with gmpd.Executor(2, lease_ttl=0.5) as ex:
         fut = ex.submit(whoami_after, 0.5)
         time.sleep(0.2)
         victim = next(m.pid for m in ex.statistics().ms if m.curg)
         os.kill(victim, signal.SIGSTOP)
-        pid = fut.result(timeout=30)
-        assert pid != victim
-        assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
+        try:
+            others = [ex.submit(slow_square, i) for i in range(20)]  # its P runs them meanwhile
+            assert [f.result(timeout=30) for f in others] == [i * i for i in range(20)]
+            assert fut.result(timeout=30) != victim
+        finally:
+            os.kill(victim, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while ex.statistics().duplicate_results == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
         stats = ex.statistics()
-        assert stats.fenced == 1 and stats.m_lost == 1 and stats.retried >= 1, stats
+        assert stats.duplicate_results == 1 and stats.fenced == 1 and stats.m_lost == 0, stats
+        assert psutil.Process(victim).status() != psutil.STATUS_ZOMBIE
         assert [ex.submit(slow_square, i).result(timeout=30) for i in range(4)] == [0, 1, 4, 9]
+        assert ex.statistics().running_max <= 2
+
+
+def test_a_stopped_m_running_nested_gs_is_killed_and_recovered() -> None:
+    """The parent runs its child inline (join-helping), so its M holds two
+    Gs: a resumed M would finish the child's record a second time, so it is
+    fenced by SIGKILL and recovered like a dead M.  One result arrives."""
+    with gmpd.Executor(2, lease_ttl=0.5) as ex:
+        fut = ex.submit(parent_of_sleeper)
+        time.sleep(0.4)
+        (victim,) = [m.pid for m in ex.statistics().ms if m.curg]
+        os.kill(victim, signal.SIGSTOP)
+        try:
+            assert fut.result(timeout=30) == 3
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGCONT)
+        stats = ex.statistics()
+        assert stats.fenced == 1 and stats.m_lost == 1 and not psutil.pid_exists(victim), stats
+        assert ex.submit(slow_square, 5).result(timeout=30) == 25
+
+
+def parent_of_sleeper() -> int:
+    value: int = gmpd.go(whoami_after_then, 1.0, 3).result()
+    return value
+
+
+def whoami_after_then(seconds: float, value: int) -> int:
+    time.sleep(seconds)
+    return value
 
 
 def whoami_after(seconds: float) -> int:
@@ -366,3 +409,40 @@ def test_a_dead_m_is_seen_within_100_ms_and_its_p_and_ring_go_on() -> None:
         after = ex.statistics()
         assert after.ps[0].epoch > before.ps[0].epoch
         assert after.worker_lost == 0
+
+
+@pytest.mark.parametrize(("how", "signame"), [("exit75", None), ("sigrt", f"signal {signal.SIGRTMIN + 6}")])
+def test_odd_deaths_are_crashes_too(how: str, signame: str | None) -> None:
+    """An os._exit(75) (a retiring M's status) and a real-time signal (no
+    name) are deaths like any other: retried, then WorkerLost."""
+    with gmpd.Executor(2, retries=1) as ex:
+        with pytest.raises(gmpd.WorkerLost) as err:
+            ex.submit(always_dies, how).result(timeout=30)
+        assert err.value.attempts == 2 and err.value.signal == signame
+        assert ex.submit(slow_square, 4).result(timeout=30) == 16
+
+
+def nulls_stdout() -> int:
+    sys.stdout = None
+    return 1
+
+
+def test_a_task_that_sets_stdout_to_none_leaves_the_m_working() -> None:
+    with gmpd.Executor(1) as ex:
+        assert ex.submit(nulls_stdout).result(timeout=30) == 1
+        assert ex.submit(slow_square, 4).result(timeout=30) == 16
+        assert ex.statistics().m_lost == 0
+
+
+def test_submit_after_the_coordinator_died_fails_at_once() -> None:
+    ex = gmpd.Executor(1)
+    try:
+        os.kill(ex._cluster.coordinator, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while ex._io.lost is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for _ in range(3):
+            with pytest.raises(gmpd.CoordinatorLost):
+                ex.submit(slow_square, 2).result(timeout=5)
+    finally:
+        ex.shutdown(wait=True)
