@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import inspect
 import itertools
 import json
 import os
@@ -460,6 +461,14 @@ class Executor(_BaseExecutor):
         return self._max_workers
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """As ``concurrent.futures.Executor.submit``.  ``timeout=seconds`` is
+        the task's timeout (gmpd.TaskTimeout) when ``fn`` takes no argument
+        of that name (nor ``**kwargs``); else it is passed to ``fn``.  Use
+        ``options(timeout=...)`` to say it either way."""
+        if "timeout" in kwargs and not _takes_timeout(fn):
+            kwargs = dict(kwargs)
+            timeout = kwargs.pop("timeout")
+            return self.options(timeout=timeout).submit(fn, *args, **kwargs)
         return self._submit(None, fn, args, kwargs)
 
     def options(
@@ -568,6 +577,16 @@ class TaskOptions:
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         return self._executor._submit(self, fn, args, kwargs)
+
+
+def _takes_timeout(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` accepts a ``timeout`` keyword (False when Python
+    cannot tell, as for many builtins)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "timeout" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _check_timeout(timeout: float) -> None:

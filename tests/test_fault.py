@@ -446,3 +446,14 @@ def test_submit_after_the_coordinator_died_fails_at_once() -> None:
                 ex.submit(slow_square, 2).result(timeout=5)
     finally:
         ex.shutdown(wait=True)
+
+
+def takes_timeout(timeout: float) -> float:
+    return timeout
+
+
+def test_submit_timeout_keyword_is_the_task_timeout_unless_fn_takes_one() -> None:
+    with gmpd.Executor(1) as ex:
+        with pytest.raises(gmpd.TaskTimeout):
+            ex.submit(time.sleep, 10, timeout=0.3).result(timeout=30)
+        assert ex.submit(takes_timeout, timeout=2.5).result(timeout=30) == 2.5
