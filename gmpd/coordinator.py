@@ -441,12 +441,14 @@ class Coordinator:
             1 for p in range(self.nprocs) for h in node.g_scan(p) if node.g_info(h)[8] == m + 1
         )
         holds_more = owned > (1 if g is not None else 0)
-        if (
-            node.op_record(m)[1] != runq.OpState.IDLE
-            or (g is not None and not lone_root)
-            or holds_more
-            or info.batches
-        ):
+        # Between Gs an M uses its P's queue as its owner, with no check:
+        # it may only live on if its next step is a scheduling point that
+        # notices the P is gone (its state SYSCALL: resync/exitsyscall).
+        owns_a_p = any(node.p_state(p)[1] == m for p in range(self.nprocs))
+        safe = (g is None and not owns_a_p) or (
+            lone_root and state in (MState.RUNNING, MState.SYSCALL, MState.JOIN)
+        )
+        if node.op_record(m)[1] != runq.OpState.IDLE or not safe or holds_more or info.batches:
             self.fence_m(info, Doom.FENCED)
             return
         info.stalled = True

@@ -438,6 +438,11 @@ class M:
     def stopm(self) -> None:
         """Park on the futex until woken, then ask for a P."""
         self.flush()
+        if self.stash:
+            # Work came while our lease was being revoked: nobody would wake
+            # us for it (it is in no queue), so get a P for it first in line.
+            self.acquire_any_p()
+            return
         node = self.node
         node.m_set(self.m, state=MState.PARKED)
         node.sched_add(Counter.NMIDLE, 1)
