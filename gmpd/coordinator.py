@@ -297,10 +297,18 @@ class Coordinator:
         return sum(1 for info in self.ms.values() if info.waiting is not None)
 
     def wakep(self) -> None:
-        """Wake one parked M if there is queued work, an idle P and no spinner."""
-        if not self.grq or not self.idle_ps or self.spinning():
+        """Wake one parked M if there is queued work, an idle P and no spinner.
+        Queued work includes an idle P's own ring: a P handed off to an M that
+        then died (or was stopped and fenced) before it took it keeps its Gs."""
+        if not self.idle_ps or self.spinning():
             return
-        self.startm()
+        stranded = not all(self.nm.node.runq_empty(p) for p in self.idle_ps) and not self.waking()
+        if self.grq or stranded:
+            self.startm()
+
+    def waking(self) -> bool:
+        """An M was woken and has not asked for its P yet (a stalled one aside)."""
+        return any(self.nm.node.m_info(i.m)[0] == MState.WAKING for i in self.ms.values() if not i.stalled)
 
     def startm(self, m: int = -1) -> bool:
         """Wake parked M ``m``, or any parked M without a P: it will ask for
