@@ -608,13 +608,23 @@ class Coordinator:
         #    Gs whose results it had not sent: RUNNING and its own.  Nobody
         #    else writes such records, so the scan sees them whole.
         running.update((h, g) for h, g in live.items() if g[0] == GState.RUNNING and g[8] == m + 1)
+        # The Gs it was executing when it died: curg and each one's outer.  A
+        # root of its own that is not among them had finished (its result
+        # died unsent): it runs again without being charged, and a timeout
+        # is not its fault.
+        executing, h = set(), node.m_info(m)[1]
+        while h in running and h not in executing:
+            executing.add(h)
+            h = running[h][9]
         for h, g in running.items():
             parent, tid = g[2], g[3]
             if parent == 0 and tid:
                 node.g_free(h)
                 if tid in info.stalled_tids:
                     continue  # queued again when it stalled
-                if doom != Doom.TIMEOUT or not self.fail_timed_out(tid, lost):
+                if h not in executing:
+                    self.retry(tid, None)
+                elif doom != Doom.TIMEOUT or not self.fail_timed_out(tid, lost):
                     self.retry(tid, lost)
             elif parent in running:
                 node.g_free(h)  # its parent died too, and runs again from the start

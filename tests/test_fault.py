@@ -155,21 +155,27 @@ def test_a_stopped_m_loses_its_p_and_task_and_its_late_result_is_dropped() -> No
 
 
 def test_a_stopped_m_running_nested_gs_is_killed_and_recovered() -> None:
-    """The parent runs its child inline (join-helping), so its M holds two
-    Gs: a resumed M would finish the child's record a second time, so it is
-    fenced by SIGKILL and recovered like a dead M.  One result arrives."""
+    """A parent waiting on its child: the child runs inline in the parent's
+    M (join-helping), or on another M when one stole it first.  Either way
+    an M holding a child G (alone or under its parent) is fenced by SIGKILL
+    when stopped, since a resumed M would finish the child's record a second
+    time, and recovered like a dead M.  One result arrives."""
     with gmpd.Executor(2, lease_ttl=0.5) as ex:
         fut = ex.submit(parent_of_sleeper)
         time.sleep(0.4)
-        (victim,) = [m.pid for m in ex.statistics().ms if m.curg]
-        os.kill(victim, signal.SIGSTOP)
+        victims = [m.pid for m in ex.statistics().ms if m.curg]
+        assert victims
+        for pid in victims:
+            os.kill(pid, signal.SIGSTOP)
         try:
             assert fut.result(timeout=30) == 3
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(victim, signal.SIGCONT)
+            for pid in victims:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
         stats = ex.statistics()
-        assert stats.fenced == 1 and stats.m_lost == 1 and not psutil.pid_exists(victim), stats
+        assert stats.fenced >= 1 and stats.m_lost >= 1, stats
+        assert not all(psutil.pid_exists(pid) for pid in victims)
         assert ex.submit(slow_square, 5).result(timeout=30) == 25
 
 
