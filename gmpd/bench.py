@@ -36,9 +36,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
 import gmpd
+from gmpd import chaos
 
 SYSTEMS = ("gmpd", "ppe", "mp_pool")
 FORMS = {
@@ -192,8 +191,7 @@ def worker_pids(ex: BaseExecutor | Pool) -> list[int]:
     if isinstance(ex, Pool):
         return [p.pid for p in ex.pool._pool if p.pid]  # type: ignore[attr-defined]
     if isinstance(ex, gmpd.Executor):
-        agent = psutil.Process(ex._cluster.proc.pid)
-        return [m.pid for child in agent.children() for m in child.children()]
+        return chaos.m_pids(ex)
     return list(ex._processes or {})  # type: ignore[attr-defined]
 
 

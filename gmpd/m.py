@@ -96,7 +96,12 @@ def run_payload(payload: bytes) -> tuple[int, bytes]:
     except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task, not the M
         return wire.RAISED, error_payload(exc)
     finally:
-        repair_stdio()
+        try:  # cheap on the hot path; a task may close or replace them
+            intact = not (sys.stdout.closed or sys.stderr.closed or sys.stdin.closed)
+        except Exception:
+            intact = False
+        if not intact:
+            repair_stdio()
     try:
         return wire.OK, dumps(result)
     except BaseException as exc:

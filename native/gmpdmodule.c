@@ -919,7 +919,7 @@ static PyObject *node_g_fail(NodeObject *self, PyObject *args)
     uint32_t h;
     if (!PyArg_ParseTuple(args, "OI:g_fail", &ho, &status) || !parse_handle(self, ho, &h))
         return NULL;
-    gmpd_gfail(self->nd, self->gtab, h, status);
+    gmpd_gpublish(self->nd, self->gtab, h, status, 0);
     Py_RETURN_NONE;
 }
 
@@ -993,25 +993,8 @@ static PyObject *node_g_set_result(NodeObject *self, PyObject *args)
     gmpd_grec *rr = gmpd_grec_at(self->gtab, rh);
     memcpy(rr + 1, data.buf, (size_t)data.len);
     __atomic_store_n(&rr->state, GMPD_G_DATA, __ATOMIC_RELAXED); /* relaxed: published below */
-    gmpd_grec *r = gmpd_grec_at(self->gtab, h);
-    r->status = status;
-    __atomic_store_n(&r->result, rh, __ATOMIC_RELAXED); /* relaxed: published below */
-    /* release: the result is complete before anyone sees DONE. */
-    __atomic_store_n(&r->state, GMPD_G_DONE, __ATOMIC_RELEASE);
-    if (!gmpd_gpublished(self->nd, self->gtab, h)) {
-        res = PyLong_FromUnsignedLong(0); /* nobody wanted it: freed */
-        goto done;
-    }
-    /* acquire: a waiter registered before DONE is seen here (seq_cst pair
-     * with g_wait's registration, so one of us always sees the other). */
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    uint32_t w = __atomic_load_n(&r->waiter, __ATOMIC_ACQUIRE);
-    if (w != 0 && w - 1 < self->nd->nms) {
-        uint32_t *word = &gmpd_node_m(self->nd, w - 1)->park;
-        __atomic_add_fetch(word, 1, __ATOMIC_RELEASE); /* release: as in wake() */
-        gmpd_futex_wake(word, 1);
-    }
-    res = PyLong_FromUnsignedLong(rh);
+    /* 0: nobody wanted it, freed */
+    res = PyLong_FromUnsignedLong(gmpd_gpublish(self->nd, self->gtab, h, status, rh) ? rh : 0);
 done:
     PyBuffer_Release(&data);
     return res;
@@ -1206,7 +1189,7 @@ static PyMethodDef node_methods[] = {
      "g_new(p, payload, *, parent=0, root_id=0) -> handle: a RUNNABLE G in P p's arena (owner of p only)"},
     {"g_payload", (PyCFunction)node_g_payload, METH_O, "g_payload(h) -> bytes"},
     {"g_info", (PyCFunction)node_g_info, METH_O,
-     "g_info(h) -> (state, gen, parent, root_id, len, result, status, waiter, owner)"},
+     "g_info(h) -> (state, gen, parent, root_id, len, result, status, waiter, owner, outer, attempts, refs)"},
     {"g_cas_state", (PyCFunction)node_g_cas_state, METH_VARARGS, "g_cas_state(h, old, new) -> bool"},
     {"g_set_owner", (PyCFunction)node_g_set_owner, METH_VARARGS,
      "g_set_owner(h, m, outer=0): M running it (-1: none), and the G it runs it inside"},

@@ -275,25 +275,30 @@ uint32_t gmpd_gtab_sweep_building(gmpd_node *nd, void *gtab, uint32_t p)
     return n;
 }
 
-/* A G whose every attempt died with its M: DONE with `status` and no
- * result payload (the waiter builds the error).  Like g_set_result, minus
- * the allocation, so the recoverer needs no P.  Runs in: the coordinator. */
-void gmpd_gfail(gmpd_node *nd, void *gtab, uint32_t handle, uint32_t status)
+/* Publish G `handle` DONE with `status` and result allocation `rh` (0: no
+ * payload, e.g. a G whose every attempt died with its M; the waiter builds
+ * the error), then futex-wake its waiter.  Returns 0 if its future was
+ * detached, in which case this freed it.  Runs in: the M that finished it,
+ * or the coordinator (recovery), which needs no P for rh == 0. */
+int gmpd_gpublish(gmpd_node *nd, void *gtab, uint32_t handle, uint32_t status, uint32_t rh)
 {
     gmpd_grec *r = gmpd_grec_at(gtab, handle);
     r->status = status;
-    __atomic_store_n(&r->result, 0, __ATOMIC_RELAXED); /* relaxed: published below */
-    /* release: status before DONE. */
+    __atomic_store_n(&r->result, rh, __ATOMIC_RELAXED); /* relaxed: published below */
+    /* release: the result is complete before anyone sees DONE. */
     __atomic_store_n(&r->state, GMPD_G_DONE, __ATOMIC_RELEASE);
     if (!gmpd_gpublished(nd, gtab, handle))
-        return; /* detached: freed */
-    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* seq_cst: as in g_set_result */
+        return 0; /* nobody wanted it: freed */
+    /* acquire: a waiter registered before DONE is seen here (seq_cst pair
+     * with g_wait's registration, so one of us always sees the other). */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
     uint32_t w = __atomic_load_n(&r->waiter, __ATOMIC_ACQUIRE);
     if (w != 0 && w - 1 < nd->nms) {
         uint32_t *word = &gmpd_node_m(nd, w - 1)->park;
         __atomic_add_fetch(word, 1, __ATOMIC_RELEASE); /* release: as in wake() */
         gmpd_futex_wake(word, 1);
     }
+    return 1;
 }
 
 /* Handles of RUNNABLE and RUNNING Gs in P p's arena, at most `cap`; returns

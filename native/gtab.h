@@ -79,7 +79,7 @@ uint32_t gmpd_greclaim(gmpd_node *nd, void *gtab, uint32_t p);
 uint32_t gmpd_gtab_live_units(gmpd_node *nd, uint32_t p);
 size_t gmpd_gtab_trim(gmpd_node *nd, void *gtab, uint32_t p);
 uint32_t gmpd_gtab_sweep_building(gmpd_node *nd, void *gtab, uint32_t p);
-void gmpd_gfail(gmpd_node *nd, void *gtab, uint32_t handle, uint32_t status);
+int gmpd_gpublish(gmpd_node *nd, void *gtab, uint32_t handle, uint32_t status, uint32_t rh);
 uint32_t gmpd_gtab_scan(gmpd_node *nd, void *gtab, uint32_t p, uint32_t *out, uint32_t cap);
 
 #endif /* GMPD_GTAB_H */

@@ -22,14 +22,9 @@ import psutil
 import pytest
 
 import gmpd
+from gmpd.chaos import m_pids
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(90)]
-
-
-def m_pids(ex: gmpd.Executor) -> list[int]:
-    """Live M processes (the template's children), from the OS."""
-    agent = psutil.Process(ex._cluster.proc.pid)
-    return [m.pid for child in agent.children() for m in child.children()]
 
 
 def slow_square(x: int, seconds: float = 0.01) -> int:
