@@ -49,14 +49,18 @@ import ctypes
 import ctypes.util
 import math
 import os
+import select
 import signal
+import socket
+import struct
+import sys
 import time
 from dataclasses import dataclass, field
 
 import zmq
 
 from gmpd import config, runq, wire
-from gmpd.errors import TaskTimeout, WorkerLost
+from gmpd.errors import SegmentError, TaskTimeout, WorkerLost
 from gmpd.g import GState
 from gmpd.m import RETIRED, error_payload
 from gmpd.runq import PStatus
@@ -65,6 +69,16 @@ from gmpd.shm import NodeMemory
 
 SLOW_TIMER_S = 0.05  # lease expiry and heap trimming are checked this often
 STARTED_DELAY_S = 0.001  # Started waits this long, so that quick tasks need none
+NODE_WAIT_S = 30.0  # how long the coordinator waits for a node agent (first, or after one died)
+NODE_HELLO_S = 5.0  # for a connected agent's first record
+MAX_DEPTH = 4096  # bounds the walks over G links in a lost node's memory (it may be torn)
+GAUGES = frozenset(
+    {Counter.NMSPINNING, Counter.NPIDLE, Counter.NMIDLE, Counter.RUNNING, Counter.GRQLEN, Counter.SYSMONWAIT}
+)  # counters that describe a node now, not its history: not carried to the next node
+
+
+class NoNode(Exception):
+    """No node agent came (or the client exited while we waited)."""
 
 
 def describe_exit(code: int) -> str:
@@ -170,14 +184,14 @@ class Stats:
 class Coordinator:
     endpoint: str
     nprocs: int
-    node_name: str
+    node_path: str  # unix socket the node agent connects to (NodeLink)
     lease_ttl: float
     lifeline: int  # pid whose exit ends the cluster (the client)
-    newm: int = -1  # pipe to the node agent: "m" asks for one more M, "r <m>" frees a dead M's slot
-    deaths: int = -1  # pipe from the node agent: "exit <m> <pid> <status>" per M that exited
     retries: int = 3  # the default retry budget of a task
     ctx: zmq.Context[zmq.Socket[bytes]] = field(default_factory=zmq.Context)
     stats: Stats = field(default_factory=Stats)
+    nm: NodeMemory = field(init=False)  # the node's memory (attach)
+    node_pid: int = field(init=False, default=0)  # its node agent
 
     def __post_init__(self) -> None:
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -185,7 +199,13 @@ class Coordinator:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes())  # larger: dropped by ZeroMQ
         self.sock.bind(self.endpoint)
-        self.nm = NodeMemory.attach(self.node_name)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.listener.bind(self.node_path)  # (in the cluster's 0700 run directory)
+        self.listener.listen(4)
+        self.link: socket.socket | None = None  # to the node agent of the attached node
+        self.lifeline_fd = os.pidfd_open(self.lifeline)
+        self.old_nodes: list[NodeMemory] = []  # lost nodes' memory, unmapped at exit
+        self.gone: set[bytes] = set()  # idents of a lost node's Ms: their last frames are ignored
         self.ps = [PLease(p) for p in range(self.nprocs)]
         self.idle_ps: collections.deque[int] = collections.deque(range(self.nprocs))
         self.grq: collections.deque[tuple[int, int]] = (
@@ -204,7 +224,6 @@ class Coordinator:
         self.running = True
         self.busy_since_trim, self.last_trim = False, 0.0
         self.started_due = self.next_slow_timer = 0.0
-        self.nm.node.sched_add(Counter.NPIDLE, self.nprocs)  # every P starts idle
 
     def count(self, counter: Counter, n: int = 1) -> None:
         """A node counter (Executor.statistics() reads them)."""
@@ -320,11 +339,9 @@ class Coordinator:
                 node.wake(info.m)
                 self.stats.wakeups += 1
                 return True
-        if m < 0 and self.newm >= 0 and not self.ms_asked:
-            with contextlib.suppress(BlockingIOError, BrokenPipeError):
-                os.write(self.newm, b"m\n")
-                self.ms_asked = 1
-                return True
+        if m < 0 and not self.ms_asked and self.tell_node(b"m"):
+            self.ms_asked = 1
+            return True
         return False
 
     def handoffp(self, p: int) -> None:
@@ -713,9 +730,170 @@ class Coordinator:
 
     def free_slot(self, m: int) -> None:
         """Recovery of slot m is done: the node agent may start an M there."""
-        if self.newm >= 0:
-            with contextlib.suppress(BlockingIOError, BrokenPipeError):
-                os.write(self.newm, f"r {m}\n".encode())
+        self.tell_node(f"r {m}".encode())
+
+    # ---- the node and its agent -------------------------------------------
+    #
+    # The node agent connects to a unix socket in the cluster's run directory
+    # and names its node memory; the kernel tells us its pid (SO_PEERCRED),
+    # which must be a child of our client and the creator of that memory.
+    # Records on the link (SOCK_SEQPACKET, one per send): from the agent
+    # "node <segment>" then "exit <m> <pid> <status>" per M that exited; to
+    # it "ok", "m" (start one more M) and "r <m>" (dead M m is recovered, its
+    # slot is free).  The link closing means the agent died (or shut down).
+
+    def wait_node(self) -> NodeMemory:
+        """Block until a node agent connects and checks out.  Nobody is
+        served meanwhile: frames wait in ZeroMQ's queues."""
+        poller = select.poll()
+        poller.register(self.listener, select.POLLIN)
+        poller.register(self.lifeline_fd, select.POLLIN)
+        deadline = time.monotonic() + NODE_WAIT_S
+        while (left := deadline - time.monotonic()) > 0:
+            ready = {fd for fd, _event in poller.poll(left * 1000)}
+            if self.lifeline_fd in ready:
+                break
+            if self.listener.fileno() in ready:
+                conn, _addr = self.listener.accept()
+                nm = self.check_node(conn)
+                if nm is not None:
+                    conn.setblocking(False)
+                    self.link = conn
+                    return nm
+                conn.close()
+        raise NoNode("no node agent connected (or the client exited)")
+
+    def check_node(self, conn: socket.socket) -> NodeMemory | None:
+        """The agent's first record, checked: its memory must exist, be
+        created by it, and have our GOMAXPROCS; it must be our client's child."""
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _gid = struct.unpack("3i", creds)
+        try:
+            conn.settimeout(NODE_HELLO_S)
+            kind, name = conn.recv(4096).decode().split()
+            with open(f"/proc/{pid}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            return None
+        if kind != "node" or uid != os.getuid() or parent != self.lifeline or f"-{pid}-node-" not in name:
+            return None
+        try:
+            nm = NodeMemory.attach(name)
+        except SegmentError:
+            return None
+        if nm.node.nprocs != self.nprocs or nm.node.creator_pid != pid:
+            nm.close()
+            return None
+        try:
+            conn.send(b"ok")
+        except OSError:
+            nm.close()
+            return None
+        self.node_pid = pid
+        return nm
+
+    def attach(self, nm: NodeMemory) -> None:
+        """Run on node ``nm``: every P idle under a fresh lease table; the
+        counters of a lost node carry over, so statistics() adds up."""
+        old = getattr(self, "nm", None)
+        self.nm = nm
+        if old is not None:
+            before, now = old.node.sched(), nm.node.sched()
+            for c in Counter:
+                if c == Counter.RUNNING_MAX:
+                    nm.node.sched_add(c, max(0, before[c] - now[c]))
+                elif c not in GAUGES:
+                    nm.node.sched_add(c, before[c])
+            self.old_nodes.append(old)  # unmapped at exit: a late read must not fault
+        self.ps = [PLease(p) for p in range(self.nprocs)]
+        self.idle_ps = collections.deque(range(self.nprocs))
+        self.grq_published = 0
+        nm.node.sched_add(Counter.NPIDLE, self.nprocs)
+
+    def tell_node(self, record: bytes) -> bool:
+        if self.link is None:
+            return False
+        try:
+            self.link.send(record, socket.MSG_DONTWAIT)
+        except OSError:
+            return False
+        return True
+
+    def read_link(self) -> bytes | None:
+        """What the agent sent (records joined by newlines); None: it is gone."""
+        assert self.link is not None
+        records: list[bytes] = []
+        while True:
+            try:
+                record = self.link.recv(65536)
+            except BlockingIOError:
+                return b"\n".join(records)
+            except OSError:
+                return None
+            if not record:
+                return None
+            records.append(record)
+
+    def on_node_lost(self) -> None:
+        """The node agent died.  Its Ms, template and sysmon exit on their
+        own (they watch it) and its memory goes with it, but every root
+        task's payload is here: each root an M had taken runs again on the
+        next node (Gs spawned inside tasks are rebuilt when their root runs
+        again).  The roots its Ms were executing are charged an attempt: a
+        task that kills its node must not do so forever."""
+        assert self.link is not None
+        self.link.close()
+        self.link = None
+        self.count(Counter.NODESLOST)
+        executing = self.executing_roots()
+        self.grq = collections.deque(item for item in self.grq if not item[1])  # the dead node's Gs
+        for tid, root in list(self.roots.items()):
+            if not root.started:
+                continue
+            lost = None
+            if tid in executing:
+                m, pid = executing[tid]
+                lost = WorkerLost(
+                    f"M {m} (pid {pid}) was lost with its node agent (pid {self.node_pid}) "
+                    f"while running this task",
+                    m=m,
+                    pid=pid,
+                    hint="the node agent died (killed?): its Ms exit with it",
+                )
+            self.retry(tid, lost)
+        self.gone.update(self.by_ident)
+        self.gone.update(info.ident for info in self.ms.values())
+        if self.sysmon is not None:
+            self.gone.add(self.sysmon)
+        self.ms.clear()
+        self.by_ident.clear()
+        self.want_p.clear()
+        self.dead_pids.clear()
+        self.sysmon = None
+        self.ms_asked = 0
+
+    def executing_roots(self) -> dict[int, tuple[int, int]]:
+        """Root task id -> (M, pid) for each root an M of this node was
+        executing: its curg, the Gs it runs them inside, up to their roots.
+        (Its Ms may still be exiting: records that moved are skipped.)"""
+        node, found = self.nm.node, {}
+        for m in range(node.nms - 1):
+            _state, h, _p, pid, *_ = node.m_info(m)
+            try:
+                for _ in range(MAX_DEPTH):  # curg, then each one's outer
+                    if not h:
+                        break
+                    g = root = node.g_info(h)
+                    for _ in range(MAX_DEPTH):  # up the parents to its root
+                        if not root[2]:
+                            break
+                        root = node.g_info(root[2])
+                    if not root[2] and root[3]:
+                        found[root[3]] = (m, pid)
+                    h = g[9]
+            except ValueError:
+                continue
+        return found
 
     # ---- handlers ---------------------------------------------------------
 
@@ -816,6 +994,8 @@ class Coordinator:
         except wire.WireError:
             self.count(Counter.BADFRAMES)
             return
+        if ident in self.gone:
+            return  # an M or sysmon of a lost node, on its way out
         if isinstance(msg, wire.Hello):
             self.on_hello(ident, msg)
         elif isinstance(msg, wire.Finished) and ident in self.clients:
@@ -875,12 +1055,14 @@ class Coordinator:
         return max(0, math.ceil((due - now) * 1000))
 
     def run(self) -> None:
+        self.attach(self.wait_node())
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
-        lifeline = os.pidfd_open(self.lifeline)
+        lifeline = self.lifeline_fd
         poller.register(lifeline, zmq.POLLIN)
-        if self.deaths >= 0:
-            poller.register(self.deaths, zmq.POLLIN)
+        assert self.link is not None
+        link = self.link.fileno()
+        poller.register(link, zmq.POLLIN)
         while self.running:
             events = dict(poller.poll(self.poll_timeout(time.monotonic())))
             if lifeline in events:
@@ -894,10 +1076,19 @@ class Coordinator:
                     self.count(Counter.BADFRAMES)
                     continue
                 self.dispatch(ident, frame)
-            if self.deaths in events:  # after the socket: a dead M's last messages count
-                data = os.read(self.deaths, 65536)
-                if not data:
-                    break  # the node agent is gone
+            if link in events:  # after the socket: a dead M's last messages count
+                data = self.read_link()
+                if data is None:  # the node agent died: run its tasks on the next one
+                    poller.unregister(link)
+                    self.on_node_lost()
+                    try:
+                        self.attach(self.wait_node())
+                    except NoNode:
+                        break
+                    assert self.link is not None
+                    link = self.link.fileno()
+                    poller.register(link, zmq.POLLIN)
+                    continue
                 self.on_deaths(data)
             self.serve_waiters()
             self.wakep()
@@ -908,35 +1099,42 @@ class Coordinator:
         for info in self.ms.values():
             self.send(info.ident, wire.Bye("shutdown"))
             self.nm.node.wake(info.m)  # a parked M reads its socket once woken
-        os.close(lifeline)
 
     def close(self) -> None:
         for sock in self.clients.values():
             sock.close(0)
         self.sock.close(0)
         self.ctx.term()
-        self.nm.close()
+        if self.link is not None:
+            self.link.close()  # the node agent sees it and shuts its node down
+        self.listener.close()
+        os.close(self.lifeline_fd)
+        for nm in [*self.old_nodes, getattr(self, "nm", None)]:
+            if nm is not None:
+                nm.close()
 
 
-def main(
-    endpoint: str,
-    nprocs: int,
-    node_name: str,
-    lease_ttl: float,
-    lifeline: int,
-    *,
-    newm: int = -1,
-    deaths: int = -1,
-    retries: int = 3,
-) -> int:
-    """Entry point (called in a process forked by the node agent; ``newm``
-    and ``deaths`` are the pipes to and from it)."""
-    coord = Coordinator(
-        endpoint, nprocs, node_name, lease_ttl, lifeline, newm=newm, deaths=deaths, retries=retries
+def main(argv: list[str]) -> int:
+    """``python -m gmpd.coordinator RUNDIR NPROCS CLIENT_PID LEASE_TTL RETRIES``,
+    started by the client (embedded mode)."""
+    rundir, nprocs, client, lease_ttl, retries = (
+        argv[0],
+        int(argv[1]),
+        int(argv[2]),
+        float(argv[3]),
+        int(argv[4]),
     )
+    os.setsid()  # the user's Ctrl-C reaches the client, which shuts us down
+    coord = Coordinator(f"ipc://{rundir}/coord", nprocs, f"{rundir}/node", lease_ttl, client, retries=retries)
     try:
         coord.run()
+    except NoNode:
+        pass  # the client exited, or its node agent never came: nothing to serve
     finally:
         with contextlib.suppress(Exception):
             coord.close()
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

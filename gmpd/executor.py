@@ -1,7 +1,8 @@
 """gmpd.Executor: a concurrent.futures.Executor on an embedded local cluster.
 
-Constructing one execs the node agent (gmpd.node), which starts the
-coordinator and GOMAXPROCS = ``max_workers`` Ms.  The client has a
+Constructing one execs the coordinator and the node agent (gmpd.node),
+which starts GOMAXPROCS = ``max_workers`` Ms (and a new node agent takes
+over if that one dies: LocalCluster.restart_node).  The client has a
 send-only DEALER socket to the coordinator (shared by threads under a lock)
 and one PULL socket where results from Ms and the coordinator's replies
 arrive, read by the IO thread, which completes the futures.
@@ -45,10 +46,12 @@ from gmpd import config, wire
 from gmpd.errors import ClusterLost, CoordinatorLost, GmpdError
 from gmpd.g import encode_task
 from gmpd.m import load_outcome
-from gmpd.shm import SHM_DIR, NodeMemory
+from gmpd.shm import SHM_DIR, NodeMemory, list_segments
 from gmpd.stats import Statistics, snapshot
 
 START_TIMEOUT = 30.0
+NODE_RESTARTS = 5  # node agents replaced within NODE_RESTART_WINDOW before the cluster gives up
+NODE_RESTART_WINDOW = 60.0
 SUBMIT_BATCH = 1024  # tasks per Submit frame at most
 SUBMIT_EAGER = 64  # an outbox this full is sent by the submitting thread itself
 SUBMIT_BYTES = 8 << 20  # payload bytes per Submit frame at most (beyond one task)
@@ -58,7 +61,8 @@ _active: list[weakref.ref[Executor]] = []
 
 
 class LocalCluster:
-    """The processes of an embedded cluster, seen from the client."""
+    """The processes of an embedded cluster, seen from the client: the
+    coordinator and the node agent, both our children."""
 
     def __init__(
         self, nprocs: int, lease_ttl: float, spin_ms: int, max_ms: int = 0, retries: int = 3
@@ -66,6 +70,11 @@ class LocalCluster:
         self.rundir = tempfile.mkdtemp(prefix="gmpd-", dir=os.environ.get("XDG_RUNTIME_DIR") or None)
         os.chmod(self.rundir, 0o700)
         self.endpoint = f"ipc://{self.rundir}/coord"
+        self.node_names: list[str] = []  # every node's segment (a lost node's too), unlinked at the end
+        self.agents: list[subprocess.Popen[bytes]] = []  # every node agent started
+        self.old_nms: list[NodeMemory] = []  # lost nodes' mappings: a statistics() call may still read one
+        self.nm: NodeMemory | None = None
+        self.restarts: collections.deque[float] = collections.deque()  # when node agents were replaced
         # Ms push results straight here; bound before any M can connect.
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.results = self.ctx.socket(zmq.PULL)
@@ -73,58 +82,114 @@ class LocalCluster:
         self.results.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes())
         self.results_endpoint = f"ipc://{self.rundir}/client"
         self.results.bind(self.results_endpoint)
-        cmd = [sys.executable, "-m", "gmpd.node", self.rundir, str(nprocs), str(os.getpid()), os.getcwd()]
-        cmd += [
-            json.dumps([p for p in sys.path if isinstance(p, str)]),
-            str(lease_ttl),
-            str(spin_ms),
-            str(max_ms),
-            str(retries),
-        ]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        coord = [sys.executable, "-m", "gmpd.coordinator", self.rundir, str(nprocs), str(os.getpid())]
+        self.coord_proc = subprocess.Popen([*coord, str(lease_ttl), str(retries)], stdin=subprocess.DEVNULL)
+        self.coordinator = self.coord_proc.pid
+        self.node_cmd = [sys.executable, "-m", "gmpd.node", self.rundir, str(nprocs), str(os.getpid())]
+        self.node_cmd += [os.getcwd(), json.dumps([p for p in sys.path if isinstance(p, str)])]
+        self.node_cmd += [str(spin_ms), str(max_ms)]
+        try:
+            self.start_node()
+        except GmpdError:
+            self.kill()
+            raise
+
+    def start_node(self) -> None:
+        """Exec a node agent and wait until its Ms can start (it prints
+        "ready <segment>" once the coordinator took it)."""
+        self.proc = subprocess.Popen(self.node_cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        self.agents.append(self.proc)
         assert self.proc.stdout is not None
-        if not select.select([self.proc.stdout], [], [], START_TIMEOUT)[0]:
-            self.kill()
-            raise GmpdError(f"the gmpd node agent did not start within {START_TIMEOUT:.0f} s")
-        line = self.proc.stdout.readline().decode().split()
+        line = []
+        in_time = bool(select.select([self.proc.stdout], [], [], START_TIMEOUT)[0])
+        if in_time:
+            line = self.proc.stdout.readline().decode().split()
         if not line or line[0] != "ready":
-            self.kill()
-            raise GmpdError(f"the gmpd node agent failed to start (exit status {self.proc.poll()})")
-        self.node_name, self.coordinator = line[1], int(line[2])
-        self.nm: NodeMemory | None = NodeMemory.attach(self.node_name)  # read-only use: statistics
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            status = self.proc.wait()
+            self.proc.stdout.close()
+            raise GmpdError(
+                f"the gmpd node agent failed to start (exit status {status})"
+                if in_time
+                else f"the gmpd node agent did not start within {START_TIMEOUT:.0f} s"
+            )
+        self.node_name = line[1]
+        self.node_names.append(self.node_name)
+        if self.nm is not None:
+            self.old_nms.append(self.nm)
+        self.nm = NodeMemory.attach(self.node_name)  # read-only use: statistics
+
+    def restart_node(self) -> None:
+        """The node agent died: its Ms went with it, the coordinator queued
+        their tasks again; start a new node for them.  Raises ClusterLost
+        past NODE_RESTARTS within NODE_RESTART_WINDOW seconds."""
+        self.proc.wait()
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self.unlink_nodes()
+        if self.coord_proc.poll() is not None:  # it went first, and the agent with it
+            raise CoordinatorLost(
+                f"the gmpd coordinator (pid {self.coordinator}) died; the tasks still outstanding "
+                f"cannot finish: create a new gmpd.Executor and submit them again"
+            )
+        while True:
+            now = time.monotonic()
+            while self.restarts and now - self.restarts[0] > NODE_RESTART_WINDOW:
+                self.restarts.popleft()
+            if len(self.restarts) >= NODE_RESTARTS:
+                raise ClusterLost(
+                    f"the gmpd node agent died {NODE_RESTARTS + 1} times within {NODE_RESTART_WINDOW:.0f} s "
+                    f"(last exit status {self.proc.returncode}); the cluster gave up: create a new "
+                    f"gmpd.Executor"
+                )
+            self.restarts.append(now)
+            try:
+                self.start_node()
+                return
+            except GmpdError:
+                self.unlink_nodes()  # (it died starting: try again, within the budget)
 
     def wait(self, timeout: float = 10.0) -> None:
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        deadline = time.monotonic() + timeout
+        for proc in (self.coord_proc, self.proc):
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         self.cleanup()
 
     def kill(self) -> None:
-        """Startup failed: kill the node agent, drop our sockets and files."""
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
-        self.proc.wait()
+        """Startup failed: kill both processes, drop our sockets and files."""
+        for proc in (self.coord_proc, getattr(self, "proc", None)):
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
         self.results.close(0)
         self.ctx.term()
         self.cleanup()
 
-    def cleanup(self) -> None:
-        nm = getattr(self, "nm", None)
-        if nm is not None:
-            nm.close()
-            self.nm = None
-        # The node agent unlinks its segments; if it had to be SIGKILLed, we do.
-        for name in (
-            getattr(self, "node_name", ""),
-            getattr(self, "node_name", "").replace("-node-", "-gtab-"),
-        ):
-            if name:
+    def unlink_nodes(self) -> None:
+        """The node agent unlinks its segments; if it was SIGKILLed, we do
+        (those of an agent killed before it said their name too: each
+        name carries its creator's pid)."""
+        ended = {str(proc.pid) for proc in self.agents if proc.returncode is not None}
+        for name in list_segments():
+            if name in self.node_names or name.split("-")[2] in ended:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(SHM_DIR / name)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+
+    def cleanup(self) -> None:
+        for nm in [*self.old_nms, self.nm]:
+            if nm is not None:
+                nm.close()
+        self.old_nms, self.nm = [], None
+        self.unlink_nodes()
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
         shutil.rmtree(self.rundir, ignore_errors=True)
 
 
@@ -166,6 +231,7 @@ class _ClientIO(threading.Thread):
     def __init__(self, cluster: LocalCluster) -> None:
         super().__init__(name="gmpd-client", daemon=True)
         self.cluster = cluster
+        self.agent = -1  # pidfd of the node agent (a new one after a restart)
         self.ctx = cluster.ctx
         self.sock = self.ctx.socket(zmq.DEALER)  # send-only, under send_lock
         self.sock.setsockopt(zmq.LINGER, 1000)
@@ -336,13 +402,13 @@ class _ClientIO(threading.Thread):
         poller = zmq.Poller()
         poller.register(self.cluster.results, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
-        lifeline = coordinator = -1
+        coordinator = -1
         try:
-            lifeline = os.pidfd_open(self.cluster.proc.pid)
-            poller.register(lifeline, zmq.POLLIN)
+            self.agent = os.pidfd_open(self.cluster.proc.pid)
+            poller.register(self.agent, zmq.POLLIN)
             coordinator = os.pidfd_open(self.cluster.coordinator)
             poller.register(coordinator, zmq.POLLIN)
-            self.loop(poller, lifeline, coordinator)
+            self.loop(poller, coordinator)
         except ProcessLookupError:  # it died (and was reaped) before we watched it
             self.fail_all(CoordinatorLost("the gmpd cluster exited as it started"))
         except BaseException as exc:  # a bug here must not leave futures hanging
@@ -355,7 +421,7 @@ class _ClientIO(threading.Thread):
                 self.sock.close(1000)
             self.cluster.results.close(0)
             self.ctx.term()
-            for fd in (lifeline, coordinator):
+            for fd in (self.agent, coordinator):
                 if fd >= 0:
                     os.close(fd)
             self.cluster.wait()
@@ -363,7 +429,7 @@ class _ClientIO(threading.Thread):
             os.close(self.wake_w)
             self.done.set()
 
-    def loop(self, poller: zmq.Poller, lifeline: int, coordinator: int) -> None:
+    def loop(self, poller: zmq.Poller, coordinator: int) -> None:
         while True:
             self.pump_out()
             if self.closing and not self.futures and not self.outbox:
@@ -380,9 +446,17 @@ class _ClientIO(threading.Thread):
                     )
                 )
                 return
-            if lifeline in events:
-                self.fail_all(ClusterLost("the gmpd cluster exited; its tasks' results are lost"))
-                return
+            if self.agent in events:  # the node agent died: the coordinator queued its tasks again
+                poller.unregister(self.agent)
+                os.close(self.agent)
+                self.agent = -1
+                try:
+                    self.cluster.restart_node()
+                except ClusterLost as exc:
+                    self.fail_all(exc)
+                    return
+                self.agent = os.pidfd_open(self.cluster.proc.pid)
+                poller.register(self.agent, zmq.POLLIN)
             while True:
                 try:
                     frame = self.cluster.results.recv(zmq.NOBLOCK)

@@ -767,7 +767,10 @@ class M:
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(self.endpoint)
         sock.send(wire.encode(wire.Hello("m-hb", os.getpid(), self.nm.name, self.m)))
-        lifeline = os.pidfd_open(self.lifeline)
+        try:
+            lifeline = os.pidfd_open(self.lifeline)
+        except ProcessLookupError:
+            os._exit(0)  # the node agent died as we started
         try:
             while not self.stopping:
                 if select.select([lifeline], [], [], 0.25)[0]:

@@ -1,21 +1,27 @@
 """The node agent: creates node shared memory and starts every other process.
 
-Embedded mode (``gmpd.Executor()``): the client execs one process,
-``python -m gmpd.node``, which never creates a ZeroMQ context, so it can
-fork safely.  Process tree and who watches whom::
+Embedded mode (``gmpd.Executor()``): the client execs the coordinator and
+one ``python -m gmpd.node`` (the node agent), which never creates a ZeroMQ
+context, so it can fork safely.  Process tree and who watches whom::
 
-    client ──exec──> node agent (setsid; owns the node segments)
-                       ├─fork─> coordinator       exits when the client dies
+    client ──exec──> coordinator       exits when the client dies
+       └───exec──> node agent (setsid; owns the node segments)
                        ├─fork─> sysmon            started again if it dies
                        └─fork─> template          fork server, Go's templateThread
                                   └─fork─> M0..Mk  exit when the node agent dies
 
+The node agent reaches the coordinator over a unix socket in the run
+directory (coordinator.py, "the node and its agent"): it names its node
+memory, reports M exits and starts Ms when asked.  If the agent dies, the
+coordinator outlives it and runs the lost node's tasks again on the next
+node, which the client starts (executor.py, LocalCluster.restart_node).
+
 The template is forked before anything holds a socket and exists only to
 fork Ms from that clean state ("spawn <m>" on its command pipe; it reports
 "pid <m> <pid>" and "exit <m> <pid> <status>" back).  Ms inherit the node
-mapping.  The node agent exits when the client dies, or when the
-coordinator exits (shutdown), after killing what is left and unlinking the
-segments, so nothing outlives the cluster.
+mapping.  The node agent exits when the client dies, or when its link to
+the coordinator closes (shutdown), after killing what is left and
+unlinking the segments, so nothing outlives the cluster.
 
 Runs in: the node agent process (and, after fork, the template).
 """
@@ -28,16 +34,18 @@ import json
 import os
 import select
 import signal
+import socket
 import sys
 import time
 import traceback
 from collections.abc import Callable
 
-from gmpd import config, coordinator, m, sysmon
+from gmpd import config, m, sysmon
 from gmpd.sched import Counter
 from gmpd.shm import NodeMemory
 
 GRACE = 2.0  # seconds a process gets to exit by itself at shutdown
+LINK_TIMEOUT = 30.0  # seconds to reach the coordinator
 
 
 def fork(fn: Callable[[], object], close: tuple[int, ...] = ()) -> int:
@@ -115,21 +123,12 @@ def template(
             children[pid] = mid
             pidfds[pid] = os.pidfd_open(pid)
             poller.register(pidfds[pid], select.POLLIN)
-            os.write(report, f"pid {mid} {pid}\n".encode())
+            with contextlib.suppress(OSError):  # (the node agent died: the pipe closes next)
+                os.write(report, f"pid {mid} {pid}\n".encode())
 
 
 class NodeAgent:
-    def __init__(
-        self,
-        rundir: str,
-        nprocs: int,
-        client: int,
-        *,
-        lease_ttl: float,
-        spin_ms: int,
-        max_ms: int = 0,
-        retries: int = 3,
-    ) -> None:
+    def __init__(self, rundir: str, nprocs: int, client: int, *, spin_ms: int, max_ms: int = 0) -> None:
         self.nprocs = nprocs
         self.client = client
         self.endpoint = f"ipc://{rundir}/coord"
@@ -137,25 +136,11 @@ class NodeAgent:
         # At least GOMAXPROCS + 1: one M more than Ps from the start (run()).
         self.max_ms = max(max_ms or config.load()["m"]["max_ms_per_p"] * nprocs, nprocs + 1)
         self.nm = NodeMemory.create(nprocs, self.max_ms + 1)  # + sysmon's slot
-        self.newm_r, newm_w = os.pipe()
-        os.set_blocking(newm_w, False)
-        deaths_r, self.deaths = os.pipe()  # M exits, to the coordinator (which recovers them)
-        self.coord = fork(
-            functools.partial(
-                coordinator.main,
-                self.endpoint,
-                nprocs,
-                self.nm.name,
-                lease_ttl,
-                client,
-                newm=newm_w,
-                deaths=deaths_r,
-                retries=retries,
-            ),
-            close=(self.newm_r, self.deaths),
-        )
-        os.close(newm_w)
-        os.close(deaths_r)
+        try:
+            self.link = link_to_coordinator(f"{rundir}/node", self.nm.name, client)
+        except BaseException:
+            self.nm.close()  # (unlinks it)
+            raise
         self.live: dict[int, int] = {}  # M slot -> pid, from the template's reports
         self.wanted = 0  # a new M was asked for at max_ms: start it when a slot frees
         cmd_r, self.cmd = os.pipe()
@@ -172,7 +157,7 @@ class NodeAgent:
                 lifeline=agent,
                 spin_ms=spin_ms,
             ),
-            close=(self.cmd, self.reports, self.newm_r, self.deaths),
+            close=(self.cmd, self.reports, self.link.fileno()),
         )
         os.close(cmd_r)
         os.close(rep_w)
@@ -182,7 +167,7 @@ class NodeAgent:
     def start_sysmon(self) -> int:
         return fork(
             functools.partial(sysmon.main, self.endpoint, self.nm.name, os.getpid()),
-            close=(self.cmd, self.reports, self.newm_r, self.deaths),
+            close=(self.cmd, self.reports, self.link.fileno()),
         )
 
     def spawn(self, mid: int) -> None:
@@ -207,7 +192,7 @@ class NodeAgent:
             if kind == "exit" and int(mid) in self.live:
                 self.live[int(mid)] = -1
                 with contextlib.suppress(OSError):
-                    os.write(self.deaths, f"exit {mid} {rest[0]} {rest[1]}\n".encode())
+                    self.link.send(f"exit {mid} {rest[0]} {rest[1]}".encode())
 
     def on_coordinator(self, data: bytes) -> None:
         """ "m": start one more M; "r <m>": dead M m is recovered, its slot free."""
@@ -230,14 +215,13 @@ class NodeAgent:
         for mid in range(self.nprocs + 1):
             self.spawn(mid)
         client = os.pidfd_open(self.client)
-        coord = os.pidfd_open(self.coord)
         mon = os.pidfd_open(self.sysmon)
-        sys.stdout.write(f"ready {self.nm.name} {self.coord}\n")
+        sys.stdout.write(f"ready {self.nm.name}\n")
         sys.stdout.flush()
         try:
             while True:
-                ready = select.select([client, coord, self.reports, mon, self.newm_r], [], [], 1.0)[0]
-                if client in ready or coord in ready:
+                ready = select.select([client, self.link.fileno(), self.reports, mon], [], [], 1.0)[0]
+                if client in ready:
                     return
                 if mon in ready:  # sysmon died: a node without one never retakes a P
                     os.waitpid(self.sysmon, 0)
@@ -245,8 +229,14 @@ class NodeAgent:
                     self.sysmon = self.start_sysmon()
                     self.sysmon_starts += 1
                     mon = os.pidfd_open(self.sysmon)
-                if self.newm_r in ready:
-                    self.on_coordinator(os.read(self.newm_r, 65536))
+                if self.link.fileno() in ready:
+                    try:
+                        data = self.link.recv(65536)
+                    except OSError:
+                        data = b""
+                    if not data:  # the coordinator exited (shutdown) or died
+                        return
+                    self.on_coordinator(data)
                 if self.reports in ready:
                     data = os.read(self.reports, 65536)
                     if not data:
@@ -254,7 +244,6 @@ class NodeAgent:
                     self.on_reports(data)
         finally:
             os.close(client)
-            os.close(coord)
             os.close(mon)
 
     def stop(self) -> None:
@@ -263,9 +252,8 @@ class NodeAgent:
         deadline = time.monotonic() + GRACE
         os.close(self.cmd)  # the template reaps (or kills) its Ms, then exits
         _reap(self.sysmon, 0.0)  # it holds nothing to lose: SIGKILL at once
-        _reap(self.coord, deadline)
         _reap(self.template, deadline + GRACE)
-        os.close(self.deaths)
+        self.link.close()
         self.nm.close()
 
 
@@ -282,17 +270,44 @@ def _reap(pid: int, deadline: float) -> None:
         os.waitpid(pid, 0)
 
 
+def link_to_coordinator(path: str, node_name: str, client: int) -> socket.socket:
+    """Connect to the coordinator's node socket (it may still be starting)
+    and name our node memory; returns once it said "ok"."""
+    deadline = time.monotonic() + LINK_TIMEOUT
+    while True:
+        link = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            link.connect(path)
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            link.close()
+            if time.monotonic() > deadline or not _alive(client):
+                raise RuntimeError(f"no gmpd coordinator at {path}") from None
+            time.sleep(0.002)
+    link.settimeout(LINK_TIMEOUT)
+    link.send(f"node {node_name}".encode())
+    if link.recv(64) != b"ok":
+        raise RuntimeError("the gmpd coordinator refused this node")
+    link.settimeout(None)
+    return link
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def main(argv: list[str]) -> int:
-    """``python -m gmpd.node RUNDIR NPROCS CLIENT_PID CWD SYS_PATH_JSON LEASE_TTL SPIN_MS MAX_MS RETRIES``."""
+    """``python -m gmpd.node RUNDIR NPROCS CLIENT_PID CWD SYS_PATH_JSON SPIN_MS MAX_MS``."""
     rundir, nprocs, client, cwd = argv[0], int(argv[1]), int(argv[2]), argv[3]
-    paths, lease_ttl, spin_ms, max_ms = json.loads(argv[4]), float(argv[5]), int(argv[6]), int(argv[7])
-    retries = int(argv[8])
+    paths, spin_ms, max_ms = json.loads(argv[4]), int(argv[5]), int(argv[6])
     os.setsid()  # the user's Ctrl-C reaches the client, which shuts us down
     os.chdir(cwd)
     sys.path[:0] = [p for p in paths if p not in sys.path]
-    agent = NodeAgent(
-        rundir, nprocs, client, lease_ttl=lease_ttl, spin_ms=spin_ms, max_ms=max_ms, retries=retries
-    )
+    agent = NodeAgent(rundir, nprocs, client, spin_ms=spin_ms, max_ms=max_ms)
     try:
         agent.run()
     finally:

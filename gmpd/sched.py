@@ -99,6 +99,7 @@ class Counter(enum.IntEnum):
     TIMEOUTS = 28
     FENCED = 29
     MEMKILLS = 30
+    NODESLOST = 31
 
 
 class Doom(enum.IntEnum):

@@ -65,6 +65,7 @@ import psutil
 import zmq
 
 from gmpd import config, wire
+from gmpd.errors import SegmentError
 from gmpd.runq import PStatus
 from gmpd.sched import FORCE_PREEMPT_S, Counter, Doom, MState
 from gmpd.shm import NodeMemory
@@ -383,10 +384,18 @@ def main(endpoint: str, node_name: str, lifeline: int) -> int:
     """Entry point (a process forked by the node agent)."""
     trace_ms = int(os.environ.get("GMPD_SCHEDTRACE", "0") or 0)
     detail = os.environ.get("GMPD_SCHEDDETAIL", "") == "1"
-    nm = NodeMemory.attach(node_name)
+    try:
+        nm = NodeMemory.attach(node_name)
+    except SegmentError:  # the node agent died as we started, and its memory went with it
+        return 0
     nm.node.m_set(sysmon_slot(nm.node.nms), pid=os.getpid())  # for statistics and tests
     mon = Sysmon(nm, endpoint, trace_ms, detail)
-    pidfd = os.pidfd_open(lifeline)
+    try:
+        pidfd = os.pidfd_open(lifeline)
+    except ProcessLookupError:  # the node agent died as we started
+        mon.close()
+        nm.close()
+        return 0
     try:
         mon.run(pidfd)
     finally:

@@ -182,6 +182,7 @@ enum gmpd_sched_counter {
     GMPD_SC_TIMEOUTS,       /* Ms killed because their task ran past its timeout */
     GMPD_SC_FENCED,         /* Ms killed because their lease expired (stopped, wedged) */
     GMPD_SC_MEMKILLS,       /* Ms killed or retired for going over the memory limit */
+    GMPD_SC_NODESLOST,      /* node agents that died and were replaced (carried to the new node) */
     GMPD_SC__COUNT
 };
 

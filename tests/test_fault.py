@@ -204,15 +204,60 @@ def test_coordinator_killed_fails_the_futures_within_a_second() -> None:
         ex.shutdown(wait=True)  # every other process exits, segments unlinked (the fixture checks)
 
 
-def test_node_agent_killed_fails_the_futures_and_leaves_nothing() -> None:
-    ex = gmpd.Executor(2)
-    try:
+def node_processes(ex: gmpd.Executor) -> list[psutil.Process]:
+    """The node agent and everything under it (sysmon, template, Ms)."""
+    agent = psutil.Process(ex._cluster.proc.pid)
+    return [agent, *agent.children(recursive=True)]
+
+
+def test_node_agent_killed_its_tasks_run_on_a_new_node_and_nothing_is_left() -> None:
+    with gmpd.Executor(2) as ex:
         futures = [ex.submit(slow_square, i, 0.05) for i in range(100)]
-        time.sleep(0.2)
+        time.sleep(0.3)
+        old = node_processes(ex)
+        old_segments = {ex._cluster.node_name, ex._cluster.node_name.replace("-node-", "-gtab-")}
+        old[0].kill()
+        assert [f.result(timeout=60) for f in futures] == [i * i for i in range(100)]
+        stats = ex.statistics()
+        assert stats.nodes_lost == 1 and stats.retried > 0, stats
+        assert stats.tasks_completed == 100 and len(stats.ms) >= 2
+        # The lost node's sysmon, template and Ms are gone, and its memory.
+        _gone, alive = psutil.wait_procs(old, timeout=5)
+        assert not alive, alive
+        assert not any((Path("/dev/shm") / name).exists() for name in old_segments)
+        assert [ex.submit(slow_square, i).result(timeout=30) for i in range(4)] == [0, 1, 4, 9]
+
+
+def test_a_task_running_when_its_node_dies_is_charged_an_attempt() -> None:
+    with gmpd.Executor(1, retries=0) as ex:
+        running = ex.submit(time.sleep, 30)
+        queued = [ex.submit(slow_square, i) for i in range(5)]
+        deadline = time.monotonic() + 10
+        while not running.running() and time.monotonic() < deadline:
+            time.sleep(0.01)
         os.kill(ex._cluster.proc.pid, signal.SIGKILL)
+        with pytest.raises(gmpd.WorkerLost, match="node agent") as err:
+            running.result(timeout=30)
+        assert err.value.attempts == 1
+        assert [f.result(timeout=30) for f in queued] == [
+            i * i for i in range(5)
+        ]  # never started: not charged
+
+
+def test_a_node_agent_that_keeps_dying_ends_the_cluster_with_cluster_lost() -> None:
+    ex = gmpd.Executor(1)
+    try:
+        future = ex.submit(time.sleep, 60)
+        for _ in range(6):  # NODE_RESTARTS new agents, then one more death
+            name = ex._cluster.node_name
+            os.kill(ex._cluster.proc.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 20
+            while ex._cluster.node_name == name and not future.done() and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the new node is up
+        with pytest.raises(gmpd.ClusterLost, match="died 6 times"):
+            future.result(timeout=20)
         with pytest.raises(gmpd.ClusterLost):
-            for fut in futures:
-                fut.result(timeout=10)
+            ex.submit(slow_square, 1).result(timeout=5)
     finally:
         ex.shutdown(wait=True)
 
