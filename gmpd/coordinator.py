@@ -69,6 +69,7 @@ from gmpd.shm import NodeMemory
 
 SLOW_TIMER_S = 0.05  # lease expiry and heap trimming are checked this often
 STARTED_DELAY_S = 0.001  # Started waits this long, so that quick tasks need none
+STARTING_S = 2.0  # an M that said no Hello this long after it started no longer holds off newm
 NODE_WAIT_S = 30.0  # how long the coordinator waits for a node agent (first, or after one died)
 NODE_HELLO_S = 5.0  # for a connected agent's first record
 MAX_DEPTH = 4096  # bounds the walks over G links in a lost node's memory (it may be torn)
@@ -220,6 +221,7 @@ class Coordinator:
         self.dead_pids: set[int] = set()  # Ms that died before their Hello was read
         self.grq_published = 0  # the global queue length last written to the node counters
         self.ms_asked = 0  # Ms asked of the node agent and not yet said Hello
+        self.starting: dict[int, float] = {}  # pids of Ms started, no Hello yet -> when to stop waiting
         self.out_started: dict[bytes, list[int]] = collections.defaultdict(list)
         self.running = True
         self.busy_since_trim, self.last_trim = False, 0.0
@@ -339,10 +341,24 @@ class Coordinator:
                 node.wake(info.m)
                 self.stats.wakeups += 1
                 return True
-        if m < 0 and not self.ms_asked and self.tell_node(b"m"):
+        if m < 0 and not self.ms_asked and not self.looking() and self.tell_node(b"m"):
             self.ms_asked = 1
             return True
         return False
+
+    def looking(self) -> bool:
+        """An M will look for work before long: one the node started that has
+        not said Hello yet, or one starting, waking or spinning (Go's newm
+        too waits while an M spins).  A new M for the same work would only
+        cost a fork and a core's time at startup."""
+        now = time.monotonic()
+        for pid in [pid for pid, until in self.starting.items() if until < now]:
+            del self.starting[pid]  # (a slow start, or its Hello was lost: ask anyway)
+        looking = (MState.NEW, MState.WAKING, MState.SPINNING)
+        node = self.nm.node
+        return bool(self.starting) or any(
+            node.m_info(i.m)[0] in looking for i in self.ms.values() if not i.stalled
+        )
 
     def handoffp(self, p: int) -> None:
         """Go's handoffp for a P sysmon retook: an M that came back from a
@@ -521,10 +537,15 @@ class Coordinator:
     # start a new M in the dead one's slot.
 
     def on_deaths(self, data: bytes) -> None:
+        """The node agent's records: "pid <m> <pid>" (an M started) and
+        "exit <m> <pid> <status>"."""
         for line in data.decode().splitlines():
-            kind, m, pid, status = line.split()
-            if kind == "exit":
-                self.on_m_exit(int(m), int(pid), int(status))
+            kind, m, pid, *status = line.split()
+            if kind == "pid":
+                self.starting[int(pid)] = time.monotonic() + STARTING_S
+            elif kind == "exit":
+                self.starting.pop(int(pid), None)
+                self.on_m_exit(int(m), int(pid), int(status[0]))
 
     def on_m_exit(self, m: int, pid: int, status: int) -> None:
         info = self.ms.get(m)
@@ -871,6 +892,7 @@ class Coordinator:
         self.dead_pids.clear()
         self.sysmon = None
         self.ms_asked = 0
+        self.starting.clear()
 
     def executing_roots(self) -> dict[int, tuple[int, int]]:
         """Root task id -> (M, pid) for each root an M of this node was
@@ -920,6 +942,7 @@ class Coordinator:
             if node.m_info(msg.m)[3] != msg.pid:
                 self.count(Counter.BADFRAMES)
                 return
+            self.starting.pop(msg.pid, None)
             info = self.ms.get(msg.m)
             if info is None or info.pid != msg.pid:
                 info = self.ms[msg.m] = MInfo(msg.m, ident, msg.pid)
@@ -1098,7 +1121,10 @@ class Coordinator:
                 self.grq_published = len(self.grq)
         for info in self.ms.values():
             self.send(info.ident, wire.Bye("shutdown"))
-            self.nm.node.wake(info.m)  # a parked M reads its socket once woken
+            # A parked M made WAKING asks for a P at once and reads the Bye
+            # instead (merely woken, it could park again before it came).
+            self.nm.node.m_cas_state(info.m, MState.PARKED, MState.WAKING)
+            self.nm.node.wake(info.m)
 
     def close(self) -> None:
         for sock in self.clients.values():

@@ -46,6 +46,12 @@ from gmpd.shm import NodeMemory
 
 GRACE = 2.0  # seconds a process gets to exit by itself at shutdown
 LINK_TIMEOUT = 30.0  # seconds to reach the coordinator
+# Ms get this long to exit by themselves once the node stops, then are
+# killed.  Those the coordinator said Bye to take milliseconds; one it
+# never knew (still starting) would wait for a reply that never comes.
+# Nothing is lost: the client says Bye only when no future is pending, and
+# if the agent died the coordinator runs every started root again anyway.
+M_GRACE = 0.05
 
 
 def fork(fn: Callable[[], object], close: tuple[int, ...] = ()) -> int:
@@ -101,7 +107,7 @@ def template(
             continue
         data = os.read(cmd, 4096)
         if not data:  # the node agent is shutting down or died
-            deadline = time.monotonic() + GRACE
+            deadline = time.monotonic() + M_GRACE
             while children and time.monotonic() < deadline:
                 time.sleep(0.005)
                 reap()
@@ -189,7 +195,10 @@ class NodeAgent:
         until the coordinator has recovered it ("r <m>", on_coordinator)."""
         for line in data.decode().splitlines():
             kind, mid, *rest = line.split()
-            if kind == "exit" and int(mid) in self.live:
+            if kind == "pid":  # the coordinator asks for no more Ms while this one starts
+                with contextlib.suppress(OSError):
+                    self.link.send(line.encode())
+            elif kind == "exit" and int(mid) in self.live:
                 self.live[int(mid)] = -1
                 with contextlib.suppress(OSError):
                     self.link.send(f"exit {mid} {rest[0]} {rest[1]}".encode())

@@ -181,9 +181,15 @@ def whoami() -> int:
 def test_idle_ms_beyond_the_low_water_mark_exit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GMPD_M_IDLE_EXIT_MS", "300")
     with gmpd.Executor(1) as ex:
-        # Four Ms asleep in syscalls at once: each hands the P on, so the pool grows.
-        assert len([f.result(timeout=60) for f in [ex.submit(blocking, 0.5) for _ in range(4)]]) == 4
-        grown = len(ex.statistics().ms)
+        # Four Ms asleep in syscalls at once: each hands the P on, so the pool
+        # grows.  (Counted while they sleep: the first ones may be idle long
+        # enough to exit before the last one is done.)
+        futures = [ex.submit(blocking, 1.0) for _ in range(4)]
+        grown = 0
+        while not all(f.done() for f in futures):
+            grown = max(grown, len(ex.statistics().ms))
+            time.sleep(0.01)
+        assert len([f.result(timeout=60) for f in futures]) == 4
         assert grown >= 4, "Ms blocked in syscalls hold no P: more Ms were needed"
         deadline = time.monotonic() + 10
         while len(ex.statistics().ms) > 2 and time.monotonic() < deadline:
