@@ -41,12 +41,10 @@ def idle_uss(ex: gmpd.Executor) -> tuple[dict[str, float], set[str]]:
     out: dict[str, float] = {}
     ms = {m.pid: m for m in ex.statistics().ms}
     for child in psutil.Process(ex._cluster.proc.pid).children():
-        if child.children():  # the template: its children are the Ms
-            for proc in child.children():
-                if proc.pid in ms:
-                    out[f"m{ms[proc.pid].m}"] = round(proc.memory_full_info().uss / 2**20, 2)
-        else:
-            out["coordinator"] = round(child.memory_full_info().uss / 2**20, 2)
+        for proc in child.children():  # the template's children are the Ms
+            if proc.pid in ms:
+                out[f"m{ms[proc.pid].m}"] = round(proc.memory_full_info().uss / 2**20, 2)
+    out["coordinator"] = round(psutil.Process(ex._cluster.coordinator).memory_full_info().uss / 2**20, 2)
     return out, {f"m{m.m}" for m in ms.values() if m.tasks_run}
 
 

@@ -1,53 +1,66 @@
-"""``gmpd bench``: gmpd side by side with ProcessPoolExecutor and multiprocessing.Pool.
+"""``gmpd bench``: gmpd side by side with the systems its users run today.
 
-Every workload runs on every system with the same number of workers, the
-systems interleaved (A B C A B C ...), after one warm-up round, for
-``reps`` repetitions; the median, min and max are reported.  Each run checks
-every result; a system that returns a wrong or missing result fails that
-workload (its cell becomes null, with the reason on stderr).
+Systems (gmpd/peers.py names the form each one is driven in): gmpd,
+ProcessPoolExecutor, multiprocessing.Pool always; loky, Dask distributed and
+Ray when installed (``pip install 'gmpd[peers]'``).  Same worker count for
+all.  Each workload runs the systems interleaved (A B C A B C ...), after a
+warm-up round (not in ``--quick``), for ``reps`` repetitions, each run on a
+freshly started system that has run one task per worker; the median, min
+and max are reported, with the load average.  Every run has a time budget: a
+system that deadlocks, crashes, loses a task or is not installed gets null
+and a reason, never a hang.  Every task's result is checked in every run; a
+wrong or missing one fails that system's workload, gmpd's included.
 
-Workloads (issue 3; issue 6 adds more):
-  noop_submit  N no-op tasks submitted one by one, all results collected   tasks/s
-  noop_map     the same through map(chunksize=100)                        tasks/s
-  latency      one no-op submitted and awaited, N times in a row          p50 µs (p99 too)
-  farm         400 tasks of ~5 ms pure-Python CPU                         efficiency
-  fanout       one task spawns 400 ~5 ms children with gmpd.go and sums   makespan / ideal
-               (peers: the client submits the 400 and sums)
-  fault        2,000 tasks of ~2 ms; after ~300 results one worker        tasks completed
-               process of each system is SIGKILLed (lost, errored and
-               wall time beside; a task with no result 5 s after the
-               last one came is lost)
+Workloads:
+  noop_submit   N no-op tasks, one task each, all results collected      tasks/s
+  noop_map      the same through map(chunksize=100)                      tasks/s
+  latency       one no-op submitted and awaited, N times in a row        p50 us (p99 beside)
+  farm          400 tasks of ~5 ms pure-Python CPU                       efficiency (CPU / workers x makespan)
+  fanout        one task spawns 400 ~5 ms children with gmpd.go          makespan / ideal
+                (peers: the client submits the 400; the ideal is CPU / workers)
+  imbalance     400 tasks, lognormal durations (seed 7: mean ~5 ms, the  makespan / lower bound
+                longest ~0.3 s), submitted in order; lower bound
+                max(CPU / workers, longest task)
+  blocking_mix  200 tasks of ~5 ms CPU and 40 that sleep 100 ms (one after  makespan / ideal
+                every five), the sleep inside gmpd.syscall(); ideal: the
+                tasks started in order on the first free worker, a sleep
+                holding none (ideal_makespan)
+  blocking_mix_unmarked   the same with a plain time.sleep               makespan / ideal
+  nested        fib(N) where each task above a cutoff spawns its two      s (makespan)
+                halves as tasks and waits for them (peers whose tasks
+                cannot submit tasks: null)
+  fault         2,000 tasks of ~2 ms; after ~300 results one worker       tasks completed
+                process is SIGKILLed (lost, errored, wall time beside)
+  startup       from nothing to the first result (shutdown time beside)  s
+  memory        peak PSS of all the system's processes during farm        MiB (idle beside)
 
 Runs in: the client process of the ``gmpd`` command.
 """
 
 from __future__ import annotations
 
+import heapq
+import importlib
 import json
-import multiprocessing
+import math
 import os
+import random
 import signal
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor as BaseExecutor
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
+
 import gmpd
-from gmpd import chaos
+from gmpd import peers
+from gmpd.peers import Deadline, RunTimeout, System, Unavailable, Unsupported
 
-SYSTEMS = ("gmpd", "ppe", "mp_pool")
-FORMS = {
-    "gmpd": "gmpd.Executor.submit / map / gmpd.go",
-    "ppe": "ProcessPoolExecutor.submit / map",
-    "mp_pool": "Pool.imap(chunksize=1) / Pool.map / Pool.apply_async",
-}
-
-
-# ---- task bodies (module level, so every system imports them by reference) ----
+# ---- task bodies (module level: every system imports them by reference) --------
 
 
 def ident(x: int) -> int:
@@ -70,47 +83,22 @@ def fan(n: int, ms: float) -> list[float]:
     return [f.result() for f in futures]
 
 
-# ---- systems ----
-
-
-class Pool:
-    """multiprocessing.Pool behind the small interface the workloads use."""
-
-    def __init__(self, workers: int) -> None:
-        self.pool = multiprocessing.get_context("fork").Pool(workers)
-        self.lost_tasks = False  # a killed worker's task never completes: join() would wait forever
-
-    def close(self) -> None:
-        if self.lost_tasks:
-            self.pool.terminate()
-        else:
-            self.pool.close()
-        self.pool.join()
-
-
-def start(system: str, workers: int) -> BaseExecutor | Pool:
-    if system == "gmpd":
-        return gmpd.Executor(workers)
-    if system == "ppe":
-        return ProcessPoolExecutor(workers)
-    return Pool(workers)
-
-
-def stop(ex: BaseExecutor | Pool) -> None:
-    if isinstance(ex, Pool):
-        ex.close()
+def mixed(item: tuple[str, float]) -> tuple[str, float]:
+    """("cpu", ms): burn; ("sleep", ms) sleeps inside gmpd.syscall();
+    ("nap", ms) sleeps unmarked.  Returns the kind and the CPU (or wall) time."""
+    kind, ms = item
+    if kind == "cpu":
+        return kind, burn(ms)
+    t = time.perf_counter()
+    if kind == "sleep":
+        with gmpd.syscall():
+            time.sleep(ms / 1000)
     else:
-        ex.shutdown(wait=True)
+        time.sleep(ms / 1000)
+    return kind, time.perf_counter() - t
 
 
-def warm(ex: BaseExecutor | Pool, workers: int) -> None:
-    if isinstance(ex, Pool):
-        ex.pool.map(ident, range(workers * 4), chunksize=1)
-    else:
-        list(ex.map(ident, range(workers * 4)))
-
-
-# ---- workloads: each returns (value, extra) for one run, or raises on a wrong result ----
+# ---- workloads: each returns (value, extra) for one run, or raises ----------
 
 
 class WrongResult(Exception):
@@ -122,111 +110,203 @@ def check(ok: bool, what: str) -> None:
         raise WrongResult(what)
 
 
-def noop_submit(ex: BaseExecutor | Pool, n: int, workers: int) -> tuple[float, dict[str, float]]:
+Extra = dict[str, float]
+
+
+def noop_submit(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
     t = time.perf_counter()
-    if isinstance(ex, Pool):
-        out = list(ex.pool.imap(ident, range(n), chunksize=1))
-    else:
-        futures = [ex.submit(ident, i) for i in range(n)]
-        out = [f.result() for f in futures]
+    out = s.run_all(ident, range(n), d)
     dt = time.perf_counter() - t
-    check(out == list(range(n)), "noop_submit results")
+    check(out == list(range(n)), "noop_submit: wrong or missing results")
     return n / dt, {}
 
 
-def noop_map(ex: BaseExecutor | Pool, n: int, workers: int) -> tuple[float, dict[str, float]]:
+def noop_map(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
     t = time.perf_counter()
-    out = (
-        ex.pool.map(ident, range(n), chunksize=100)
-        if isinstance(ex, Pool)
-        else list(ex.map(ident, range(n), chunksize=100))
-    )
+    out = s.map(ident, range(n), 100, d)
     dt = time.perf_counter() - t
-    check(out == list(range(n)), "noop_map results")
+    check(out == list(range(n)), "noop_map: wrong or missing results")
     return n / dt, {}
 
 
-def latency(ex: BaseExecutor | Pool, n: int, workers: int) -> tuple[float, dict[str, float]]:
+def latency(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
     samples = []
     for i in range(n):
         t = time.perf_counter()
-        r = ex.pool.apply_async(ident, (i,)).get() if isinstance(ex, Pool) else ex.submit(ident, i).result()
+        r = s.call(ident, i, d)
         samples.append(time.perf_counter() - t)
-        check(r == i, "latency result")
+        check(r == i, "latency: wrong result")
     samples.sort()
     return samples[len(samples) // 2] * 1e6, {"p99": samples[int(len(samples) * 0.99)] * 1e6}
 
 
-def farm(ex: BaseExecutor | Pool, n: int, workers: int) -> tuple[float, dict[str, float]]:
-    t = time.perf_counter()
-    if isinstance(ex, Pool):
-        cpu = ex.pool.map(burn, [5.0] * n, chunksize=1)
-    else:
-        futures = [ex.submit(burn, 5.0) for _ in range(n)]
-        cpu = [f.result() for f in futures]
-    makespan = time.perf_counter() - t
-    check(len(cpu) == n and all(c > 0 for c in cpu), "farm results")
-    return sum(cpu) / (workers * makespan), {}
+def cpu_times(out: list[Any], n: int, what: str) -> list[float]:
+    check(
+        len(out) == n and all(isinstance(c, float) and c > 0 for c in out),
+        f"{what}: wrong or missing results",
+    )
+    return out
 
 
-def fanout(ex: BaseExecutor | Pool, n: int, workers: int) -> tuple[float, dict[str, float]]:
+def farm(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
     t = time.perf_counter()
-    if isinstance(ex, Pool):
-        cpu = ex.pool.map(burn, [5.0] * n, chunksize=1)
-    elif isinstance(ex, gmpd.Executor):
-        cpu = ex.submit(fan, n, 5.0).result()
-    else:
-        cpu = [f.result() for f in [ex.submit(burn, 5.0) for _ in range(n)]]
+    cpu = cpu_times(s.run_all(burn, [5.0] * n, d), n, "farm")
     makespan = time.perf_counter() - t
-    check(len(cpu) == n and all(c > 0 for c in cpu), "fanout results")
-    return makespan / (n * 0.005 / workers), {}
+    return sum(cpu) / (s.workers * makespan), {}
+
+
+def fanout(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
+    t = time.perf_counter()
+    if isinstance(s, peers.GmpdSystem):
+        out = s.result(s.submit(fan, n, 5.0), d)
+    else:
+        out = s.run_all(burn, [5.0] * n, d)
+    cpu = cpu_times(out, n, "fanout")
+    makespan = time.perf_counter() - t
+    return makespan / (sum(cpu) / s.workers), {}
+
+
+IMBALANCE_SEED = 7
+
+
+def imbalance_ms(n: int) -> list[float]:
+    """Heavy-tailed task lengths: lognormal (sigma 1.6) scaled to a mean of
+    5 ms; with seed 7 and n = 400 the longest is ~0.3 s and a few pass 0.2 s."""
+    rng = random.Random(IMBALANCE_SEED)
+    raw = [rng.lognormvariate(0.0, 1.6) for _ in range(n)]
+    scale = 5.0 * n / sum(raw)
+    return [max(0.05, x * scale) for x in raw]  # (no task shorter than 50 us)
+
+
+def imbalance(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
+    lengths = imbalance_ms(n)
+    t = time.perf_counter()
+    cpu = cpu_times(s.run_all(burn, lengths, d), n, "imbalance")
+    makespan = time.perf_counter() - t
+    bound = max(sum(cpu) / s.workers, *cpu)
+    return makespan / bound, {"lower_bound_s": bound, "makespan_s": makespan, "longest_s": max(cpu)}
+
+
+def ideal_makespan(tasks: list[float | None], workers: int, sleep_s: float) -> float:
+    """The makespan of ``tasks`` (CPU seconds, or None for a sleep of
+    ``sleep_s``) started in order, each on the first free worker, where a
+    sleep holds no worker: what a scheduler with no overhead would reach."""
+    free = [0.0] * workers
+    end = 0.0
+    for cpu in tasks:
+        t = heapq.heappop(free)
+        if cpu is None:
+            end = max(end, t + sleep_s)
+            heapq.heappush(free, t)
+        else:
+            end = max(end, t + cpu)
+            heapq.heappush(free, t + cpu)
+    return end
+
+
+def blocking_items(n: int, sleep_kind: str) -> list[tuple[str, float]]:
+    """n CPU tasks of 5 ms and n / 5 sleeps of 100 ms, a sleep after every fifth."""
+    items: list[tuple[str, float]] = []
+    for i in range(n):
+        items.append(("cpu", 5.0))
+        if i % 5 == 4:
+            items.append((sleep_kind, 100.0))
+    return items
+
+
+def blocking(sleep_kind: str) -> Callable[[System, int, Deadline], tuple[float, Extra]]:
+    def run(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
+        items = blocking_items(n, sleep_kind)
+        t = time.perf_counter()
+        out = s.run_all(mixed, items, d)
+        makespan = time.perf_counter() - t
+        right = [
+            kind == want and (v > 0 if kind == "cpu" else v >= 0.099)
+            for (kind, v), (want, _ms) in zip(out, items, strict=False)
+        ]
+        check(len(out) == len(items) and all(right), "blocking_mix: wrong or missing results")
+        ideal = ideal_makespan([v if kind == "cpu" else None for kind, v in out], s.workers, 0.1)
+        return makespan / ideal, {"ideal_s": ideal, "makespan_s": makespan}
+
+    return run
+
+
+NESTED_CUTOFF = 20
+
+
+def nested(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
+    t = time.perf_counter()
+    r = s.nested(n, NESTED_CUTOFF, d)
+    makespan = time.perf_counter() - t
+    check(r == peers.fib(n), f"nested: fib({n}) = {r}, expected {peers.fib(n)}")
+    return makespan, {}
 
 
 FAULT_AT = 300  # results before the kill
-FAULT_WAIT_S = 5.0  # a task with no result this long after the last result is counted lost
 
 
-def worker_pids(ex: BaseExecutor | Pool) -> list[int]:
-    """The worker processes of a running system."""
-    if isinstance(ex, Pool):
-        return [p.pid for p in ex.pool._pool if p.pid]  # type: ignore[attr-defined]
-    if isinstance(ex, gmpd.Executor):
-        return chaos.m_pids(ex)
-    return list(ex._processes or {})  # type: ignore[attr-defined]
-
-
-def fault(ex: BaseExecutor | Pool, n: int, workers: int) -> tuple[float, dict[str, float]]:
-    """SIGKILL one worker after FAULT_AT results; count what each system
+def fault(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
+    """SIGKILL one worker after FAULT_AT results; count what the system
     delivers.  Lost and errored tasks do not fail the run: they are the
-    measurement."""
+    measurement.  A task with no result ``wait`` seconds after the last
+    result came is lost."""
     t = time.monotonic()
-    if isinstance(ex, Pool):
-        pending: list[Any] = [ex.pool.apply_async(burn, (2.0,)) for _ in range(n)]
-        done: Callable[[Any], bool] = lambda r: r.ready()  # noqa: E731
-        ok: Callable[[Any], bool] = lambda r: r.successful() and r.get() > 0  # noqa: E731
-    else:
-        pending = [ex.submit(burn, 2.0) for _ in range(n)]
-        done = lambda f: f.done()  # noqa: E731
-        ok = lambda f: f.exception() is None and f.result() > 0  # noqa: E731
+    pending = [s.submit(burn, 2.0) for _ in range(n)]
     killed, finished, last = False, 0, time.monotonic()
-    wait = FAULT_WAIT_S if n >= 2000 else 1.0  # (--quick: a shorter wait for mp.Pool's lost task)
+    wait = 5.0 if n >= 2000 else 1.0
     while finished < n and time.monotonic() - last < wait:
-        count = sum(1 for r in pending if done(r))
+        d.left()
+        count = sum(1 for h in pending if s.done(h))
         if count > finished:
             finished, last = count, time.monotonic()
         if not killed and finished >= FAULT_AT:
-            pids = worker_pids(ex)
+            pids = s.worker_pids()
             if pids:
                 os.kill(pids[0], signal.SIGKILL)
                 killed = True
-                if isinstance(ex, Pool):
-                    ex.lost_tasks = True
-        time.sleep(0.001)
+        time.sleep(0.002)
     wall = last - t  # to the last result that came
-    completed = sum(1 for r in pending if done(r) and ok(r))
-    errored = sum(1 for r in pending if done(r) and not ok(r))
+    done = [h for h in pending if s.done(h)]
+    completed = [h for h in done if s.ok(h)]
     check(killed, "fault: no worker to kill")
-    return completed, {"lost": n - completed - errored, "errored": errored, "wall_s": wall}
+    check(all(s.result(h, d) > 0 for h in completed), "fault: wrong results")
+    errored = len(done) - len(completed)
+    return len(completed), {"lost": n - len(done), "errored": errored, "wall_s": wall}
+
+
+def memory_sampler(stop: threading.Event, peak: list[float]) -> None:
+    """Peak PSS (MiB) of every process under this one, every 50 ms."""
+    while not stop.wait(0.05):
+        total = 0
+        for p in peers.descendants():
+            try:
+                total += p.memory_full_info().pss
+            except psutil.Error:
+                continue
+        peak[0] = max(peak[0], total / 2**20)
+
+
+def sample_peak(during: Callable[[], object], at_least_s: float = 0.0) -> float:
+    stop, peak = threading.Event(), [0.0]
+    sampler = threading.Thread(target=memory_sampler, args=(stop, peak), daemon=True)
+    sampler.start()
+    try:
+        t = time.monotonic()
+        during()
+        time.sleep(max(0.0, at_least_s - (time.monotonic() - t)))
+    finally:
+        stop.set()
+        sampler.join()
+    return peak[0]
+
+
+def memory(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
+    idle = sample_peak(lambda: None, at_least_s=1.0)
+    busy = sample_peak(lambda: farm(s, n, d))
+    return busy, {"idle_mib": idle}
+
+
+# startup runs without a warm system: run_workload starts it inside the timing.
 
 
 @dataclass(frozen=True)
@@ -234,9 +314,10 @@ class Workload:
     name: str
     unit: str
     higher_is_better: bool
-    run: Callable[[BaseExecutor | Pool, int, int], tuple[float, dict[str, float]]]
+    run: Callable[[System, int, Deadline], tuple[float, Extra]] | None
     n: int
     quick_n: int
+    budget_s: float = 120.0  # per run
 
 
 WORKLOADS = [
@@ -245,72 +326,224 @@ WORKLOADS = [
     Workload("latency", "p50 us", False, latency, 2_000, 200),
     Workload("farm", "efficiency", True, farm, 400, 60),
     Workload("fanout", "makespan/ideal", False, fanout, 400, 60),
+    Workload("imbalance", "makespan/lower bound", False, imbalance, 400, 400),
+    Workload("blocking_mix", "makespan/ideal", False, blocking("sleep"), 200, 50),
+    Workload("blocking_mix_unmarked", "makespan/ideal", False, blocking("nap"), 200, 50),
+    Workload("nested", "s", False, nested, 30, 27),
     Workload("fault", "tasks completed", True, fault, 2_000, 600),
+    Workload("startup", "s to first result", False, None, 1, 1, budget_s=60.0),
+    Workload("memory", "peak PSS MiB", False, memory, 400, 60),
 ]
 
 
-def run_workload(w: Workload, workers: int, reps: int, quick: bool) -> dict[str, Any]:
+def run_once(w: Workload, system: str, workers: int, n: int) -> tuple[float, Extra]:
+    """One run on a freshly started system; raises with the reason on failure."""
+    d = Deadline(w.budget_s)
+    if w.run is None:  # startup: the system's start is what is timed
+        t = time.perf_counter()
+        s = peers.start(system, workers)
+        try:
+            check(s.call(ident, 7, d) == 7, "startup: wrong result")
+            first = time.perf_counter() - t
+        finally:
+            t = time.perf_counter()
+            s.close()
+        return first, {"shutdown_s": time.perf_counter() - t}
+    s = peers.start(system, workers)
+    clean = False
+    try:
+        peers.wait_ready(s, d)
+        out = w.run(s, n, d)
+        clean = True
+        return out
+    finally:
+        s.close(clean)
+
+
+def run_workload(w: Workload, systems: list[str], workers: int, reps: int, quick: bool) -> dict[str, Any]:
     n = w.quick_n if quick else w.n
-    samples: dict[str, list[float]] = {s: [] for s in SYSTEMS}
-    extras: dict[str, list[dict[str, float]]] = {s: [] for s in SYSTEMS}
+    samples: dict[str, list[float]] = {s: [] for s in systems}
+    extras: dict[str, list[Extra]] = {s: [] for s in systems}
     failed: dict[str, str] = {}
-    for rep in range(reps + 1):  # round 0 is the warm-up
-        for system in SYSTEMS:
+    verified: dict[str, bool | None] = dict.fromkeys(systems)
+    first = 1 if quick else 0  # round 0 is the warm-up (none in --quick)
+    for rep in range(first, reps + 1):
+        for system in systems:
             if system in failed:
                 continue
-            ex = start(system, workers)
             try:
-                warm(ex, workers)
-                value, extra = w.run(ex, n, workers)
-            except Exception as exc:
+                value, extra = run_once(w, system, workers, n)
+            except (Unavailable, Unsupported) as exc:
+                failed[system] = str(exc)
+                continue
+            except WrongResult as exc:
+                failed[system] = f"wrong result: {exc}"
+                verified[system] = False
+                print(f"gmpd bench: {w.name} on {system}: {failed[system]}", file=sys.stderr)
+                continue
+            except RunTimeout as exc:
+                failed[system] = f"timed out: {exc}"
+                print(f"gmpd bench: {w.name} on {system}: {failed[system]}", file=sys.stderr)
+                continue
+            except Exception as exc:  # a peer's crash is a result to report, not ours to raise
                 failed[system] = f"{type(exc).__name__}: {exc}"
                 print(f"gmpd bench: {w.name} on {system} failed: {failed[system]}", file=sys.stderr)
                 continue
-            finally:
-                stop(ex)
+            verified[system] = True
             if rep:
                 samples[system].append(value)
                 extras[system].append(extra)
-    ok = [s for s in SYSTEMS if samples[s] and s not in failed]
+    ok = [s for s in systems if samples[s] and s not in failed]
     out: dict[str, Any] = {
         "workload": w.name,
         "unit": w.unit,
         "higher_is_better": w.higher_is_better,
-        "results": {s: (statistics.median(samples[s]) if s in ok else None) for s in SYSTEMS},
-        "min": {s: (min(samples[s]) if s in ok else None) for s in SYSTEMS},
-        "max": {s: (max(samples[s]) if s in ok else None) for s in SYSTEMS},
-        "n": n,
-        "workers": workers,
-        "repetitions": reps,
+        "results": {s: (statistics.median(samples[s]) if s in ok else None) for s in systems},
+        "min": {s: (min(samples[s]) if s in ok else None) for s in systems},
+        "max": {s: (max(samples[s]) if s in ok else None) for s in systems},
     }
-    for key in {k for s in ok for e in extras[s] for k in e}:
-        out[key] = {s: (statistics.median(e[key] for e in extras[s]) if s in ok else None) for s in SYSTEMS}
+    out["ratio_vs_best_peer"] = ratio_vs_best_peer(out)
+    out.update(
+        n=n,
+        workers=workers,
+        repetitions=reps,
+        loadavg=round(os.getloadavg()[0], 2),
+        verified={s: (verified[s] if s not in failed or verified[s] is False else None) for s in systems},
+        forms={s: peers.FORMS[s] for s in systems},
+    )
+    for key in sorted({k for s in ok for e in extras[s] for k in e}):
+        out[key] = {s: (statistics.median(e[key] for e in extras[s]) if s in ok else None) for s in systems}
     if failed:
         out["failed"] = failed
     return out
 
 
-def main(workers: int | None, reps: int, quick: bool, as_json: bool, only: list[str]) -> int:
+def ratio_vs_best_peer(row: dict[str, Any]) -> float | None:
+    """Above 1: gmpd is ahead of the best peer, whichever way the unit points."""
+    mine = row["results"].get("gmpd")
+    others = [v for s, v in row["results"].items() if s != "gmpd" and v is not None]
+    if mine is None or not others:
+        return None
+    if row["higher_is_better"]:
+        best = max(others)
+        return mine / best if best else None
+    best = min(others)
+    return best / mine if mine else None
+
+
+def best_system(row: dict[str, Any]) -> str | None:
+    values = {s: v for s, v in row["results"].items() if v is not None}
+    if not values:
+        return None
+    ranked: list[str] = sorted(values, key=lambda s: values[s], reverse=row["higher_is_better"])
+    return ranked[0]
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "null"
+    if v == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(v)))
+    if magnitude >= 6:
+        return f"{v / 1e6:.3g}M"
+    if magnitude >= 3:
+        return f"{v / 1e3:.3g}k"
+    return f"{v:.3g}"
+
+
+def table(rows: list[dict[str, Any]], systems: list[str]) -> str:
+    """Workloads x systems; * marks the best cell; the last column is gmpd's
+    ratio to the best peer (above 1: gmpd ahead)."""
+    head = ["workload", "unit", *systems, "gmpd/best peer"]
+    body = []
+    for row in rows:
+        best = best_system(row)
+        cells = [fmt(row["results"].get(s)) + ("*" if s == best else "") for s in systems]
+        ratio = row["ratio_vs_best_peer"]
+        body.append([row["workload"], row["unit"], *cells, "null" if ratio is None else f"{ratio:.2f}x"])
+    widths = [max(len(str(r[i])) for r in [head, *body]) for i in range(len(head))]
+    lines = ["  ".join(str(c).ljust(wd) for c, wd in zip(r, widths, strict=True)) for r in [head, *body]]
+    lines.insert(1, "  ".join("-" * wd for wd in widths))
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], systems: list[str], path: str, title: str) -> None:
+    """A bar chart per workload (matplotlib, ``pip install 'gmpd[plot]'``)."""
+    importlib.import_module("matplotlib").use("Agg")  # optional: not a typed dependency
+    plt: Any = importlib.import_module("matplotlib.pyplot")
+
+    cols = 4
+    nrows = math.ceil(len(rows) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.2 * nrows), squeeze=False)
+    for ax, row in zip(axes.flat, rows, strict=False):
+        names = [s for s in systems if row["results"].get(s) is not None]
+        values = [row["results"][s] for s in names]
+        colors = ["tab:red" if s == "gmpd" else "tab:gray" for s in names]
+        ax.bar(names, values, color=colors)
+        better = "higher" if row["higher_is_better"] else "lower"
+        ax.set_title(f"{row['workload']}\n{row['unit']} ({better} is better)", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7, rotation=30)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in list(axes.flat)[len(rows) :]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(
+    workers: int | None,
+    reps: int,
+    quick: bool,
+    as_json: bool,
+    only: list[str],
+    *,
+    systems: list[str] | None = None,
+    plot_path: str | None = None,
+) -> int:
     workers = workers or os.cpu_count() or 1
     chosen = [w for w in WORKLOADS if not only or w.name in only]
     unknown = set(only) - {w.name for w in WORKLOADS}
     if unknown:
         print(f"gmpd bench: unknown workload(s) {sorted(unknown)}; choose from {[w.name for w in WORKLOADS]}")
         return 2
-    print(
-        f"# gmpd bench: {workers} workers, {reps} repetitions, loadavg {os.getloadavg()[0]:.2f}",
-        file=sys.stderr,
+    wanted = list(systems or peers.SYSTEMS)
+    bad = set(wanted) - set(peers.SYSTEMS)
+    if bad or "gmpd" not in wanted:
+        print(f"gmpd bench: --systems takes gmpd and any of {list(peers.SYSTEMS[1:])}; got {wanted}")
+        return 2
+    if plot_path:
+        try:
+            importlib.import_module("matplotlib")
+        except ImportError:
+            print("gmpd bench: --plot needs matplotlib: pip install 'gmpd[plot]'", file=sys.stderr)
+            return 2
+    for s in wanted:
+        if why := peers.installed(s):
+            print(f"# {s}: not run: {why}", file=sys.stderr)
+    header = (
+        f"gmpd bench: {workers} workers, {reps} repetitions{' (quick)' if quick else ''}, "
+        f"{os.cpu_count()} CPUs, loadavg {os.getloadavg()[0]:.2f}, {time.strftime('%Y-%m-%d %H:%M')}"
     )
+    print(f"# {header}", file=sys.stderr)
+    for s in wanted:
+        print(f"# {s}: {peers.FORMS[s]}", file=sys.stderr)
     status = 0
+    rows = []
     for w in chosen:
-        row = run_workload(w, workers, reps, quick)
+        row = run_workload(w, wanted, workers, reps, quick)
+        rows.append(row)
         if row["results"]["gmpd"] is None:
             status = 1
         if as_json:
             print(json.dumps(row), flush=True)
         else:
-            cells = "  ".join(
-                f"{s}={v:,.3g}" if v is not None else f"{s}=null" for s, v in row["results"].items()
-            )
-            print(f"{w.name:<12} {w.unit:<15} {cells}", flush=True)
+            print(f"{w.name:<22} " + "  ".join(f"{s}={fmt(row['results'][s])}" for s in wanted), flush=True)
+    if not as_json:
+        print()
+        print(table(rows, wanted))
+    if plot_path:
+        plot(rows, wanted, plot_path, header)
     return status

@@ -20,6 +20,7 @@ DEFAULTS: dict[str, dict[str, int]] = {
         "max_us": 10_000,
         "idle_rounds": 50,
         "syscall_grace_ms": 10,
+        "syscall_us": 500,
         "deep_sleep_ms": 100,
     },
     "m": {"max_ms_per_p": 8, "idle_exit_ms": 10_000, "max_tasks": 0, "max_rss_mb": 0, "rss_kill": 0},

@@ -295,6 +295,7 @@ class M:
                 break
         self.p, self.epoch = grant.p, grant.epoch
         self.runq = self.nm.runq(grant.p, self.m)
+        self.wake_sysmon()  # a P runs again: sysmon must watch it (an unmarked block wakes nobody)
         if not self.curg:
             self.node.m_set(self.m, p=grant.p, state=MState.IDLE)
         else:
@@ -486,9 +487,13 @@ class M:
         node.sched_add(Counter.SYSCALLS, 1)
         node.sched_add(Counter.RUNNING, -1)
         node.m_set(self.m, state=MState.SYSCALL)
-        if node.sched()[Counter.SYSMONWAIT]:  # every P looked idle: sysmon deep-sleeps
-            node.wake(sysmon_slot(node.nms))
+        self.wake_sysmon()
         return True
+
+    def wake_sysmon(self) -> None:
+        """If sysmon deep-sleeps (every P looked idle), wake it."""
+        if self.node.sched()[Counter.SYSMONWAIT]:
+            self.node.wake(sysmon_slot(self.node.nms))
 
     def exitsyscall(self) -> None:
         """Take our P back by CAS if sysmon did not retake it; else any idle

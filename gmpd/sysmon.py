@@ -103,6 +103,8 @@ class Sysmon:
         conf = config.load()["sysmon"]
         self.min_us, self.max_us, self.idle_rounds = conf["min_us"], conf["max_us"], conf["idle_rounds"]
         self.grace_s, self.deep_sleep_s = conf["syscall_grace_ms"] / 1000, conf["deep_sleep_ms"] / 1000
+        self.syscall_us = conf["syscall_us"]
+        self.pending_retake = False  # the last round saw a P in a syscall, or an M asleep
         self.watch = [PWatch() for _ in range(self.node.nprocs)]
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -121,6 +123,7 @@ class Sysmon:
     def retake(self, now: float) -> int:
         """Go's retake: take Ps from Ms that stayed in a syscall a full round."""
         node, n = self.node, 0
+        self.pending_retake = False
         for p, pd in enumerate(self.watch):
             status, owner, epoch = node.p_state(p)
             schedtick, syscalltick, preempt = node.p_ticks(p)
@@ -133,7 +136,9 @@ class Sysmon:
             if status != PStatus.SYSCALL:
                 # Asleep in an unmarked call: now a syscall, retaken by the next rounds.
                 self.detect_blocked(p, pd, owner, epoch, now)
+                self.pending_retake |= pd.asleep is not None or node.p_state(p)[0] == PStatus.SYSCALL
                 continue
+            self.pending_retake = True
             if pd.syscalltick != syscalltick:  # a new syscall since last round: give it one
                 pd.syscalltick, pd.syscallwhen = syscalltick, now
                 continue
@@ -329,6 +334,8 @@ class Sysmon:
                 idle, delay_us = 0, self.min_us
                 continue
             idle = 0 if self.retake(now) else idle + 1
+            if self.pending_retake:  # a P waits in a syscall (or an M looks asleep): look again soon
+                delay_us = min(delay_us, self.syscall_us)
             if self.trace_ms > 0 and now - self.last_trace >= self.trace_ms / 1000:
                 self.last_trace = now
                 schedtrace(self.nm, int((now - self.start) * 1000), self.detail, sys.stderr)

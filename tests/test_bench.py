@@ -1,4 +1,6 @@
-"""`gmpd bench --quick --json` (well-formed lines, every system verified) and bench/memory.py."""
+"""`gmpd bench`: the quick run (well-formed lines, every system verified),
+the runner's handling of peers that hang, crash or are missing, the peer
+adapters (with fakes where the peer is not installed), and bench/memory.py."""
 
 from __future__ import annotations
 
@@ -9,31 +11,83 @@ from pathlib import Path
 
 import pytest
 
+from gmpd import bench
+
+ALWAYS = ["gmpd", "ppe", "mp_pool"]
+
 
 @pytest.mark.timeout(300)
-def test_bench_quick_json_lines_are_well_formed() -> None:
+def test_bench_quick_json_lines_are_well_formed_and_every_result_verified() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "gmpd.cli", "bench", "--quick", "--json", "--reps", "1"],
+        [sys.executable, "-m", "gmpd.cli", "bench", "--quick", "--json", "--systems", ",".join(ALWAYS)],
         capture_output=True,
         text=True,
         timeout=280,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [r["workload"] for r in rows] == ["noop_submit", "noop_map", "latency", "farm", "fanout", "fault"]
-    fault = rows.pop()
+    rows = {r["workload"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert list(rows) == [w.name for w in bench.WORKLOADS]
+    for name, row in rows.items():
+        assert set(row) >= {
+            "workload",
+            "unit",
+            "higher_is_better",
+            "results",
+            "min",
+            "max",
+            "ratio_vs_best_peer",
+        }
+        assert set(row["results"]) == set(ALWAYS) == set(row["forms"])
+        ran = [s for s in ALWAYS if row["results"][s] is not None]
+        # A system ran, and every one of its results was checked, or it has a reason.
+        for s in ALWAYS:
+            if s in ran:
+                assert row["verified"][s] is True, (name, s, row)
+                assert (
+                    isinstance(row["min"][s], (int, float))
+                    and row["min"][s] <= row["results"][s] <= row["max"][s]
+                )
+            else:
+                assert row["failed"][s], (name, s, row)
+        assert "gmpd" in ran, (name, row)
+        if len(ran) > 1:
+            assert isinstance(row["ratio_vs_best_peer"], float) and row["ratio_vs_best_peer"] > 0
+    assert rows["nested"]["results"]["ppe"] is None and "cannot submit" in rows["nested"]["failed"]["ppe"]
+    assert not any("failed" in rows[w] for w in ("noop_submit", "farm", "memory"))
+    fault = rows["fault"]
     # gmpd loses nothing when a worker is SIGKILLed; PPE's pool breaks (its tasks error).
     assert fault["results"]["gmpd"] == fault["n"] and fault["lost"]["gmpd"] == fault["errored"]["gmpd"] == 0
     assert fault["errored"]["ppe"] > 0, fault
-    for row in rows:
-        assert set(row) >= {"workload", "unit", "higher_is_better", "results", "min", "max"}
-        for key in ("results", "min", "max"):
-            assert set(row[key]) == {"gmpd", "ppe", "mp_pool"}
-            # every system ran and every one of its results was checked (a wrong one gives null)
-            assert all(isinstance(v, float) and v > 0 for v in row[key].values()), (row["workload"], row)
-        assert "failed" not in row
-    assert "p99" in rows[2]
+    assert "p99" in rows["latency"] and "shutdown_s" in rows["startup"] and "idle_mib" in rows["memory"]
+    assert rows["imbalance"]["lower_bound_s"]["gmpd"] > 0 and rows["blocking_mix"]["ideal_s"]["gmpd"] > 0
+
+
+def test_ratio_vs_best_peer_points_the_same_way_for_both_kinds_of_unit() -> None:
+    up = {"higher_is_better": True, "results": {"gmpd": 30.0, "ppe": 10.0, "dask": 20.0}}
+    down = {"higher_is_better": False, "results": {"gmpd": 2.0, "ppe": 4.0, "dask": None}}
+    assert bench.ratio_vs_best_peer(up) == 1.5 and bench.best_system(up) == "gmpd"
+    assert bench.ratio_vs_best_peer(down) == 2.0
+    assert bench.ratio_vs_best_peer({"higher_is_better": True, "results": {"gmpd": 1.0, "ppe": None}}) is None
+    assert bench.ratio_vs_best_peer({"higher_is_better": True, "results": {"gmpd": None, "ppe": 1.0}}) is None
+
+
+def test_ideal_makespan_lets_sleeps_hold_no_worker() -> None:
+    assert bench.ideal_makespan([1.0, 1.0, None, 1.0], 2, 0.1) == 2.0
+    assert bench.ideal_makespan([None], 2, 0.1) == 0.1
+    assert bench.ideal_makespan([0.5, 0.5, 0.5, None], 2, 3.0) == 3.5  # a late sleep ends it
+
+
+def test_table_marks_the_best_cell_and_gives_the_ratio() -> None:
+    row = {
+        "workload": "farm",
+        "unit": "efficiency",
+        "higher_is_better": True,
+        "results": {"gmpd": 0.97, "ppe": 0.95},
+        "ratio_vs_best_peer": 0.97 / 0.95,
+    }
+    text = bench.table([row], ["gmpd", "ppe"])
+    assert "0.97*" in text and "0.95 " in text and "1.02x" in text
 
 
 @pytest.mark.timeout(300)
