@@ -12,10 +12,12 @@ is driven in a form its users would not choose:
             map(chunksize) for a chunked map, apply_async for one task
   loky      loky.ProcessPoolExecutor (joblib's engine): submit / map(chunksize)
   dask      distributed.LocalCluster(processes=True, threads_per_worker=1)
-            + Client: client.map + client.gather for many tasks, submit for
-            one, worker_client() for tasks that spawn tasks
-  ray       ray.init(num_cpus=workers): f.remote(...) + ray.get, tasks
-            that spawn tasks call .remote() and ray.get inside
+            + Client: client.map + client.gather for many tasks (of chunks
+            for a chunked map), submit for one, worker_client() for tasks
+            that spawn tasks
+  ray       ray.init(num_cpus=workers): f.remote(...) + ray.get (one
+            task per chunk for a chunked map), tasks that spawn tasks call
+            .remote() and ray.get inside
 
 loky, Dask and Ray are optional (``pip install 'gmpd[peers]'``); an adapter
 whose package is missing raises :class:`Unavailable` and the bench reports
@@ -30,6 +32,7 @@ Runs in: the client process of ``gmpd bench``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 import multiprocessing
@@ -95,6 +98,7 @@ class System:
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
+        self.preexisting: set[int] = set()  # processes under ours from before it started
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         raise NotImplementedError
@@ -261,6 +265,17 @@ class PoolSystem(System):
 # ---- optional peers ------------------------------------------------------------
 
 
+def run_chunk(fn: Callable[[Any], Any], chunk: list[Any]) -> list[Any]:
+    """One task for a chunk of a map: how Dask's and Ray's guides say to
+    batch tiny tasks (their per-task cost is milliseconds)."""
+    return [fn(x) for x in chunk]
+
+
+def chunks(items: Iterable[Any], size: int) -> list[list[Any]]:
+    items = list(items)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
 def _import(module: str, extra: str = "peers") -> Any:
     try:
         return importlib.import_module(module)
@@ -299,7 +314,7 @@ class DaskSystem(System):
     name = "dask"
     form = (
         "distributed LocalCluster(processes=True, threads_per_worker=1): "
-        "client.map + gather, submit, worker_client"
+        "client.map + gather (of chunks for map), submit, worker_client"
     )
 
     def __init__(self, workers: int) -> None:
@@ -335,6 +350,12 @@ class DaskSystem(System):
             raise RunTimeout(f"client.map gave no results within the run's {deadline.seconds:g} s") from exc
         return list(self.client.gather(futures))
 
+    def map(
+        self, fn: Callable[[Any], Any], items: Iterable[Any], chunksize: int, deadline: Deadline
+    ) -> list[Any]:
+        parts = self.run_all(functools.partial(run_chunk, fn), chunks(items, chunksize), deadline)
+        return [x for part in parts for x in part]
+
     def nested(self, n: int, cutoff: int, deadline: Deadline) -> int:
         return int(self.result(self.client.submit(dask_fib, n, cutoff, pure=False), deadline))
 
@@ -348,7 +369,7 @@ class DaskSystem(System):
 
 class RaySystem(System):
     name = "ray"
-    form = "ray.init(num_cpus=workers): f.remote + ray.get, .remote and ray.get inside tasks"
+    form = "ray.init(num_cpus=workers): f.remote + ray.get (chunks for map), .remote and ray.get inside tasks"
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
@@ -393,6 +414,16 @@ class RaySystem(System):
             return list(self.ray.get(refs, timeout=deadline.left()))
         except self.ray.exceptions.GetTimeoutError as exc:
             raise RunTimeout(f"ray.get gave no results within the run's {deadline.seconds:g} s") from exc
+
+    def map(
+        self, fn: Callable[[Any], Any], items: Iterable[Any], chunksize: int, deadline: Deadline
+    ) -> list[Any]:
+        refs = [self.remote(run_chunk).remote(fn, part) for part in chunks(items, chunksize)]
+        try:
+            parts = self.ray.get(refs, timeout=deadline.left())
+        except self.ray.exceptions.GetTimeoutError as exc:
+            raise RunTimeout(f"ray.get gave no results within the run's {deadline.seconds:g} s") from exc
+        return [x for part in parts for x in part]
 
     def nested(self, n: int, cutoff: int, deadline: Deadline) -> int:
         return int(self.result(self.remote(ray_fib).remote(n, cutoff), deadline))
