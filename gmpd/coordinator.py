@@ -61,10 +61,9 @@ import zmq
 
 from gmpd import config, runq, wire
 from gmpd.errors import SegmentError, TaskTimeout, WorkerLost
-from gmpd.g import GState
-from gmpd.m import RETIRED, error_payload
+from gmpd.g import GState, error_payload
 from gmpd.runq import PStatus
-from gmpd.sched import Counter, Doom, MState
+from gmpd.sched import RETIRED, Counter, Doom, MState
 from gmpd.shm import NodeMemory
 
 SLOW_TIMER_S = 0.05  # lease expiry and heap trimming are checked this often

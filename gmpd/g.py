@@ -13,12 +13,16 @@ the P it holds) and free it.  Life of a G:
 from __future__ import annotations
 
 import enum
+import os
 import pickle
+import traceback
 import types
 from typing import Any
 
 import cloudpickle
 import cloudpickle.cloudpickle as _cloudpickle_impl
+
+from gmpd.errors import GmpdError
 
 UNIT_BITS = 22
 
@@ -114,3 +118,14 @@ def decode_task(payload: bytes) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
             _LOADED[ref] = fn
     args, kwargs = cloudpickle.loads(payload[5 + n :])
     return fn, args, kwargs
+
+
+def error_payload(exc: BaseException, where: str = "") -> bytes:
+    """An exception as a RAISED result: (exc, its traceback as text), pickled."""
+    tb = "".join(traceback.format_exception(exc))
+    text = f'\n"""\nTraceback in gmpd M {os.getpid()}{where}:\n{tb}"""'
+    try:
+        return bytes(cloudpickle.dumps((exc, text)))
+    except Exception:
+        fallback = GmpdError(f"task raised {type(exc).__name__}: {exc!r:.500} (and it could not be pickled)")
+        return bytes(cloudpickle.dumps((fallback, text)))

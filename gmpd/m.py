@@ -18,7 +18,6 @@ import select
 import sys
 import threading
 import time
-import traceback
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -29,12 +28,13 @@ import zmq
 
 from gmpd import config, wire
 from gmpd.errors import Deadlock, GmpdError, WorkerLost
-from gmpd.g import decode_task, dumps
+from gmpd.g import decode_task, dumps, error_payload
 from gmpd.runq import PStatus, RunQ
 from gmpd.sched import (
     FAIRNESS_TICK,
     FORCE_PREEMPT_S,
     GLOBAL_BATCH,
+    RETIRED,
     STEAL_TRIES,
     Counter,
     Doom,
@@ -61,7 +61,6 @@ class Retire(Exception):
     """This M leaves the pool on its own: idle too long, or recycled."""
 
 
-RETIRED = 75  # an M's exit status when it retired (EX_TEMPFAIL), so the node agent can tell
 TIMED = (b"T", b"t")  # payload prefixes of a task with a timeout (+ 4-byte ms): fail / retry on it
 
 
@@ -70,17 +69,6 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
-
-
-def error_payload(exc: BaseException, where: str = "") -> bytes:
-    """An exception as a RAISED result: (exc, its traceback as text), pickled."""
-    tb = "".join(traceback.format_exception(exc))
-    text = f'\n"""\nTraceback in gmpd M {os.getpid()}{where}:\n{tb}"""'
-    try:
-        return bytes(cloudpickle.dumps((exc, text)))
-    except Exception:
-        fallback = GmpdError(f"task raised {type(exc).__name__}: {exc!r:.500} (and it could not be pickled)")
-        return bytes(cloudpickle.dumps((fallback, text)))
 
 
 def run_payload(payload: bytes) -> tuple[int, bytes]:

@@ -49,6 +49,8 @@ import enum
 import math
 import random
 
+RETIRED = 75  # an M's exit status when it retired (EX_TEMPFAIL), so the node agent can tell
+
 
 class MState(enum.IntEnum):
     """An M's state word in node shared memory (owner: the M; the coordinator
