@@ -346,14 +346,14 @@ class Coordinator:
         return False
 
     def looking(self) -> bool:
-        """An M will look for work before long: one the node started that has
-        not said Hello yet, or one starting, waking or spinning (Go's newm
-        too waits while an M spins).  A new M for the same work would only
-        cost a fork and a core's time at startup."""
+        """An M will ask for a P before long: one the node started that has
+        not said Hello yet, or one starting or woken.  A new M for the same
+        idle P would only cost a fork and a core's time (at startup it did,
+        every time).  A spinning M holds a P of its own: it does not count."""
         now = time.monotonic()
         for pid in [pid for pid, until in self.starting.items() if until < now]:
             del self.starting[pid]  # (a slow start, or its Hello was lost: ask anyway)
-        looking = (MState.NEW, MState.WAKING, MState.SPINNING)
+        looking = (MState.NEW, MState.WAKING)
         node = self.nm.node
         return bool(self.starting) or any(
             node.m_info(i.m)[0] in looking for i in self.ms.values() if not i.stalled

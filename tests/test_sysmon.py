@@ -85,7 +85,7 @@ def test_recursive_fib_with_a_threshold_finishes_on_one_and_two_ps() -> None:
 
 def test_the_m_count_stays_within_max_ms_under_a_flood_of_blocking_tasks() -> None:
     with gmpd.Executor(2, max_ms=4) as ex:
-        futures = [ex.submit(blocking, 0.05) for _ in range(40)]
+        futures = [ex.submit(blocking, 0.2) for _ in range(40)]
         futures += [ex.submit(fib, 16) for _ in range(4)]
         seen = 0
         while not all(f.done() for f in futures):
