@@ -535,7 +535,7 @@ class Coordinator:
     # Then the P is idle again under the new epoch and the node agent may
     # start a new M in the dead one's slot.
 
-    def on_deaths(self, data: bytes) -> None:
+    def on_node_records(self, data: bytes) -> None:
         """The node agent's records: "pid <m> <pid>" (an M started) and
         "exit <m> <pid> <status>"."""
         for line in data.decode().splitlines():
@@ -1111,7 +1111,7 @@ class Coordinator:
                     link = self.link.fileno()
                     poller.register(link, zmq.POLLIN)
                     continue
-                self.on_deaths(data)
+                self.on_node_records(data)
             self.serve_waiters()
             self.wakep()
             self.timers(time.monotonic())

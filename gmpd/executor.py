@@ -70,7 +70,6 @@ class LocalCluster:
         self.rundir = tempfile.mkdtemp(prefix="gmpd-", dir=os.environ.get("XDG_RUNTIME_DIR") or None)
         os.chmod(self.rundir, 0o700)
         self.endpoint = f"ipc://{self.rundir}/coord"
-        self.node_names: list[str] = []  # every node's segment (a lost node's too), unlinked at the end
         self.agents: list[subprocess.Popen[bytes]] = []  # every node agent started
         self.old_nms: list[NodeMemory] = []  # lost nodes' mappings: a statistics() call may still read one
         self.nm: NodeMemory | None = None
@@ -115,7 +114,6 @@ class LocalCluster:
                 else f"the gmpd node agent did not start within {START_TIMEOUT:.0f} s"
             )
         self.node_name = line[1]
-        self.node_names.append(self.node_name)
         if self.nm is not None:
             self.old_nms.append(self.nm)
         self.nm = NodeMemory.attach(self.node_name)  # read-only use: statistics
@@ -129,10 +127,7 @@ class LocalCluster:
         self.proc.stdout.close()
         self.unlink_nodes()
         if self.coord_proc.poll() is not None:  # it went first, and the agent with it
-            raise CoordinatorLost(
-                f"the gmpd coordinator (pid {self.coordinator}) died; the tasks still outstanding "
-                f"cannot finish: create a new gmpd.Executor and submit them again"
-            )
+            raise self.coordinator_lost()
         while True:
             now = time.monotonic()
             while self.restarts and now - self.restarts[0] > NODE_RESTART_WINDOW:
@@ -149,6 +144,12 @@ class LocalCluster:
                 return
             except GmpdError:
                 self.unlink_nodes()  # (it died starting: try again, within the budget)
+
+    def coordinator_lost(self) -> CoordinatorLost:
+        return CoordinatorLost(
+            f"the gmpd coordinator (pid {self.coordinator}) died; the tasks still outstanding "
+            f"cannot finish: create a new gmpd.Executor and submit them again"
+        )
 
     def wait(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -172,12 +173,12 @@ class LocalCluster:
         self.cleanup()
 
     def unlink_nodes(self) -> None:
-        """The node agent unlinks its segments; if it was SIGKILLed, we do
-        (those of an agent killed before it said their name too: each
-        name carries its creator's pid)."""
+        """The node agent unlinks its segments; if it was SIGKILLed, we do:
+        those of every agent that has ended (each name carries its creator's
+        pid, so an agent killed before it said their names is covered)."""
         ended = {str(proc.pid) for proc in self.agents if proc.returncode is not None}
         for name in list_segments():
-            if name in self.node_names or name.split("-")[2] in ended:
+            if name.split("-")[2] in ended:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(SHM_DIR / name)
 
@@ -439,12 +440,7 @@ class _ClientIO(threading.Thread):
                 self.kicked = False  # before draining: a later submit writes again
                 os.read(self.wake_r, 65536)
             if coordinator in events:
-                self.fail_all(
-                    CoordinatorLost(
-                        f"the gmpd coordinator (pid {self.cluster.coordinator}) died; the tasks still "
-                        f"outstanding cannot finish: create a new gmpd.Executor and submit them again"
-                    )
-                )
+                self.fail_all(self.cluster.coordinator_lost())
                 return
             if self.agent in events:  # the node agent died: the coordinator queued its tasks again
                 poller.unregister(self.agent)

@@ -226,10 +226,6 @@ def wrong(args: list[Any], d: Deadline) -> list[Any]:
     return [*args[:-1], -1]
 
 
-def missing(args: list[Any], d: Deadline) -> list[Any]:
-    raise AssertionError("never started")
-
-
 @pytest.mark.timeout(60)
 def test_the_runner_gives_null_and_a_reason_for_a_hung_crashed_wrong_or_missing_peer(
     monkeypatch: pytest.MonkeyPatch,
