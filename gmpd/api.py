@@ -16,7 +16,6 @@ from typing import Any
 
 from gmpd import m
 from gmpd.errors import GmpdError
-from gmpd.executor import active_executor
 from gmpd.g import encode_task
 
 
@@ -25,6 +24,8 @@ def go(fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
     cur = m.CURRENT
     if cur is not None and cur.curg:
         return cur.go(encode_task(fn, args, kwargs))
+    from gmpd.executor import active_executor  # noqa: PLC0415 (a client's path: Ms never import it)
+
     ex = active_executor()
     if ex is None:
         raise GmpdError("gmpd.go() outside a task needs a running gmpd.Executor: create one first")

@@ -155,6 +155,7 @@ class MInfo:
     fenced: bool = False  # killed on purpose; its death is on the way
     stalled: bool = False  # stopped beating; its P and task went on (on_stalled)
     stalled_tids: set[int] = field(default_factory=set)  # roots queued again when it stalled
+    woken: bool = False  # we woke it and its LeaseRequest has not come yet
 
 
 @dataclass
@@ -320,15 +321,16 @@ class Coordinator:
         """Wake one parked M if there is queued work, an idle P and no spinner.
         Queued work includes an idle P's own ring: a P handed off to an M that
         then died (or was stopped and fenced) before it took it keeps its Gs."""
-        if not self.idle_ps or self.spinning():
-            return
-        stranded = not all(self.nm.node.runq_empty(p) for p in self.idle_ps) and not self.waking()
+        if not self.idle_ps or self.spinning() or self.waking():
+            return  # (an M already on its way takes the idle P: waking more costs a core)
+        stranded = not all(self.nm.node.runq_empty(p) for p in self.idle_ps)
         if self.grq or stranded:
             self.startm()
 
     def waking(self) -> bool:
         """An M was woken and has not asked for its P yet (a stalled one aside)."""
-        return any(self.nm.node.m_info(i.m)[0] == MState.WAKING for i in self.ms.values() if not i.stalled)
+        node = self.nm.node
+        return any(i.woken or node.m_info(i.m)[0] == MState.WAKING for i in self.ms.values() if not i.stalled)
 
     def startm(self, m: int = -1) -> bool:
         """Wake parked M ``m``, or any parked M without a P: it will ask for
@@ -336,7 +338,10 @@ class Coordinator:
         one at a time; the agent refuses past ``max_ms`` and the P waits."""
         node = self.nm.node
         for info in [self.ms[m]] if m in self.ms else self.ms.values():
-            if info.p < 0 and node.m_cas_state(info.m, MState.PARKED, MState.WAKING):
+            # (A woken M that has not asked yet may read PARKED again: it
+            # re-parks before asking.  Its one request takes one P.)
+            if info.p < 0 and not info.woken and node.m_cas_state(info.m, MState.PARKED, MState.WAKING):
+                info.woken = True
                 node.wake(info.m)
                 self.stats.wakeups += 1
                 return True
@@ -987,6 +992,7 @@ class Coordinator:
     def on_m_message(self, info: MInfo, msg: wire.Message) -> None:
         self.forget_placed(info)
         if isinstance(msg, wire.LeaseRequest):
+            info.woken = False
             self.grant(info, msg.has_g)
         elif isinstance(msg, wire.GetWork):
             if not self.lease_ok(info.m, msg.p, msg.epoch):

@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor as _BaseExecutor
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
@@ -65,7 +65,14 @@ class LocalCluster:
     coordinator and the node agent, both our children."""
 
     def __init__(
-        self, nprocs: int, lease_ttl: float, spin_ms: int, max_ms: int = 0, retries: int = 3
+        self,
+        nprocs: int,
+        lease_ttl: float,
+        spin_ms: int,
+        max_ms: int = 0,
+        retries: int = 3,
+        *,
+        preload: Sequence[str] = (),
     ) -> None:
         self.rundir = tempfile.mkdtemp(prefix="gmpd-", dir=os.environ.get("XDG_RUNTIME_DIR") or None)
         os.chmod(self.rundir, 0o700)
@@ -86,7 +93,7 @@ class LocalCluster:
         self.coordinator = self.coord_proc.pid
         self.node_cmd = [sys.executable, "-m", "gmpd.node", self.rundir, str(nprocs), str(os.getpid())]
         self.node_cmd += [os.getcwd(), json.dumps([p for p in sys.path if isinstance(p, str)])]
-        self.node_cmd += [str(spin_ms), str(max_ms)]
+        self.node_cmd += [str(spin_ms), str(max_ms), json.dumps(list(preload))]
         try:
             self.start_node()
         except GmpdError:
@@ -489,7 +496,10 @@ class Executor(_BaseExecutor):
     has its M killed and replaced (sysmon enforces it), and its future raises
     :class:`gmpd.TaskTimeout`, or with ``retry_timeouts`` the task runs again
     within its retry budget.  Per task: ``executor.options(retries=...,
-    timeout=..., retry_timeouts=...).submit(...)``.
+    timeout=..., retry_timeouts=...).submit(...)``.  ``preload``: modules
+    every M has imported before its first task (as multiprocessing's
+    forkserver preload); without it, Ms started later still come with the
+    modules earlier Ms had to import to decode their tasks.
     """
 
     def __init__(
@@ -502,6 +512,7 @@ class Executor(_BaseExecutor):
         retries: int = 3,
         task_timeout: float | None = None,
         retry_timeouts: bool = False,
+        preload: Sequence[str] = (),
     ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
@@ -520,7 +531,9 @@ class Executor(_BaseExecutor):
         if lease_ttl is None:
             lease_ttl = conf["coordinator"]["lease_ttl_ms"] / 1000
         self._max_message = conf["wire"]["max_message_mb"] << 20
-        self._cluster = LocalCluster(max_workers, lease_ttl, spin_ms, max_ms, retries)
+        if isinstance(preload, str):
+            raise TypeError("preload takes a list of module names, not a string")
+        self._cluster = LocalCluster(max_workers, lease_ttl, spin_ms, max_ms, retries, preload=preload)
         self._io = _ClientIO(self._cluster)
         self._io.start()
         _live.add(self)

@@ -28,7 +28,7 @@ import zmq
 
 from gmpd import config, wire
 from gmpd.errors import Deadlock, GmpdError, WorkerLost
-from gmpd.g import decode_task, dumps, error_payload
+from gmpd.g import decode_task, dumps, error_payload, set_hint_pipe
 from gmpd.runq import PStatus, RunQ
 from gmpd.sched import (
     FAIRNESS_TICK,
@@ -816,6 +816,11 @@ class M:
             self.out.close(1000)  # let results already sent reach the client
 
 
-def main(nm: NodeMemory, m: int, *, endpoint: str, results: str, lifeline: int, spin_ms: int) -> int:
-    """Entry point of a forked M process; its exit status."""
+def main(
+    nm: NodeMemory, m: int, *, endpoint: str, results: str, lifeline: int, spin_ms: int, hints: int = -1
+) -> int:
+    """Entry point of a forked M process; its exit status.  ``hints``: the
+    template's import-hint pipe (gmpd.g.set_hint_pipe)."""
+    if hints >= 0:
+        set_hint_pipe(hints)
     return M(nm, m, endpoint=endpoint, results=results, lifeline=lifeline, spin_ms=spin_ms).run()

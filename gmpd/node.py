@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import json
 import os
 import select
@@ -40,7 +41,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from gmpd import config, m, sysmon
+from gmpd import config, m, sysmon  # (api: the template's Ms have gmpd.syscall and gmpd.go ready)
 from gmpd.sched import Counter
 from gmpd.shm import NodeMemory
 
@@ -73,14 +74,69 @@ def fork(fn: Callable[[], object], close: tuple[int, ...] = ()) -> int:
     return pid
 
 
+class Preload:
+    """The template's side of gmpd.g's import hints: import each named
+    module once, before the next fork.  A module that fails to import is
+    skipped.  If an import left the template with more than one thread
+    (a library that starts threads when imported), forking it is no longer
+    safe for what those threads hold: it says so once and imports nothing
+    more (what it already has, it keeps: CPython's own fork start method
+    forks such a process too)."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.off = False
+
+    def read(self, fd: int) -> None:
+        try:
+            while data := os.read(fd, 65536):
+                self.buf += data
+        except BlockingIOError:
+            pass
+        lines, _, self.buf = self.buf.rpartition(b"\n")
+        self.load(lines.decode(errors="replace").split())
+
+    def load(self, names: list[str], *, asked: bool = False) -> None:
+        """Import ``names``; ``asked`` (Executor(preload=)): say on stderr
+        when one fails, as it is the user's list, not a hint."""
+        for name in names:
+            if self.off or name in sys.modules:
+                continue
+            try:
+                importlib.import_module(name)
+            except BaseException as exc:  # (SystemExit from a module too: it is only a preload)
+                if asked:
+                    print(f"gmpd: Executor(preload=): importing {name} failed: {exc!r}", file=sys.stderr)
+                continue
+            if len(os.listdir("/proc/self/task")) > 1:
+                self.off = True
+                print(
+                    f"gmpd: importing {name} started a thread in the M template; "
+                    "it preloads no more modules for new Ms",
+                    file=sys.stderr,
+                )
+
+
 def template(
-    nm: NodeMemory, cmd: int, report: int, *, endpoint: str, results: str, lifeline: int, spin_ms: int
+    nm: NodeMemory,
+    cmd: int,
+    report: int,
+    *,
+    endpoint: str,
+    results: str,
+    lifeline: int,
+    spin_ms: int,
+    preload_names: list[str],
 ) -> None:
     """The fork server: start Ms on request, reap them, report both.  When
     the command pipe closes it waits for its Ms (SIGKILL after a grace), so
     no M outlives it unnoticed."""
     children: dict[int, int] = {}
     pidfds: dict[int, int] = {}  # pid -> pidfd: an exit is seen at once, not at the next poll
+    hints, hint_w = os.pipe()  # Ms write the modules decoding a task imported (gmpd.g)
+    os.set_blocking(hints, False)
+    preload = Preload()
+    preload.load(preload_names, asked=True)
 
     def reap() -> None:
         while children:
@@ -100,9 +156,12 @@ def template(
     buf = b""
     poller = select.poll()  # (select() fails on fds >= 1024: max_ms pidfds can get there)
     poller.register(cmd, select.POLLIN)
+    poller.register(hints, select.POLLIN)
     while True:
         ready = {fd for fd, _event in poller.poll(500)}
         reap()
+        if hints in ready:
+            preload.read(hints)
         if cmd not in ready:
             continue
         data = os.read(cmd, 4096)
@@ -122,10 +181,18 @@ def template(
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
             mid = int(line.split()[1])
+            preload.read(hints)  # (hints of the M that just blocked, if any, first)
             start = functools.partial(
-                m.main, nm, mid, endpoint=endpoint, results=results, lifeline=lifeline, spin_ms=spin_ms
+                m.main,
+                nm,
+                mid,
+                endpoint=endpoint,
+                results=results,
+                lifeline=lifeline,
+                spin_ms=spin_ms,
+                hints=hint_w,
             )
-            pid = fork(start, close=(cmd, report, *pidfds.values()))
+            pid = fork(start, close=(cmd, report, hints, *pidfds.values()))
             children[pid] = mid
             pidfds[pid] = os.pidfd_open(pid)
             poller.register(pidfds[pid], select.POLLIN)
@@ -134,7 +201,16 @@ def template(
 
 
 class NodeAgent:
-    def __init__(self, rundir: str, nprocs: int, client: int, *, spin_ms: int, max_ms: int = 0) -> None:
+    def __init__(
+        self,
+        rundir: str,
+        nprocs: int,
+        client: int,
+        *,
+        spin_ms: int,
+        max_ms: int = 0,
+        preload: list[str] | None = None,
+    ) -> None:
         self.nprocs = nprocs
         self.client = client
         self.endpoint = f"ipc://{rundir}/coord"
@@ -162,6 +238,7 @@ class NodeAgent:
                 results=self.results,
                 lifeline=agent,
                 spin_ms=spin_ms,
+                preload_names=preload or [],
             ),
             close=(self.cmd, self.reports, self.link.fileno()),
         )
@@ -310,13 +387,14 @@ def _alive(pid: int) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m gmpd.node RUNDIR NPROCS CLIENT_PID CWD SYS_PATH_JSON SPIN_MS MAX_MS``."""
+    """``python -m gmpd.node RUNDIR NPROCS CLIENT_PID CWD SYS_PATH_JSON SPIN_MS MAX_MS PRELOAD_JSON``."""
     rundir, nprocs, client, cwd = argv[0], int(argv[1]), int(argv[2]), argv[3]
     paths, spin_ms, max_ms = json.loads(argv[4]), int(argv[5]), int(argv[6])
+    preload = json.loads(argv[7]) if len(argv) > 7 else []
     os.setsid()  # the user's Ctrl-C reaches the client, which shuts us down
     os.chdir(cwd)
     sys.path[:0] = [p for p in paths if p not in sys.path]
-    agent = NodeAgent(rundir, nprocs, client, spin_ms=spin_ms, max_ms=max_ms)
+    agent = NodeAgent(rundir, nprocs, client, spin_ms=spin_ms, max_ms=max_ms, preload=preload)
     try:
         agent.run()
     finally:

@@ -185,11 +185,13 @@ class ExecutorSystem(System):
 
 class GmpdSystem(ExecutorSystem):
     name = "gmpd"
-    form = "gmpd.Executor: submit, map(chunksize), gmpd.go inside tasks"
+    form = "gmpd.Executor(preload=[the workloads' module]): submit, map(chunksize), gmpd.go inside tasks"
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
-        self.ex = gmpd.Executor(workers)
+        # Ms started for hand-offs come with the workloads' module imported,
+        # as PPE's and mp.Pool's forked workers do (the bench imported it).
+        self.ex = gmpd.Executor(workers, preload=["gmpd.bench"])
 
     def nested(self, n: int, cutoff: int, deadline: Deadline) -> int:
         return int(self.result(self.ex.submit(gmpd_fib, n, cutoff), deadline))

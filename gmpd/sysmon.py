@@ -58,6 +58,7 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -300,12 +301,33 @@ class Sysmon:
 
     def deep_sleep(self) -> None:
         """Every P is idle: sleep until an M enters a syscall (it wakes us)."""
+        self.wakeable_sleep(self.deep_sleep_s, self.all_idle)
+
+    def nap(self, delay_us: int) -> None:
+        """Sleep between rounds.  A backed-off sleep (longer than
+        ``syscall_us``) is one an M entering a syscall cuts short: a retake
+        otherwise waited up to ``max_us`` (10 ms) at each blocking call that
+        came after a quiet spell, and the P's queue with it."""
+        if delay_us <= self.syscall_us:
+            time.sleep(delay_us / 1e6)
+            return
+        self.wakeable_sleep(delay_us / 1e6, lambda: not self.any_syscall())
+
+    def any_syscall(self) -> bool:
+        return any(self.node.p_state(p)[0] == PStatus.SYSCALL for p in range(self.node.nprocs))
+
+    def wakeable_sleep(self, seconds: float, still: Callable[[], bool]) -> None:
+        """Park on our futex (Ms wake it while ``sysmonwait`` is set), if
+        ``still()`` holds after we said so: an M that entered its syscall
+        before it could see the flag is caught by that re-check."""
         node = self.node
         seen = node.m_info(self.slot)[5]
         node.sched_add(Counter.SYSMONWAIT, 1)
         try:
-            if self.all_idle():  # re-check after announcing: no lost wake-up
-                node.park(self.slot, seen, self.deep_sleep_s)
+            if still():
+                node.park(self.slot, seen, seconds)
+            else:
+                time.sleep(self.syscall_us / 1e6)
         finally:
             node.sched_add(Counter.SYSMONWAIT, -1)
 
@@ -316,7 +338,7 @@ class Sysmon:
                 delay_us = self.min_us
             elif idle > self.idle_rounds:
                 delay_us = min(2 * delay_us, self.max_us)
-            time.sleep(delay_us / 1e6)
+            self.nap(delay_us)
             if not _alive(lifeline):
                 return
             now = time.monotonic()

@@ -430,3 +430,41 @@ def _cpu_ns(pid: int) -> int:
     """CPU time of a process in ns (schedstat: finer than cpu_times' 10 ms ticks)."""
     with open(f"/proc/{pid}/schedstat") as f:
         return int(f.read().split()[0])
+
+
+def modules_loaded(names: list[str]) -> list[bool]:
+    return [name in sys.modules for name in names]
+
+
+PROBES = ["colorsys", "wave"]  # stdlib modules that nothing in gmpd or this file imports
+
+
+def test_preload_imports_modules_before_any_task() -> None:
+    with gmpd.Executor(1) as ex:
+        assert ex.submit(modules_loaded, PROBES).result(timeout=60) == [False, False]
+    with gmpd.Executor(1, preload=PROBES) as ex:
+        assert ex.submit(modules_loaded, PROBES).result(timeout=60) == [True, True]
+    with pytest.raises(TypeError, match="list of module names"):
+        gmpd.Executor(1, preload="colorsys")
+
+
+def test_a_preload_that_fails_is_reported_and_the_executor_works(capfd: pytest.CaptureFixture[str]) -> None:
+    with gmpd.Executor(1, preload=["gmpd_no_such_module"]) as ex:
+        assert ex.submit(square, 7).result(timeout=60) == 49
+    assert "importing gmpd_no_such_module failed" in capfd.readouterr().err
+
+
+def test_ms_started_later_come_with_what_decoding_tasks_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each M runs one task, then a fresh one is forked from the template.
+    Decoding hue imports tests._hinted and colorsys in its M, which tells
+    the template; Ms forked after that start with both (at most one spare M
+    forked before it is still around for the first task after)."""
+    monkeypatch.setenv("GMPD_M_MAX_TASKS", "1")
+    names = ["tests._hinted", "colorsys"]
+    with gmpd.Executor(1) as ex:
+        assert ex.submit(modules_loaded, names).result(timeout=60) == [False, False]
+        from tests._hinted import hue  # noqa: PLC0415
+
+        assert ex.submit(hue, 1.0, 0.0, 0.0).result(timeout=60) == 0.0
+        later = [ex.submit(modules_loaded, names).result(timeout=60) for _ in range(3)]
+        assert later[1:] == [[True, True], [True, True]], later
