@@ -68,6 +68,7 @@ from gmpd.shm import NodeMemory
 
 SLOW_TIMER_S = 0.05  # lease expiry and heap trimming are checked this often
 STARTED_DELAY_S = 0.001  # Started waits this long, so that quick tasks need none
+LOOKING = (MState.NEW, MState.WAKING)  # an M in these states asks for a P next
 STARTING_S = 2.0  # an M that said no Hello this long after it started no longer holds off newm
 NODE_WAIT_S = 30.0  # how long the coordinator waits for a node agent (first, or after one died)
 NODE_HELLO_S = 5.0  # for a connected agent's first record
@@ -220,7 +221,7 @@ class Coordinator:
         self.want_p: collections.deque[int] = collections.deque()  # Ms back from a syscall, no P
         self.dead_pids: set[int] = set()  # Ms that died before their Hello was read
         self.grq_published = 0  # the global queue length last written to the node counters
-        self.ms_asked = 0  # Ms asked of the node agent and not yet said Hello
+        self.asked: collections.deque[float] = collections.deque()  # Ms asked of the node agent, no "pid" yet
         self.starting: dict[int, float] = {}  # pids of Ms started, no Hello yet -> when to stop waiting
         self.out_started: dict[bytes, list[int]] = collections.defaultdict(list)
         self.running = True
@@ -345,31 +346,65 @@ class Coordinator:
                 node.wake(info.m)
                 self.stats.wakeups += 1
                 return True
-        if m < 0 and not self.ms_asked and not self.looking() and self.tell_node(b"m"):
-            self.ms_asked = 1
-            return True
-        return False
+        return m < 0 and self.coming() < self.needing() and self.newm()
 
-    def looking(self) -> bool:
-        """An M will ask for a P before long: one the node started that has
-        not said Hello yet, or one starting or woken.  A new M for the same
-        idle P would only cost a fork and a core's time (at startup it did,
-        every time).  A spinning M holds a P of its own: it does not count."""
+    def newm(self) -> bool:
+        if not self.tell_node(b"m"):
+            return False
+        self.asked.append(time.monotonic() + STARTING_S)
+        return True
+
+    def needing(self) -> int:
+        """Idle Ps with work for an M: their own ring, or the global queue."""
+        if self.grq:
+            return len(self.idle_ps)
+        return sum(1 for p in self.idle_ps if not self.nm.node.runq_empty(p))
+
+    def coming(self) -> int:
+        """Ms that will ask for a P before long: new ones (``forking``), or
+        woken and not asked yet.  A new M per idle P past those (a hand-off
+        waited ~8 ms per M when they were started one at a time: two Ps
+        retaken together waited for two)."""
+        node = self.nm.node
+        woken = sum(
+            1 for i in self.ms.values() if not i.stalled and (i.woken or node.m_info(i.m)[0] in LOOKING)
+        )
+        return self.forking() + woken
+
+    def forking(self) -> int:
+        """New Ms on their way: asked of the node agent, or started and not
+        heard from."""
         now = time.monotonic()
+        while self.asked and self.asked[0] < now:
+            self.asked.popleft()  # (refused at max_ms, or lost: ask again)
         for pid in [pid for pid, until in self.starting.items() if until < now]:
             del self.starting[pid]  # (a slow start, or its Hello was lost: ask anyway)
-        looking = (MState.NEW, MState.WAKING)
+        return len(self.asked) + len(self.starting)
+
+    def spare(self) -> None:
+        """A hand-off of a P with work took (or waits for) an M: keep one
+        more parked or on its way, beyond those the idle Ps will take, for
+        the next hand-off (an M's fork and start cost ~8 ms with the P idle
+        meanwhile; Go's thread start costs microseconds).  Spares past
+        GOMAXPROCS + 1 exit after ``m.idle_exit_ms`` parked."""
         node = self.nm.node
-        return bool(self.starting) or any(
-            node.m_info(i.m)[0] in looking for i in self.ms.values() if not i.stalled
+        parked = any(
+            i.p < 0 and not i.woken and node.m_info(i.m)[0] == MState.PARKED for i in self.ms.values()
         )
+        if not parked and self.coming() <= self.needing() and len(self.ms) + self.forking() < node.nms - 1:
+            self.newm()
 
     def handoffp(self, p: int) -> None:
         """Go's handoffp for a P sysmon retook: an M that came back from a
         syscall and waits for a P gets it first; else wake an M if the P's
-        own queue or the global queue has work; else the P stays idle."""
-        if self.wake_want_p() or ((not self.nm.node.runq_empty(p) or self.grq) and self.startm()):
+        own queue or the global queue has work (and keep a spare M coming);
+        else the P stays idle."""
+        if self.wake_want_p():
             self.nm.node.sched_add(Counter.HANDOFFS, 1)
+        elif not self.nm.node.runq_empty(p) or self.grq:
+            if self.startm():
+                self.nm.node.sched_add(Counter.HANDOFFS, 1)
+            self.spare()
 
     def wake_want_p(self) -> bool:
         """Wake the first M that came back from a syscall with no P to get."""
@@ -546,7 +581,10 @@ class Coordinator:
         for line in data.decode().splitlines():
             kind, m, pid, *status = line.split()
             if kind == "pid":
-                self.starting[int(pid)] = time.monotonic() + STARTING_S
+                if self.asked:
+                    self.asked.popleft()
+                if not any(i.pid == int(pid) for i in self.ms.values()):  # (its Hello may come first)
+                    self.starting[int(pid)] = time.monotonic() + STARTING_S
             elif kind == "exit":
                 self.starting.pop(int(pid), None)
                 self.on_m_exit(int(m), int(pid), int(status[0]))
@@ -561,7 +599,6 @@ class Coordinator:
         self.nm.node.m_set_deadline(m, 0)  # (sysmon would act on it again)
         if info is None or info.pid != pid:  # its Hello is not in yet (or never will be): it held nothing
             self.dead_pids.add(pid)
-            self.ms_asked = 0  # it may have been the M asked for
             self.nm.node.m_set_doom(m, Doom.NONE)
             self.free_slot(m)
             return
@@ -895,7 +932,7 @@ class Coordinator:
         self.want_p.clear()
         self.dead_pids.clear()
         self.sysmon = None
-        self.ms_asked = 0
+        self.asked.clear()
         self.starting.clear()
 
     def executing_roots(self) -> dict[int, tuple[int, int]]:
@@ -950,7 +987,6 @@ class Coordinator:
             info = self.ms.get(msg.m)
             if info is None or info.pid != msg.pid:
                 info = self.ms[msg.m] = MInfo(msg.m, ident, msg.pid)
-                self.ms_asked = 0  # a new M: if it was the one asked for, ask again when needed
             self.by_ident[ident] = msg.m
         elif msg.role == "m-hb" and 0 <= msg.m < node.nms - 1 and node.m_info(msg.m)[3] == msg.pid:
             self.by_ident[ident] = msg.m  # (its thread may say Hello before the M's main one)

@@ -76,7 +76,9 @@ def fork(fn: Callable[[], object], close: tuple[int, ...] = ()) -> int:
 
 class Preload:
     """The template's side of gmpd.g's import hints: import each named
-    module once, before the next fork.  A module that fails to import is
+    module once, right before the next fork (not when the hint comes: an
+    import can take 100s of ms, and meanwhile the template would reap and
+    report no M's death).  A module that fails to import is
     skipped.  If an import left the template with more than one thread
     (a library that starts threads when imported), forking it is no longer
     safe for what those threads hold: it says so once and imports nothing
@@ -85,16 +87,23 @@ class Preload:
 
     def __init__(self) -> None:
         self.buf = b""
+        self.pending: list[str] = []
         self.off = False
 
     def read(self, fd: int) -> None:
+        """Take the hints in; they are imported by ``load_pending``."""
         try:
             while data := os.read(fd, 65536):
                 self.buf += data
         except BlockingIOError:
             pass
         lines, _, self.buf = self.buf.rpartition(b"\n")
-        self.load(lines.decode(errors="replace").split())
+        self.pending += lines.decode(errors="replace").split()
+
+    def load_pending(self, fd: int) -> None:
+        self.read(fd)
+        names, self.pending = self.pending, []
+        self.load(names)
 
     def load(self, names: list[str], *, asked: bool = False) -> None:
         """Import ``names``; ``asked`` (Executor(preload=)): say on stderr
@@ -181,7 +190,7 @@ def template(
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
             mid = int(line.split()[1])
-            preload.read(hints)  # (hints of the M that just blocked, if any, first)
+            preload.load_pending(hints)
             start = functools.partial(
                 m.main,
                 nm,

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 import gmpd
+from gmpd import sched as gmpd_sched
 from tests.test_executor import fib  # recursive fan-out with a threshold (n < 10)
 
 pytestmark = pytest.mark.timeout(90)
@@ -58,6 +59,26 @@ def test_a_marked_syscall_gives_its_p_to_other_work() -> None:
         stats = ex.statistics()
         assert stats.syscalls >= 1 and stats.retakes >= 1 and stats.handoffs >= 1, stats
         assert stats.running_max <= 1
+
+
+def test_a_hand_off_that_took_the_last_parked_m_starts_a_spare() -> None:
+    """One P; three sleepers then a hog queued on it.  Each sleeper's P is
+    handed to the next M; once a hand-off took the last parked M, the
+    coordinator starts one more ahead of the next hand-off, so an M is
+    parked while every other one sleeps or runs the hog."""
+    with gmpd.Executor(1) as ex:
+        sleepers = [ex.submit(blocking, 3.0) for _ in range(3)]
+        hog = ex.submit(cpu, 2.5)
+        deadline, parked = time.monotonic() + 2.5, False
+        while not parked and time.monotonic() < deadline:
+            states = [m.state for m in ex.statistics().ms]
+            busy = states.count(gmpd_sched.MState.SYSCALL) == 3 and gmpd_sched.MState.RUNNING in states
+            parked = busy and gmpd_sched.MState.PARKED in states
+            time.sleep(0.02)
+        assert not any(f.done() for f in sleepers), "the sleepers were to be still asleep"
+        assert parked, f"no spare M was parked after the hand-offs: {ex.statistics().ms}"
+        hog.result(timeout=30)
+        assert all(f.result(timeout=30) for f in sleepers)
 
 
 def test_an_m_back_from_a_syscall_without_a_free_p_parks_then_continues() -> None:
