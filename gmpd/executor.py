@@ -38,6 +38,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor as _BaseExecutor
 from concurrent.futures import Future, InvalidStateError
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import Any
 
 import zmq
@@ -204,16 +205,96 @@ class LocalCluster:
 CANCEL_TIMEOUT = 10.0  # seconds cancel() waits for the coordinator's verdict
 
 
+_ENDED = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+_LAZY = threading.Lock()  # makes TaskFuture conditions; held only for a few bytecodes
+
+
+class _LazyCondition:
+    """A TaskFuture's ``_condition``, made on first use (a non-data
+    descriptor: once made it sits in the instance dict and is found there).
+    A ``threading.Condition`` is ~10 GC-tracked objects and a third of a
+    submit's cost; most futures finish before anybody waits on them, so
+    most never need one (TaskFuture.set_result)."""
+
+    def __get__(self, fut: TaskFuture | None, owner: type) -> Any:
+        if fut is None:
+            return self
+        with _LAZY:
+            cond = fut.__dict__.get("_condition")
+            if cond is None:
+                cond = fut.__dict__["_condition"] = threading.Condition()
+        return cond
+
+
 class TaskFuture(Future[Any]):
     """The future of a task submitted from this client.
 
     ``cancel()`` asks the coordinator and waits for its answer (a round
     trip, ~0.2 ms): True means no M took the task and none ever will.  The
-    client alone cannot know, since an M may have taken it a moment ago."""
+    client alone cannot know, since an M may have taken it a moment ago.
+
+    Its Condition is made only when something waits, looks or adds a
+    callback (``_LazyCondition``); a result that comes first is set without
+    one, and read without one: the standard ``wait``/``as_completed``, which
+    use the Condition, work unchanged."""
+
+    _condition = _LazyCondition()
 
     def __init__(self, io: _ClientIO, tid: int) -> None:
-        super().__init__()
+        # Future.__init__'s fields, but the Condition (made on first use).
+        self._state = PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Any] = []
         self._io, self._tid = io, tid
+
+    def _finish_unwatched(self, result: Any, exception: BaseException | None) -> bool:
+        """Finish without a Condition if none was ever made: then nobody
+        waits, looks or has a callback, and anyone who comes later makes
+        one (under _LAZY) and finds the state FINISHED."""
+        with _LAZY:
+            if "_condition" in self.__dict__:
+                return False
+            if self._state not in (PENDING, RUNNING):
+                raise InvalidStateError(f"{self._state}: task {self._tid}")  # (repr would take _LAZY)
+            self._result, self._exception = result, exception
+            self._state = FINISHED
+        return True
+
+    def mark_running(self) -> None:
+        """The coordinator says an M has the task (again, when retried)."""
+        with _LAZY:
+            if "_condition" not in self.__dict__:  # nobody looked: no Condition to make for it
+                if self._state == PENDING:
+                    self._state = RUNNING
+                return
+        if not self.done() and not self.running():
+            self.set_running_or_notify_cancel()
+
+    def set_result(self, result: Any) -> None:
+        if not self._finish_unwatched(result, None):
+            super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        if exception is None or not self._finish_unwatched(None, exception):
+            super().set_exception(exception)
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._state == FINISHED and self._exception is None:
+            return self._result  # (set before the state: FINISHED is final)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state == FINISHED:
+            return self._exception
+        return super().exception(timeout)
+
+    def done(self) -> bool:
+        return self._state in _ENDED
+
+    def running(self) -> bool:
+        return self._state == RUNNING
 
     def cancel(self) -> bool:
         if self.done() or self.running():
@@ -354,8 +435,8 @@ class _ClientIO(threading.Thread):
         if isinstance(msg, wire.Started):
             for tid in msg.tids:
                 fut = self.futures.get(tid)
-                if fut is not None and not fut.done() and not fut.running():  # (again, when retried)
-                    fut.set_running_or_notify_cancel()
+                if fut is not None:
+                    fut.mark_running()
         elif isinstance(msg, wire.Results):
             pop = self.futures.pop
             self.received += [tid for tid, _status, _data in msg.results]

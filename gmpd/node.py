@@ -233,6 +233,9 @@ class NodeAgent:
             self.nm.close()  # (unlinks it)
             raise
         self.live: dict[int, int] = {}  # M slot -> pid, from the template's reports
+        self.watched: dict[int, tuple[int, int]] = {}  # pidfd -> (M slot, pid): deaths seen at once
+        self.exited: set[int] = set()  # pids reported dead from their pidfd, the template's line to come
+        self.poller = select.poll()  # (select() fails on fds >= 1024: max_ms pidfds can get there)
         self.wanted = 0  # a new M was asked for at max_ms: start it when a slot frees
         cmd_r, self.cmd = os.pipe()
         self.reports, rep_w = os.pipe()
@@ -284,10 +287,42 @@ class NodeAgent:
             if kind == "pid":  # the coordinator asks for no more Ms while this one starts
                 with contextlib.suppress(OSError):
                     self.link.send(line.encode())
-            elif kind == "exit" and int(mid) in self.live:
-                self.live[int(mid)] = -1
-                with contextlib.suppress(OSError):
-                    self.link.send(f"exit {mid} {rest[0]} {rest[1]}".encode())
+                with contextlib.suppress(OSError):  # (gone and reaped already: its exit line follows)
+                    fd = os.pidfd_open(int(rest[0]))
+                    self.watched[fd] = (int(mid), int(rest[0]))
+                    self.poller.register(fd, select.POLLIN)
+            elif kind == "exit":
+                self.m_exited(int(mid), int(rest[0]), int(rest[1]))
+
+    def on_m_pidfd(self, fd: int) -> None:
+        """An M died: report it now, with the wait status the kernel keeps
+        for its zombie (/proc/PID/stat's last field), not when the template
+        reaps it: the template may be importing a module for the next M
+        (Preload), and a death must be seen within milliseconds."""
+        mid, pid = self.watched.pop(fd)
+        self.poller.unregister(fd)
+        os.close(fd)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            return  # reaped already: the template's exit line says it
+        if fields[0] == b"Z":
+            self.m_exited(mid, pid, int(fields[-1]), early=True)
+
+    def m_exited(self, mid: int, pid: int, status: int, *, early: bool = False) -> None:
+        """Tell the coordinator, once per M: ``early`` from its pidfd, else
+        from the template's line, which comes for every M it reaped."""
+        if early:
+            self.exited.add(pid)  # the template's line for it is now a repeat
+        elif pid in self.exited:
+            self.exited.discard(pid)
+            return
+        if mid not in self.live:
+            return
+        self.live[mid] = -1
+        with contextlib.suppress(OSError):
+            self.link.send(f"exit {mid} {pid} {status}".encode())
 
     def on_coordinator(self, data: bytes) -> None:
         """ "m": start one more M; "r <m>": dead M m is recovered, its slot free."""
@@ -311,19 +346,25 @@ class NodeAgent:
             self.spawn(mid)
         client = os.pidfd_open(self.client)
         mon = os.pidfd_open(self.sysmon)
+        for fd in (client, mon, self.link.fileno(), self.reports):
+            self.poller.register(fd, select.POLLIN)
         sys.stdout.write(f"ready {self.nm.name}\n")
         sys.stdout.flush()
         try:
             while True:
-                ready = select.select([client, self.link.fileno(), self.reports, mon], [], [], 1.0)[0]
+                ready = {fd for fd, _event in self.poller.poll(1000)}
                 if client in ready:
                     return
+                for fd in ready & self.watched.keys():
+                    self.on_m_pidfd(fd)
                 if mon in ready:  # sysmon died: a node without one never retakes a P
                     os.waitpid(self.sysmon, 0)
+                    self.poller.unregister(mon)
                     os.close(mon)
                     self.sysmon = self.start_sysmon()
                     self.sysmon_starts += 1
                     mon = os.pidfd_open(self.sysmon)
+                    self.poller.register(mon, select.POLLIN)
                 if self.link.fileno() in ready:
                     try:
                         data = self.link.recv(65536)
@@ -340,6 +381,9 @@ class NodeAgent:
         finally:
             os.close(client)
             os.close(mon)
+            for fd in self.watched:
+                os.close(fd)
+            self.watched.clear()
 
     def stop(self) -> None:
         """Let Ms and the coordinator finish (they got Bye), kill what lingers,

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import CancelledError, as_completed, wait
 
 import psutil
@@ -468,3 +468,48 @@ def test_ms_started_later_come_with_what_decoding_tasks_imported(monkeypatch: py
         assert ex.submit(hue, 1.0, 0.0, 0.0).result(timeout=60) == 0.0
         later = [ex.submit(modules_loaded, names).result(timeout=60) for _ in range(3)]
         assert later[1:] == [[True, True], [True, True]], later
+
+
+def test_a_future_nobody_waited_on_gets_no_condition_and_works_all_the_same(ex: gmpd.Executor) -> None:
+    fut = ex.submit(square, 3)
+    while not fut.done():  # done() looks without a Condition
+        time.sleep(0.001)
+    assert fut.result() == 9 and fut.exception() is None
+    assert "_condition" not in vars(fut), "a Condition was made for a future nobody waited on"
+    called: list[int] = []
+    fut.add_done_callback(lambda f: called.append(f.result()))  # finished: runs at once
+    assert called == [9]
+    failed = ex.submit(boom, "late")
+    while not failed.done():
+        time.sleep(0.001)
+    assert isinstance(failed.exception(), ValueError)
+    with pytest.raises(ValueError, match="late"):
+        failed.result()
+
+
+def test_futures_waited_on_while_their_results_arrive_all_finish(ex: gmpd.Executor) -> None:
+    """Waiters that make the Condition race the IO thread that sets results
+    without one: every waiter wakes, every callback runs once."""
+    futures = [ex.submit(square, i) for i in range(2000)]
+    calls = [0] * len(futures)
+
+    def count(i: int) -> Callable[[object], None]:
+        def done(_f: object) -> None:
+            calls[i] += 1
+
+        return done
+
+    for i, f in enumerate(futures[::3]):
+        f.add_done_callback(count(3 * i))
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda k=k: results.extend(f.result(timeout=60) for f in futures[k::4]))
+        for k in range(4)
+    ]
+    for t in threads:
+        t.start()
+    done, _ = wait(futures, timeout=60)
+    for t in threads:
+        t.join(60)
+    assert len(done) == len(futures) and sorted(results) == sorted(i * i for i in range(2000))
+    assert [calls[i] for i in range(0, 2000, 3)] == [1] * len(range(0, 2000, 3))
