@@ -31,6 +31,7 @@ from gmpd.errors import Deadlock, GmpdError, WorkerLost
 from gmpd.g import decode_task, dumps, error_payload, set_hint_pipe
 from gmpd.runq import PStatus, RunQ
 from gmpd.sched import (
+    DEEP_SLEEP,
     FAIRNESS_TICK,
     FORCE_PREEMPT_S,
     GLOBAL_BATCH,
@@ -289,7 +290,7 @@ class M:
                 break
         self.p, self.epoch = grant.p, grant.epoch
         self.runq = self.nm.runq(grant.p, self.m)
-        self.wake_sysmon()  # a P runs again: sysmon must watch it (an unmarked block wakes nobody)
+        self.wake_sysmon(deep_only=True)  # a P runs again: sysmon must watch it (unmarked blocks wake nobody)
         if not self.curg:
             self.node.m_set(self.m, p=grant.p, state=MState.IDLE)
         else:
@@ -484,9 +485,13 @@ class M:
         self.wake_sysmon()
         return True
 
-    def wake_sysmon(self) -> None:
-        """If sysmon deep-sleeps (every P looked idle), wake it."""
-        if self.node.sched()[Counter.SYSMONWAIT]:
+    def wake_sysmon(self, deep_only: bool = False) -> None:
+        """Wake sysmon if it sleeps: deep (every P looked idle: SYSMONWAIT
+        holds DEEP_SLEEP), or, unless ``deep_only``, backed off (it holds
+        1).  A P that runs again needs sysmon awake only if it deep-sleeps:
+        a backed-off sleep ends within max_us anyway (waking it at every
+        grant cost noop_map a fifth of its rate)."""
+        if self.node.sched()[Counter.SYSMONWAIT] >= (DEEP_SLEEP if deep_only else 1):
             self.node.wake(sysmon_slot(self.node.nms))
 
     def exitsyscall(self) -> None:

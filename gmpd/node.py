@@ -41,7 +41,12 @@ import time
 import traceback
 from collections.abc import Callable
 
-from gmpd import config, m, sysmon  # (api: the template's Ms have gmpd.syscall and gmpd.go ready)
+from gmpd import (
+    api,  # noqa: F401  (for the template's Ms: gmpd.syscall, gmpd.go ready in each)
+    config,
+    m,
+    sysmon,
+)
 from gmpd.sched import Counter
 from gmpd.shm import NodeMemory
 

@@ -87,7 +87,7 @@ class Counter(enum.IntEnum):
     HANDOFFS = 14
     SYSCALLS = 15
     GRQLEN = 16
-    SYSMONWAIT = 17
+    SYSMONWAIT = 17  # 1: sysmon's backed-off sleep; DEEP_SLEEP: its deep one
     MEXITS = 18
     PREEMPTS = 19
     YIELDS = 20
@@ -102,6 +102,9 @@ class Counter(enum.IntEnum):
     FENCED = 29
     MEMKILLS = 30
     NODESLOST = 31
+
+
+DEEP_SLEEP = 2  # SYSMONWAIT while sysmon sleeps with every P idle (Go's sysmonwait); 1: backed off
 
 
 class Doom(enum.IntEnum):

@@ -6,7 +6,10 @@ dies.  Its loop is Go's (reference §4): sleep ``min_us`` (20 µs), doubling
 once ``idle_rounds`` (50) rounds in a row retook nothing, up to ``max_us``
 (10 ms); a retake resets it.  The values are in configs/gmpd.toml.  When every P is idle it deep-sleeps on its
 futex (the last M slot of the node is its park word) until an M enters a
-syscall, which wakes it (``sysmonwait`` in the node counters says it sleeps).
+syscall, which wakes it (``sysmonwait`` in the node counters says it sleeps);
+its backed-off sleeps (longer than ``syscall_us``) are such parks too.  Idle
+rounds count time in ``min_us`` units: a Python round oversleeps 20 us
+several times over.
 
 ``retake`` reads each P's state word and ticks in node shared memory:
 
@@ -68,7 +71,7 @@ import zmq
 from gmpd import config, wire
 from gmpd.errors import SegmentError
 from gmpd.runq import PStatus
-from gmpd.sched import FORCE_PREEMPT_S, Counter, Doom, MState
+from gmpd.sched import DEEP_SLEEP, FORCE_PREEMPT_S, Counter, Doom, MState
 from gmpd.shm import NodeMemory
 
 CHECKDEAD_S = 0.1  # checkdead looks this often; a deadlock shows on two looks
@@ -300,8 +303,8 @@ class Sysmon:
         return all(self.node.p_state(p)[0] == PStatus.IDLE for p in range(self.node.nprocs))
 
     def deep_sleep(self) -> None:
-        """Every P is idle: sleep until an M enters a syscall (it wakes us)."""
-        self.wakeable_sleep(self.deep_sleep_s, self.all_idle)
+        """Every P is idle: sleep until an M enters a syscall or takes a P (it wakes us)."""
+        self.wakeable_sleep(self.deep_sleep_s, self.all_idle, DEEP_SLEEP)
 
     def nap(self, delay_us: int) -> None:
         """Sleep between rounds.  A backed-off sleep (longer than
@@ -311,25 +314,27 @@ class Sysmon:
         if delay_us <= self.syscall_us:
             time.sleep(delay_us / 1e6)
             return
-        self.wakeable_sleep(delay_us / 1e6, lambda: not self.any_syscall())
+        self.wakeable_sleep(delay_us / 1e6, lambda: not self.any_syscall(), 1)
 
     def any_syscall(self) -> bool:
         return any(self.node.p_state(p)[0] == PStatus.SYSCALL for p in range(self.node.nprocs))
 
-    def wakeable_sleep(self, seconds: float, still: Callable[[], bool]) -> None:
-        """Park on our futex (Ms wake it while ``sysmonwait`` is set), if
+    def wakeable_sleep(self, seconds: float, still: Callable[[], bool], how: int) -> None:
+        """Park on our futex (Ms wake it while ``sysmonwait`` is set: ``how``
+        is 1 for a backed-off sleep, which only a syscall cuts short, and
+        DEEP_SLEEP for the deep one, which a P taken also ends), if
         ``still()`` holds after we said so: an M that entered its syscall
         before it could see the flag is caught by that re-check."""
         node = self.node
         seen = node.m_info(self.slot)[5]
-        node.sched_add(Counter.SYSMONWAIT, 1)
+        node.sched_add(Counter.SYSMONWAIT, how)
         try:
             if still():
                 node.park(self.slot, seen, seconds)
             else:
                 time.sleep(self.syscall_us / 1e6)
         finally:
-            node.sched_add(Counter.SYSMONWAIT, -1)
+            node.sched_add(Counter.SYSMONWAIT, -how)
 
     def run(self, lifeline: int) -> None:
         delay_us, idle, last = self.min_us, 0, time.monotonic()
@@ -394,7 +399,7 @@ def schedtrace(nm: NodeMemory, ms: int, detail: bool, out: TextIO) -> None:
         out.write(f"{head} [ {lens} ] schedticks=[ {ticks}]\n")
         out.flush()
         return
-    waiting = "true" if sched[Counter.SYSMONWAIT] else "false"
+    waiting = "true" if sched[Counter.SYSMONWAIT] >= DEEP_SLEEP else "false"  # (Go's: the deep sleep)
     lines = [f"{head} gcwaiting=false nmidlelocked=0 stopwait=0 sysmonwait={waiting}"]
     for p in range(nprocs):
         status, owner, _epoch = node.p_state(p)
