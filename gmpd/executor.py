@@ -206,7 +206,19 @@ CANCEL_TIMEOUT = 10.0  # seconds cancel() waits for the coordinator's verdict
 
 
 _ENDED = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
-_LAZY = threading.Lock()  # makes TaskFuture conditions; held only for a few bytecodes
+# Makes TaskFuture conditions; held only for a few bytecodes that allocate
+# nothing (an allocation may run the GC, whose finalizers may touch another
+# future: a re-entry would deadlock).  A child forked while some thread held
+# it gets a fresh one.
+_LAZY = threading.Lock()
+
+
+def _fresh_lazy_lock() -> None:
+    global _LAZY  # noqa: PLW0603 (the one module lock, replaced in a forked child)
+    _LAZY = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lazy_lock)
 
 
 class _LazyCondition:
@@ -219,10 +231,11 @@ class _LazyCondition:
     def __get__(self, fut: TaskFuture | None, owner: type) -> Any:
         if fut is None:
             return self
-        with _LAZY:
-            cond = fut.__dict__.get("_condition")
-            if cond is None:
-                cond = fut.__dict__["_condition"] = threading.Condition()
+        cond = fut.__dict__.get("_condition")
+        if cond is None:
+            made = threading.Condition()  # (outside the lock: it allocates)
+            with _LAZY:
+                cond = fut.__dict__.setdefault("_condition", made)
         return cond
 
 
@@ -256,10 +269,13 @@ class TaskFuture(Future[Any]):
         with _LAZY:
             if "_condition" in self.__dict__:
                 return False
-            if self._state not in (PENDING, RUNNING):
-                raise InvalidStateError(f"{self._state}: task {self._tid}")  # (repr would take _LAZY)
-            self._result, self._exception = result, exception
-            self._state = FINISHED
+            ended = self._state not in (PENDING, RUNNING)
+            if not ended:
+                self._result = result
+                self._exception = exception
+                self._state = FINISHED
+        if ended:
+            raise InvalidStateError(f"{self._state}: task {self._tid}")  # (repr would take _LAZY)
         return True
 
     def mark_running(self) -> None:
@@ -303,8 +319,11 @@ class TaskFuture(Future[Any]):
         return self.cancelled()
 
     def cancel_withdrawn(self) -> None:
-        """The coordinator withdrew this task: the future becomes cancelled."""
+        """The coordinator withdrew this task: the future becomes cancelled,
+        and notified (CANCELLED_AND_NOTIFIED), as an executor does after a
+        cancel, so that wait() and as_completed() count it as done."""
         super().cancel()
+        self.set_running_or_notify_cancel()
 
 
 class _CancelWait:

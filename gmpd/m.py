@@ -72,18 +72,19 @@ class RemoteTraceback(Exception):
         return str(self.args[0]) if self.args else ""
 
 
-def run_payload(payload: bytes, started: Callable[[], None] | None = None) -> tuple[int, bytes]:
+def run_payload(payload: bytes, imported: Callable[[], None] | None = None) -> tuple[int, bytes]:
     """Unpickle and call a task; (status, pickled result or exception).
-    ``started`` is called between the two: a task's timeout counts from
-    there (unpickling may import the task's modules first, which is not
-    the task's time: on a loaded machine a fresh M took longer than a
-    0.3 s timeout to do it)."""
+    ``imported`` is called between the two if unpickling imported modules:
+    a task's timeout then counts again from there (a fresh M importing the
+    task's module on a loaded machine took longer than a 0.3 s timeout; an
+    unpickling that hangs is still timed)."""
+    before = len(sys.modules)
     try:
         fn, args, kwargs = decode_task(payload)
     except BaseException as exc:
         return wire.RAISED, error_payload(exc, " while unpickling the task")
-    if started is not None:
-        started()
+    if imported is not None and len(sys.modules) != before:
+        imported()
     try:
         result = fn(*args, **kwargs)
     except Shutdown:
@@ -589,19 +590,20 @@ class M:
         if not outer:  # an M counts once, however deep it nests inline runs
             node.sched_add(Counter.RUNNING, 1)
         payload, deadline = node.g_payload(h), self.deadline
-        started = None
+        arm = None
         if payload[:1] in TIMED:  # a task with a timeout: sysmon kills us past the deadline
             ms = int.from_bytes(payload[1:5], "little")
             payload = payload[5:]
 
-            def started() -> None:
+            def arm() -> None:
                 self.deadline = time.monotonic_ns() + ms * 1_000_000
                 if deadline:
                     self.deadline = min(deadline, self.deadline)
                 node.m_set_deadline(self.m, self.deadline)
 
+            arm()
         try:
-            status, data = run_payload(payload, started)
+            status, data = run_payload(payload, arm)
             self.resync()  # the G may have ended asleep-detected: the count and the P come back
             if not outer and self.in_syscall:
                 self.exitsyscall()  # the task returned inside a gmpd.syscall() it never left

@@ -358,7 +358,7 @@ class Sysmon:
                 self.memcheck()
             if self.trace_ms <= 0 and self.all_idle():
                 self.deep_sleep()
-                idle, delay_us = 0, self.min_us
+                idle, delay_us, last = 0, self.min_us, time.monotonic()  # (the sleep is no idle rounds)
                 continue
             # A round counts for the min_us rounds its sleep covered: Python
             # sleeps ~150 us when asked for 20 (and spends ~25 us of CPU
