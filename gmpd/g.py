@@ -110,10 +110,11 @@ def encode_task(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes
 # A new M is forked from the node's template, so whatever the template has
 # imported, every later M starts with.  An M that had to import modules to
 # decode a task (the task's module, its arguments' classes) writes their
-# names to the template's hint pipe; the template imports them before its
-# next fork (gmpd.node.template).  Ms started for a hand-off then run their
-# first task at once: importing gmpd.bench alone took 35-50 ms per new M,
-# with the P it was handed idle meanwhile (forkserver's preload, learned).
+# names to the template's hint pipe (gmpd.m.run_payload calls hint_imports);
+# the template imports them before its next fork (gmpd.node.template).  Ms
+# started for a hand-off then run their first task at once: importing
+# gmpd.bench alone took 35-50 ms per new M, with the P it was handed idle
+# meanwhile (forkserver's preload, learned).
 
 _hints = [-1]  # the template's hint pipe (write end, non-blocking), in an M
 
@@ -123,8 +124,10 @@ def set_hint_pipe(fd: int) -> None:
     _hints[0] = fd
 
 
-def _hint_imports(before: int) -> None:
+def hint_imports(before: int) -> None:
     """Tell the template the modules imported since sys.modules had ``before`` entries."""
+    if _hints[0] < 0:
+        return
     names = [n for n in list(sys.modules)[before:] if n != "__main__" and not n.startswith("_cloudpickle")]
     text = "".join(f"{n}\n" for n in names).encode()
     while text:  # in whole lines under PIPE_BUF, so each write is atomic
@@ -138,15 +141,6 @@ def _hint_imports(before: int) -> None:
 
 def decode_task(payload: bytes) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     """(fn, args, kwargs) from a payload made by :func:`encode_task`."""
-    before = len(sys.modules)
-    try:
-        return _decode_task(payload)
-    finally:
-        if _hints[0] >= 0 and len(sys.modules) > before:
-            _hint_imports(before)
-
-
-def _decode_task(payload: bytes) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     if payload[:1] == b"V":
         fn, args, kwargs = cloudpickle.loads(payload[1:])
         return fn, args, kwargs

@@ -28,7 +28,7 @@ import zmq
 
 from gmpd import config, wire
 from gmpd.errors import Deadlock, GmpdError, WorkerLost
-from gmpd.g import decode_task, dumps, error_payload, set_hint_pipe
+from gmpd.g import decode_task, dumps, error_payload, hint_imports, set_hint_pipe
 from gmpd.runq import PStatus, RunQ
 from gmpd.sched import (
     DEEP_SLEEP,
@@ -74,16 +74,21 @@ class RemoteTraceback(Exception):
 
 def run_payload(payload: bytes, imported: Callable[[], None] | None = None) -> tuple[int, bytes]:
     """Unpickle and call a task; (status, pickled result or exception).
-    ``imported`` is called between the two if unpickling imported modules:
-    a task's timeout then counts again from there (a fresh M importing the
-    task's module on a loaded machine took longer than a 0.3 s timeout; an
-    unpickling that hangs is still timed)."""
+    If unpickling imported modules, the template hears of them (gmpd.g's
+    preloading) and ``imported`` is called: a task's timeout then counts
+    again from there (a fresh M importing the task's module on a loaded
+    machine took longer than a 0.3 s timeout; an unpickling that hangs is
+    still timed)."""
     before = len(sys.modules)
     try:
         fn, args, kwargs = decode_task(payload)
     except BaseException as exc:
         return wire.RAISED, error_payload(exc, " while unpickling the task")
-    if imported is not None and len(sys.modules) != before:
+    finally:
+        grew = len(sys.modules) > before
+        if grew:
+            hint_imports(before)
+    if grew and imported is not None:
         imported()
     try:
         result = fn(*args, **kwargs)
