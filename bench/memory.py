@@ -6,6 +6,10 @@ Runs 200,000 no-op tasks, measures each cluster process's USS once the
 cluster idles, runs N more (default 1,000,000), measures again.  The last
 line with --json is one object: MiB per process before and after, and
 ``grown_max_mib``.  Exit status 1 if any process grew by 4 MiB or more.
+The coordinator's heap after a burst of 50,000 pending tasks keeps 0-6
+MiB of it depending on fragmentation (seen before and after the same
+code): when a process is past the limit, 200,000 more tasks run and it is
+measured again (``remeasured``); a leak grows again, fragmentation does not.
 
 An M that had run no task at the first measurement (there are GOMAXPROCS +
 1 Ms, and a spare may stay parked through a burst) still shares most pages
@@ -68,14 +72,22 @@ def main() -> int:
         before, warm = idle_uss(ex)
         run(ex, args.tasks)
         after, _ = idle_uss(ex)
+        judged = [k for k in after if k in before and (k == "coordinator" or k in warm)]
+        grown, most = max((after[k] - before[k], k) for k in judged)
+        tasks, first = 200_000 + args.tasks, None
+        if grown >= 4.0:
+            run(ex, 200_000)
+            first, (after, _) = after, idle_uss(ex)
+            tasks += 200_000
+            judged = [k for k in judged if k in after]
+            grown, most = max((after[k] - before[k], k) for k in judged)
         gtab = ex.statistics().gtab_resident_bytes
-    judged = [k for k in after if k in before and (k == "coordinator" or k in warm)]
-    grown, most = max((after[k] - before[k], k) for k in judged)
     out = {
         "before_mib": before,
         "after_mib": after,
+        "remeasured": first,
         "judged": judged,
-        "tasks": 200_000 + args.tasks,
+        "tasks": tasks,
         "grown_max_mib": round(grown, 2),
         "grown_most": most,
     }
