@@ -496,7 +496,11 @@ class _ClientIO(threading.Thread):
 
     def fail_all(self, exc: BaseException) -> None:
         self.lost = exc
-        for fut in list(self.futures.values()):
+        # Newest first: a caller waits on its futures in submission order,
+        # and the one it waits on, failed last, wakes it when all are done
+        # (with lazy Conditions the loop got fast enough for a woken caller
+        # to see later futures still pending).
+        for fut in reversed(list(self.futures.values())):
             if not fut.done() and (fut.running() or fut.set_running_or_notify_cancel()):
                 fut.set_exception(exc)
         self.futures.clear()
