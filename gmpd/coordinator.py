@@ -157,6 +157,9 @@ class MInfo:
     stalled: bool = False  # stopped beating; its P and task went on (on_stalled)
     stalled_tids: set[int] = field(default_factory=set)  # roots queued again when it stalled
     woken: bool = False  # we woke it and its LeaseRequest has not come yet
+    # We woke it with a Grant (GRANTED): a LeaseRequest it sent before it
+    # saw that Grant gets no second one (the first answers it).
+    granted: bool = False
 
 
 @dataclass
@@ -341,11 +344,20 @@ class Coordinator:
         for info in [self.ms[m]] if m in self.ms else self.ms.values():
             # (A woken M that has not asked yet may read PARKED again: it
             # re-parks before asking.  Its one request takes one P.)
-            if info.p < 0 and not info.woken and node.m_cas_state(info.m, MState.PARKED, MState.WAKING):
+            if info.p >= 0 or info.woken:
+                continue
+            if self.idle_ps and node.m_cas_state(info.m, MState.PARKED, MState.GRANTED):
+                # The Grant goes with the wake: the M's LeaseRequest round
+                # trip (~0.5 ms of a hand-off on a busy node) is saved.
+                self.grant(info)
+                info.granted = True
+            elif node.m_cas_state(info.m, MState.PARKED, MState.WAKING):
                 info.woken = True
-                node.wake(info.m)
-                self.stats.wakeups += 1
-                return True
+            else:
+                continue
+            node.wake(info.m)
+            self.stats.wakeups += 1
+            return True
         return m < 0 and self.coming() < self.needing() and self.newm()
 
     def newm(self) -> bool:
@@ -436,8 +448,6 @@ class Coordinator:
         return 0 <= p < self.nprocs and self.ps[p].m == m and self.ps[p].epoch == epoch
 
     def grant(self, info: MInfo, has_g: bool = False) -> None:
-        if info.p >= 0:
-            self.retaken_meanwhile(self.ps[info.p])  # if so, info.p is -1 now: a fresh grant below
         if info.p >= 0:  # it already holds one: re-send it (its Grant may be in flight)
             lease = self.ps[info.p]
         elif self.idle_ps:
@@ -464,7 +474,7 @@ class Coordinator:
         lease = self.ps[p]
         holder = self.ms.get(lease.m)
         if holder is not None:
-            holder.p = -1
+            holder.p, holder.granted = -1, False
             if holder.waiting is not None:  # its long-poll names a lease it no longer has
                 self.send(holder.ident, wire.Revoke(p, lease.epoch))
             holder.waiting = None
@@ -502,7 +512,7 @@ class Coordinator:
     def on_stalled(self, info: MInfo) -> None:
         """M ``info`` stopped beating.  Its P (with its ring) goes to another
         M under a new epoch, and the root task it was running runs again.
-        It may resume (SIGCONT): then its state word says SYSCALL, so at its
+        It may resume (SIGCONT): then its state word says ASLEEP, so at its
         next scheduling point it leaves that "syscall" and asks for a P like
         any M back from one; its epoch is stale, so it never touches its old
         P again, and its late result is a duplicate the client drops.
@@ -523,17 +533,17 @@ class Coordinator:
         holds_more = owned > (1 if g is not None else 0)
         # Between Gs an M uses its P's queue as its owner, with no check:
         # it may only live on if its next step is a scheduling point that
-        # notices the P is gone (its state SYSCALL: resync/exitsyscall).
+        # notices the P is gone (its state ASLEEP or SYSCALL: resync/exitsyscall).
         owns_a_p = any(node.p_state(p)[1] == m for p in range(self.nprocs))
         safe = (g is None and not owns_a_p) or (
-            lone_root and state in (MState.RUNNING, MState.SYSCALL, MState.JOIN)
+            lone_root and state in (MState.RUNNING, MState.SYSCALL, MState.ASLEEP, MState.JOIN)
         )
         if node.op_record(m)[1] != runq.OpState.IDLE or not safe or holds_more or info.batches:
             self.fence_m(info, Doom.FENCED)
             return
         info.stalled = True
         self.count(Counter.FENCED)
-        if state == MState.RUNNING and node.m_cas_state(m, MState.RUNNING, MState.SYSCALL):
+        if state == MState.RUNNING and node.m_cas_state(m, MState.RUNNING, MState.ASLEEP):
             node.sched_add(Counter.RUNNING, -1)  # it gives the count back when it resumes
         p = self.fence(m)
         if p >= 0:
@@ -1027,8 +1037,21 @@ class Coordinator:
 
     def on_m_message(self, info: MInfo, msg: wire.Message) -> None:
         self.forget_placed(info)
+        granted = info.granted
+        if not isinstance(msg, wire.Renew):  # (the heartbeat thread's: it says nothing of the Grant)
+            info.granted = False  # anything else comes after the M read it, or is this request
         if isinstance(msg, wire.LeaseRequest):
+            if info.p >= 0:
+                # If sysmon retook its P and the Retaken is still on the way,
+                # act on it now: the M must not be re-sent a grant its P word
+                # no longer honours.  Marked woken meanwhile, so the hand-off
+                # this starts does not wake (and grant) the M asking: it
+                # waits for one answer, the one below.
+                info.woken = True
+                self.retaken_meanwhile(self.ps[info.p])
             info.woken = False
+            if granted and info.p >= 0:
+                return  # sent before it saw the Grant its wake brought: that Grant answers it
             self.grant(info, msg.has_g)
         elif isinstance(msg, wire.GetWork):
             if not self.lease_ok(info.m, msg.p, msg.epoch):

@@ -257,7 +257,15 @@ class M:
         paused = bool(self.curg) and self.node.m_cas_state(self.m, MState.RUNNING, MState.IDLE)
         try:
             self.send(msg)
-            return self.recv(timeout_ms)
+            reply = self.recv(timeout_ms)
+            while isinstance(reply, wire.Grant) and not isinstance(msg, wire.LeaseRequest):
+                # A second answer to a LeaseRequest (the coordinator sends one;
+                # this is the net under that rule): a re-sent grant of the P we
+                # hold, whose batch is ours to queue, in order, at the next look.
+                if reply.roots or reply.locals:
+                    self.stash.append((reply.seq, reply.roots, reply.locals))
+                reply = self.recv(timeout_ms)
+            return reply
         finally:
             if paused:
                 self.node.m_set(self.m, state=MState.RUNNING)  # only we change it from IDLE
@@ -455,10 +463,12 @@ class M:
         node.sched_add(Counter.NMIDLE, 1)
         node.sched_add(Counter.PARKS, 1)
         idle_until = time.monotonic() + self.idle_exit_s
+        unasked: wire.Message | None = None
         try:
             while True:
                 seen = node.m_info(self.m)[5]  # read the park word before the state: no lost wake-up
-                if node.m_info(self.m)[0] == MState.WAKING:
+                state = node.m_info(self.m)[0]
+                if state in (MState.WAKING, MState.GRANTED):
                     break
                 if self.spare and time.monotonic() > idle_until and not self.stash:
                     # A CAS, so a coordinator waking us right now either wins or sees us gone.
@@ -467,9 +477,12 @@ class M:
                     continue
                 node.park(self.m, seen, min(1.0, self.idle_exit_s))
                 if self.sock.poll(0):
-                    self.recv(0)  # only Bye arrives unasked
+                    unasked = self.recv(0)  # a Bye (raised), or the Grant a GRANTED wake brings
         finally:
             node.sched_add(Counter.NMIDLE, -1)
+        if state == MState.GRANTED:
+            self.take_wake_grant(unasked)
+            return
         node.m_set(self.m, state=MState.SPINNING)
         reply = self.call(wire.LeaseRequest(self.m, False))
         if isinstance(reply, wire.Grant) and reply.p >= 0:
@@ -482,12 +495,23 @@ class M:
         task code before the call can block.  False if we hold no P."""
         node = self.node
         self.resync()
-        if self.p < 0 or not node.entersyscall(self.p, self.m, self.epoch):
+        if self.p < 0:
+            return False
+        # Counted out before the P goes to SYSCALL: sysmon may retake it at
+        # once and its next M counts itself (running_max read 3 on 2 Ps).
+        node.sched_add(Counter.RUNNING, -1)
+        if not node.entersyscall(self.p, self.m, self.epoch):
+            node.sched_add(Counter.RUNNING, 1)
             return False
         self.in_syscall = True
         node.sched_add(Counter.SYSCALLS, 1)
-        node.sched_add(Counter.RUNNING, -1)
-        node.m_set(self.m, state=MState.SYSCALL)
+        # By CAS: sysmon may mark us ASLEEP at any instant, and then it took
+        # our count too: one of the two goes back.
+        if not node.m_cas_state(self.m, MState.RUNNING, MState.SYSCALL):
+            if node.m_cas_state(self.m, MState.ASLEEP, MState.SYSCALL):
+                node.sched_add(Counter.RUNNING, 1)
+            else:
+                node.m_set(self.m, state=MState.SYSCALL)  # (a state only we write)
         self.wake_sysmon()
         return True
 
@@ -505,7 +529,11 @@ class M:
         P; else park until the coordinator hands us one.  Only then does
         the M run Python task code again (the GOMAXPROCS invariant)."""
         node = self.node
-        if self.p < 0 or not node.exitsyscall(self.p, self.m, self.epoch):
+        if self.p < 0 or not (
+            node.exitsyscall(self.p, self.m, self.epoch)
+            # (sysmon marked us asleep but never took the P: still ours)
+            or node.p_state(self.p) == (PStatus.RUNNING, self.m, self.epoch)
+        ):
             self.p, self.runq = -1, None  # retaken: its queue is someone else's now
             node.m_set(self.m, p=-1)
             self.acquire_any_p()
@@ -515,10 +543,13 @@ class M:
 
     def resync(self) -> None:
         """A scheduling point inside a task: if sysmon found this M asleep in
-        an unmarked blocking call (its state SYSCALL, not set by us), leave
-        that "syscall" now: take the P back, or get another, before the
-        task's code goes on (gmpd.sysmon explains the window before this)."""
-        if self.curg and not self.in_syscall and self.node.m_info(self.m)[0] == MState.SYSCALL:
+        an unmarked blocking call (state ASLEEP), leave that "syscall" now:
+        take the P back, or get another, before the task's code goes on
+        (gmpd.sysmon explains the window before this)."""
+        # Claimed by CAS: sysmon undoes its mark (ASLEEP -> RUNNING, the
+        # count back) when it finds it marked a G that had ended; exactly one
+        # of the two gives the count back, or it drifts (running_max 3 on 2 Ps).
+        if self.curg and not self.in_syscall and self.node.m_cas_state(self.m, MState.ASLEEP, MState.IDLE):
             self.exitsyscall()
 
     def acquire_any_p(self) -> None:
@@ -526,20 +557,41 @@ class M:
         M holding a G), park until woken when there is none."""
         node = self.node
         while True:
-            # PARKED before asking: a hand-off racing the answer finds us wakeable.
-            node.m_set(self.m, state=MState.PARKED)
-            reply = self.call(wire.LeaseRequest(self.m, True))
-            if isinstance(reply, wire.Grant) and reply.p >= 0:
-                self.adopt(reply)
-                if self.p >= 0:
-                    return
+            if node.m_info(self.m)[0] == MState.GRANTED:  # woken with a Grant (after a "none" answer)
+                got = True
+                self.take_wake_grant(None)
+            else:
+                # PARKED before asking: a hand-off racing the answer finds us
+                # wakeable (a Grant sent with that wake is then the answer:
+                # the coordinator sends no second one).
+                node.m_set(self.m, state=MState.PARKED)
+                reply = self.call(wire.LeaseRequest(self.m, True))
+                got = False
+                if isinstance(reply, wire.Grant) and reply.p >= 0:
+                    got = True
+                    self.adopt(reply)
+            if self.p >= 0:
+                return
+            if got:  # the Grant went stale before we took it (its P was revoked): ask again
+                node.m_cas_state(self.m, MState.GRANTED, MState.PARKED)  # (if it came with a wake)
+                continue
             seen = node.m_info(self.m)[5]
-            if node.m_info(self.m)[0] == MState.WAKING:
+            if node.m_info(self.m)[0] in (MState.WAKING, MState.GRANTED):
                 continue
             node.sched_add(Counter.NMIDLE, 1)
             node.sched_add(Counter.PARKS, 1)
             node.park(self.m, seen, 0.1)  # then ask again: a missed hand-off costs 0.1 s
             node.sched_add(Counter.NMIDLE, -1)
+
+    def take_wake_grant(self, unasked: wire.Message | None) -> None:
+        """The coordinator woke us in state GRANTED: the Grant it sent with
+        the wake (maybe read already, ``unasked``) stands for the
+        LeaseRequest we would send; adopt it."""
+        reply = unasked or self.recv(REQUEST_TIMEOUT_MS)
+        if isinstance(reply, wire.Grant) and reply.p >= 0:
+            self.adopt(reply)
+        if self.p < 0:  # it went stale before we took it (its P was revoked): none is on the way now
+            self.node.m_cas_state(self.m, MState.GRANTED, MState.PARKED)
 
     def wakep(self) -> None:
         """Go's wakep, node-local: new Gs in our queue, an idle P, nobody spinning."""
@@ -614,7 +666,7 @@ class M:
                 self.exitsyscall()  # the task returned inside a gmpd.syscall() it never left
             # Out of task code: leave RUNNING by CAS, so sysmon cannot count us out twice.
             while not outer and not node.m_cas_state(self.m, MState.RUNNING, MState.IDLE):
-                if node.m_info(self.m)[0] != MState.SYSCALL:
+                if node.m_info(self.m)[0] != MState.ASLEEP:
                     node.m_set(self.m, state=MState.IDLE)  # not sysmon's doing: nothing to give back
                     break
                 self.resync()

@@ -54,7 +54,7 @@ RETIRED = 75  # an M's exit status when it retired (EX_TEMPFAIL), so the node ag
 
 class MState(enum.IntEnum):
     """An M's state word in node shared memory (owner: the M; the coordinator
-    and spawning Ms CAS PARKED -> WAKING)."""
+    and spawning Ms CAS PARKED -> WAKING, the coordinator PARKED -> GRANTED)."""
 
     NEW = 0
     PARKED = 1
@@ -65,6 +65,12 @@ class MState(enum.IntEnum):
     EXITING = 6
     SYSCALL = 7  # in a marked (or detected) blocking call; its P may be retaken
     JOIN = 8  # blocked on a child G that runs elsewhere (a syscall that checkdead reads)
+    GRANTED = 9  # woken with a Grant on its way: it reads that instead of asking for a P
+    # Marked from outside (sysmon: asleep in an unmarked call; the coordinator:
+    # stopped beating), its RUNNING count taken; it claims the mark (resync,
+    # a CAS) at its next scheduling point.  Not SYSCALL: sysmon's undo of a
+    # mark must never turn an M's own gmpd.syscall() state back to RUNNING.
+    ASLEEP = 10
 
 
 class Counter(enum.IntEnum):

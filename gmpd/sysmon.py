@@ -30,9 +30,10 @@ gmpd.syscall): ``detect_blocked`` reads the M's main thread in
 /proc/PID/task/PID/stat (a kept-open file, ~4 µs a read): asleep (S or D)
 on two looks at least 1 ms apart, with no CPU tick gained and the same G
 and schedtick, it is treated as a syscall that began at the first look:
-sysmon CASes the M's state RUNNING -> SYSCALL (so a wake-up that raced us
+sysmon CASes the M's state RUNNING -> ASLEEP (so a wake-up that raced us
 wins), drops the M from RUNNING, CASes the P RUNNING -> SYSCALL and
-retakes it at once.
+retakes it at once.  The M claims the mark by CAS at its next scheduling
+point and gives the count back then.
 
 GOMAXPROCS invariant: an M counts as running task code (``RUNNING``) only
 while it holds a P in RUNNING; entersyscall moves the P to SYSCALL and
@@ -175,17 +176,36 @@ class Sysmon:
         if now - pd.asleep_when < UNMARKED_MIN_S:
             return False
         pd.asleep = None
-        if not node.m_cas_state(m, MState.RUNNING, MState.SYSCALL):
+        return self.mark_asleep(p, m, curg, epoch, pd.schedtick)
+
+    def mark_asleep(self, p: int, m: int, curg: int, epoch: int, schedtick: int) -> bool:
+        """Treat M ``m``, seen asleep running G ``curg``, as in a syscall:
+        mark it ASLEEP (its count is ours until it claims the mark) and put
+        its P in SYSCALL.  False if it moved on before either CAS."""
+        node = self.node
+        if not node.m_cas_state(m, MState.RUNNING, MState.ASLEEP):
             return False  # it woke and moved on
-        if node.m_info(m)[1] != curg or node.p_ticks(p)[0] != pd.schedtick:
+        node.sched_add(Counter.RUNNING, -1)  # it gives the count back when it claims the mark (resync)
+        if node.m_info(m)[1] != curg or node.p_ticks(p)[0] != schedtick:
             # It woke and started another G between our last look and the CAS
-            # (the state word carries no G): give the state back, retake nothing.
-            node.m_cas_state(m, MState.SYSCALL, MState.RUNNING)
+            # (the state word carries no G): take the mark back, retake
+            # nothing.  The M may have claimed it already (resync's CAS):
+            # then it gives the count back, not us.
+            if node.m_cas_state(m, MState.ASLEEP, MState.RUNNING):
+                node.sched_add(Counter.RUNNING, 1)
             return False
-        node.sched_add(Counter.RUNNING, -1)  # it gives the count back when it wakes
         node.sched_add(Counter.UNMARKED, 1)
         # If the P moved on meanwhile, the M finds its state at its next scheduling point.
-        return node.p_cas(p, (PStatus.RUNNING, m, epoch), (PStatus.SYSCALL, m, epoch))
+        running, syscall = (PStatus.RUNNING, m, epoch), (PStatus.SYSCALL, m, epoch)
+        if not node.p_cas(p, running, syscall):
+            return False
+        if node.m_info(m)[0] != MState.ASLEEP:
+            # It claimed the mark before the P went to SYSCALL, and may have
+            # kept the P as it was (exitsyscall): put it back, or a retake
+            # would take a P from an M that runs on it.
+            node.p_cas(p, syscall, running)
+            return False
+        return True
 
     def prune_procfds(self, pids: set[int]) -> None:
         """Close the /proc files of Ms that are gone (recycled Ms come and go)."""
@@ -413,7 +433,8 @@ def schedtrace(nm: NodeMemory, ms: int, detail: bool, out: TextIO) -> None:
         lines.append(
             f"  M{m}: p={p if p >= 0 else 'nil'} curg={curg or 'nil'} mallocing=0 throwing=0 preemptoff="
             f" locks=0 dying=0 spinning={'true' if state == MState.SPINNING else 'false'}"
-            f" blocked={'true' if state in (MState.PARKED, MState.SYSCALL) else 'false'} lockedg=nil"
+            f" blocked={'true' if state in (MState.PARKED, MState.SYSCALL, MState.ASLEEP) else 'false'}"
+            " lockedg=nil"
         )
     out.write("\n".join(lines) + "\n")
     out.flush()
