@@ -157,9 +157,6 @@ class MInfo:
     stalled: bool = False  # stopped beating; its P and task went on (on_stalled)
     stalled_tids: set[int] = field(default_factory=set)  # roots queued again when it stalled
     woken: bool = False  # we woke it and its LeaseRequest has not come yet
-    # We woke it with a Grant (GRANTED): a LeaseRequest it sent before it
-    # saw that Grant gets no second one (the first answers it).
-    granted: bool = False
 
 
 @dataclass
@@ -344,14 +341,17 @@ class Coordinator:
         for info in [self.ms[m]] if m in self.ms else self.ms.values():
             # (A woken M that has not asked yet may read PARKED again: it
             # re-parks before asking.  Its one request takes one P.)
-            if info.p >= 0 or info.woken:
+            if info.p >= 0 or info.woken or info.stalled or info.fenced:
                 continue
             if self.idle_ps and node.m_cas_state(info.m, MState.PARKED, MState.GRANTED):
                 # The Grant goes with the wake: the M's LeaseRequest round
-                # trip (~0.5 ms of a hand-off on a busy node) is saved.
+                # trip (~0.5 ms of a hand-off on a busy node) is saved.  Only
+                # a PARKED M: one with a request on its way (ASKING) would
+                # take the Grant for that request's answer and get two.
                 self.grant(info)
-                info.granted = True
-            elif node.m_cas_state(info.m, MState.PARKED, MState.WAKING):
+            elif node.m_cas_state(info.m, MState.PARKED, MState.WAKING) or node.m_cas_state(
+                info.m, MState.ASKING, MState.WAKING
+            ):
                 info.woken = True
             else:
                 continue
@@ -474,7 +474,7 @@ class Coordinator:
         lease = self.ps[p]
         holder = self.ms.get(lease.m)
         if holder is not None:
-            holder.p, holder.granted = -1, False
+            holder.p = -1
             if holder.waiting is not None:  # its long-poll names a lease it no longer has
                 self.send(holder.ident, wire.Revoke(p, lease.epoch))
             holder.waiting = None
@@ -1037,9 +1037,6 @@ class Coordinator:
 
     def on_m_message(self, info: MInfo, msg: wire.Message) -> None:
         self.forget_placed(info)
-        granted = info.granted
-        if not isinstance(msg, wire.Renew):  # (the heartbeat thread's: it says nothing of the Grant)
-            info.granted = False  # anything else comes after the M read it, or is this request
         if isinstance(msg, wire.LeaseRequest):
             if info.p >= 0:
                 # If sysmon retook its P and the Retaken is still on the way,
@@ -1050,8 +1047,6 @@ class Coordinator:
                 info.woken = True
                 self.retaken_meanwhile(self.ps[info.p])
             info.woken = False
-            if granted and info.p >= 0:
-                return  # sent before it saw the Grant its wake brought: that Grant answers it
             self.grant(info, msg.has_g)
         elif isinstance(msg, wire.GetWork):
             if not self.lease_ok(info.m, msg.p, msg.epoch):
@@ -1188,6 +1183,7 @@ class Coordinator:
             # A parked M made WAKING asks for a P at once and reads the Bye
             # instead (merely woken, it could park again before it came).
             self.nm.node.m_cas_state(info.m, MState.PARKED, MState.WAKING)
+            self.nm.node.m_cas_state(info.m, MState.ASKING, MState.WAKING)
             self.nm.node.wake(info.m)
 
     def close(self) -> None:

@@ -311,9 +311,19 @@ class M:
             self.node.m_set(self.m, p=grant.p)
         self.take_work(grant.seq, grant.roots, grant.locals)
 
+    def marked_p(self) -> bool:
+        """Our P is in SYSCALL though we are in no syscall: sysmon moved it
+        there for a mark (mark_asleep) we had claimed already.  Nobody else
+        moves it while our state says we run (retake skips it)."""
+        if self.in_syscall or self.p < 0:
+            return False
+        return self.node.p_state(self.p) == (PStatus.SYSCALL, self.m, self.epoch)
+
     def check_lease(self) -> None:
         """After a G: if the P was retaken meanwhile (epoch moved), never
         touch its queue or arena again; the coordinator already re-leased it."""
+        if self.marked_p():
+            self.node.exitsyscall(self.p, self.m, self.epoch)  # ours: back to RUNNING
         if self.p >= 0 and self.node.p_state(self.p) != (PStatus.RUNNING, self.m, self.epoch):
             self.flush()
             self.node.m_set(self.m, p=-1)
@@ -483,6 +493,8 @@ class M:
         if state == MState.GRANTED:
             self.take_wake_grant(unasked)
             return
+        if isinstance(unasked, wire.Grant) and (unasked.roots or unasked.locals):
+            self.stash.append((unasked.seq, unasked.roots, unasked.locals))  # (a stray: its batch is ours)
         node.m_set(self.m, state=MState.SPINNING)
         reply = self.call(wire.LeaseRequest(self.m, False))
         if isinstance(reply, wire.Grant) and reply.p >= 0:
@@ -500,7 +512,7 @@ class M:
         # Counted out before the P goes to SYSCALL: sysmon may retake it at
         # once and its next M counts itself (running_max read 3 on 2 Ps).
         node.sched_add(Counter.RUNNING, -1)
-        if not node.entersyscall(self.p, self.m, self.epoch):
+        if not node.entersyscall(self.p, self.m, self.epoch) and not self.marked_p():
             node.sched_add(Counter.RUNNING, 1)
             return False
         self.in_syscall = True
@@ -557,27 +569,29 @@ class M:
         M holding a G), park until woken when there is none."""
         node = self.node
         while True:
-            if node.m_info(self.m)[0] == MState.GRANTED:  # woken with a Grant (after a "none" answer)
-                got = True
+            state = node.m_info(self.m)[0]
+            if state == MState.GRANTED:  # woken with a Grant, after a "none" answer
                 self.take_wake_grant(None)
-            else:
-                # PARKED before asking: a hand-off racing the answer finds us
-                # wakeable (a Grant sent with that wake is then the answer:
-                # the coordinator sends no second one).
-                node.m_set(self.m, state=MState.PARKED)
-                reply = self.call(wire.LeaseRequest(self.m, True))
-                got = False
-                if isinstance(reply, wire.Grant) and reply.p >= 0:
-                    got = True
-                    self.adopt(reply)
-            if self.p >= 0:
-                return
-            if got:  # the Grant went stale before we took it (its P was revoked): ask again
-                node.m_cas_state(self.m, MState.GRANTED, MState.PARKED)  # (if it came with a wake)
+                if self.p >= 0:
+                    return
+                continue  # (it went stale: ask)
+            # ASKING while the request is out: a hand-off racing the answer
+            # makes us WAKING (we ask again), never GRANTED (we would take
+            # that Grant for this request's answer, and the answer for a
+            # stray).  From PARKED by CAS: the coordinator may grant us now.
+            if state != MState.PARKED:
+                node.m_set(self.m, state=MState.ASKING)  # (no one else moves us out of these)
+            elif not node.m_cas_state(self.m, MState.PARKED, MState.ASKING):
                 continue
-            seen = node.m_info(self.m)[5]
-            if node.m_info(self.m)[0] in (MState.WAKING, MState.GRANTED):
-                continue
+            reply = self.call(wire.LeaseRequest(self.m, True))
+            if isinstance(reply, wire.Grant) and reply.p >= 0:
+                self.adopt(reply)
+                if self.p >= 0:
+                    return
+                continue  # it went stale before we took it (its P revoked): ask again
+            seen = node.m_info(self.m)[5]  # before PARKED: a wake after it is not lost
+            if not node.m_cas_state(self.m, MState.ASKING, MState.PARKED):
+                continue  # woken while asking (WAKING): ask again
             node.sched_add(Counter.NMIDLE, 1)
             node.sched_add(Counter.PARKS, 1)
             node.park(self.m, seen, 0.1)  # then ask again: a missed hand-off costs 0.1 s
@@ -590,8 +604,11 @@ class M:
         reply = unasked or self.recv(REQUEST_TIMEOUT_MS)
         if isinstance(reply, wire.Grant) and reply.p >= 0:
             self.adopt(reply)
-        if self.p < 0:  # it went stale before we took it (its P was revoked): none is on the way now
-            self.node.m_cas_state(self.m, MState.GRANTED, MState.PARKED)
+        if self.p < 0:
+            # It went stale before we took it (its P revoked): none is on the
+            # way now.  IDLE, not PARKED: nobody may grant us before we park
+            # again (a later blind PARKED would hide that Grant).
+            self.node.m_cas_state(self.m, MState.GRANTED, MState.IDLE)
 
     def wakep(self) -> None:
         """Go's wakep, node-local: new Gs in our queue, an idle P, nobody spinning."""
@@ -641,7 +658,10 @@ class M:
         outer = self.curg
         node.g_set_owner(h, self.m, outer)  # recovery follows curg -> outer after a crash
         self.curg = h
-        node.m_set(self.m, curg=h, state=MState.RUNNING)
+        if outer:  # (running already; a mark sysmon set meanwhile stays for resync to claim)
+            node.m_set(self.m, curg=h)
+        else:
+            node.m_set(self.m, curg=h, state=MState.RUNNING)
         self.runq.release()  # recorded as curg: the queue no longer needs to hold it
         info = node.g_info(h)
         if not outer:  # an M counts once, however deep it nests inline runs
@@ -700,7 +720,10 @@ class M:
                 err = error_payload(GmpdError(f"result too large for the node's G arena: {exc}"))
                 node.g_set_result(h, self.p, err, wire.RAISED)
         self.curg = outer
-        node.m_set(self.m, curg=outer, state=MState.RUNNING if outer else MState.IDLE)
+        if outer:
+            node.m_set(self.m, curg=outer)
+        else:
+            node.m_set(self.m, curg=0, state=MState.IDLE)
 
     @contextlib.contextmanager
     def task_context(self) -> Iterator[None]:

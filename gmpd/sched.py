@@ -54,7 +54,8 @@ RETIRED = 75  # an M's exit status when it retired (EX_TEMPFAIL), so the node ag
 
 class MState(enum.IntEnum):
     """An M's state word in node shared memory (owner: the M; the coordinator
-    and spawning Ms CAS PARKED -> WAKING, the coordinator PARKED -> GRANTED)."""
+    and spawning Ms CAS PARKED -> WAKING, the coordinator PARKED -> GRANTED
+    and ASKING -> WAKING)."""
 
     NEW = 0
     PARKED = 1
@@ -66,6 +67,7 @@ class MState(enum.IntEnum):
     SYSCALL = 7  # in a marked (or detected) blocking call; its P may be retaken
     JOIN = 8  # blocked on a child G that runs elsewhere (a syscall that checkdead reads)
     GRANTED = 9  # woken with a Grant on its way: it reads that instead of asking for a P
+    ASKING = 11  # a LeaseRequest on its way (back from a syscall): wakeable, never granted
     # Marked from outside (sysmon: asleep in an unmarked call; the coordinator:
     # stopped beating), its RUNNING count taken; it claims the mark (resync,
     # a CAS) at its next scheduling point.  Not SYSCALL: sysmon's undo of a

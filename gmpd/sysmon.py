@@ -151,6 +151,11 @@ class Sysmon:
             idle_help = sched[Counter.NMSPINNING] + sched[Counter.NPIDLE] > 0
             if node.runq_empty(p) and idle_help and now - pd.syscallwhen < self.grace_s:
                 continue
+            if node.m_info(owner)[0] in (MState.RUNNING, MState.IDLE):
+                # Its M claimed our mark before we moved the P (mark_asleep)
+                # and runs on it: leave it; the M takes the P word back to
+                # RUNNING at its next look (check_lease, entersyscall).
+                continue
             new_epoch = node.retake(p, (status, owner, epoch))
             if new_epoch is None:
                 continue  # it left the syscall meanwhile
@@ -195,17 +200,10 @@ class Sysmon:
                 node.sched_add(Counter.RUNNING, 1)
             return False
         node.sched_add(Counter.UNMARKED, 1)
-        # If the P moved on meanwhile, the M finds its state at its next scheduling point.
-        running, syscall = (PStatus.RUNNING, m, epoch), (PStatus.SYSCALL, m, epoch)
-        if not node.p_cas(p, running, syscall):
-            return False
-        if node.m_info(m)[0] != MState.ASLEEP:
-            # It claimed the mark before the P went to SYSCALL, and may have
-            # kept the P as it was (exitsyscall): put it back, or a retake
-            # would take a P from an M that runs on it.
-            node.p_cas(p, syscall, running)
-            return False
-        return True
+        # If the P moved on meanwhile, the M finds its state at its next
+        # scheduling point.  If the M claimed the mark before this CAS, the
+        # P is in SYSCALL under an M that runs: retake leaves such a P alone.
+        return node.p_cas(p, (PStatus.RUNNING, m, epoch), (PStatus.SYSCALL, m, epoch))
 
     def prune_procfds(self, pids: set[int]) -> None:
         """Close the /proc files of Ms that are gone (recycled Ms come and go)."""
