@@ -38,6 +38,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -260,8 +261,25 @@ class PoolSystem(System):
         return [p.pid for p in self.pool._pool if p.pid]  # type: ignore[attr-defined]
 
     def close(self, clean: bool = True) -> None:
-        self.pool.terminate()  # what `with Pool() as pool:` does on the way out
-        self.pool.join()
+        def stop() -> None:
+            self.pool.terminate()  # what `with Pool() as pool:` does on the way out
+            self.pool.join()
+
+        stopping = threading.Thread(target=stop, name="mp_pool-terminate", daemon=True)
+        stopping.start()
+        stopping.join(5.0)
+        if stopping.is_alive():
+            # A worker SIGKILLed while it held the task queue's read lock (the
+            # fault workload may hit one between tasks) leaves it taken for
+            # good, and terminate() waits for it forever: let it go for the
+            # dead holder (a plain Lock: any process may release it).
+            with contextlib.suppress(ValueError):
+                self.pool._inqueue._rlock.release()  # type: ignore[attr-defined]
+            stopping.join(10.0)
+        if stopping.is_alive():
+            for p in self.pool._pool:  # type: ignore[attr-defined]
+                with contextlib.suppress(OSError):
+                    p.kill()  # no worker left behind, whatever terminate() waits on
 
 
 # ---- optional peers ------------------------------------------------------------

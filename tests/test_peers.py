@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import importlib.util
+import os
+import signal
 import sys
 import threading
 import time
@@ -260,3 +262,18 @@ def test_the_runner_gives_null_and_a_reason_for_a_hung_crashed_wrong_or_missing_
     assert row["failed"]["wrong"].startswith("wrong result") and row["verified"]["wrong"] is False
     assert "not installed" in row["failed"]["missing"] and row["verified"]["missing"] is None
     assert row["ratio_vs_best_peer"] is None  # no gmpd in this row
+
+
+def test_mp_pool_close_returns_when_a_killed_worker_held_the_task_queue_lock() -> None:
+    """An idle mp.Pool worker waits for work holding the task queue's read
+    lock; SIGKILLed there (as the fault workload may do), it never lets it
+    go, and Pool.terminate() waits for that lock forever.  close() must
+    still return and leave no worker behind (the autouse fixture checks)."""
+    s = peers.PoolSystem(2)
+    assert s.result(s.submit(double, 21), Deadline(30)) == 42  # both workers up
+    time.sleep(0.3)  # idle now: one of them holds the read lock in get()
+    for pid in s.worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    t = time.monotonic()
+    s.close()
+    assert time.monotonic() - t < 20
