@@ -262,8 +262,7 @@ class M:
                 # A second answer to a LeaseRequest (the coordinator sends one;
                 # this is the net under that rule): a re-sent grant of the P we
                 # hold, whose batch is ours to queue, in order, at the next look.
-                if reply.roots or reply.locals:
-                    self.stash.append((reply.seq, reply.roots, reply.locals))
+                self.stash_batch(reply)
                 reply = self.recv(timeout_ms)
             return reply
         finally:
@@ -311,20 +310,33 @@ class M:
             self.node.m_set(self.m, p=grant.p)
         self.take_work(grant.seq, grant.roots, grant.locals)
 
-    def marked_p(self) -> bool:
-        """Our P is in SYSCALL though we are in no syscall: sysmon moved it
-        there for a mark (mark_asleep) we had claimed already.  Nobody else
-        moves it while our state says we run (retake skips it)."""
+    def marked_p(self, word: tuple[int, int, int] | None = None) -> bool:
+        """Our P (its state ``word``, read now if not given) is in SYSCALL
+        though we are in no syscall: sysmon moved it there for a mark
+        (mark_asleep) we had claimed already.  Nobody else moves it while
+        our state says we run (retake skips it)."""
         if self.in_syscall or self.p < 0:
             return False
-        return self.node.p_state(self.p) == (PStatus.SYSCALL, self.m, self.epoch)
+        return (word or self.node.p_state(self.p)) == (PStatus.SYSCALL, self.m, self.epoch)
+
+    def stash_batch(self, grant: wire.Grant) -> None:
+        """A Grant we did not ask for: its batch is ours (the coordinator
+        counts it as taken), queued in order at our next look."""
+        if grant.roots or grant.locals:
+            self.stash.append((grant.seq, grant.roots, grant.locals))
 
     def check_lease(self) -> None:
         """After a G: if the P was retaken meanwhile (epoch moved), never
-        touch its queue or arena again; the coordinator already re-leased it."""
-        if self.marked_p():
-            self.node.exitsyscall(self.p, self.m, self.epoch)  # ours: back to RUNNING
-        if self.p >= 0 and self.node.p_state(self.p) != (PStatus.RUNNING, self.m, self.epoch):
+        touch its queue or arena again; the coordinator already re-leased it.
+        A P marked_p is ours: back to RUNNING."""
+        if self.p < 0:
+            return
+        word = self.node.p_state(self.p)
+        if self.marked_p(word):
+            if self.node.exitsyscall(self.p, self.m, self.epoch):
+                return
+            word = self.node.p_state(self.p)
+        if word != (PStatus.RUNNING, self.m, self.epoch):
             self.flush()
             self.node.m_set(self.m, p=-1)
             self.p, self.runq = -1, None
@@ -493,8 +505,8 @@ class M:
         if state == MState.GRANTED:
             self.take_wake_grant(unasked)
             return
-        if isinstance(unasked, wire.Grant) and (unasked.roots or unasked.locals):
-            self.stash.append((unasked.seq, unasked.roots, unasked.locals))  # (a stray: its batch is ours)
+        if isinstance(unasked, wire.Grant):
+            self.stash_batch(unasked)  # (a stray)
         node.m_set(self.m, state=MState.SPINNING)
         reply = self.call(wire.LeaseRequest(self.m, False))
         if isinstance(reply, wire.Grant) and reply.p >= 0:

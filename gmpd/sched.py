@@ -67,12 +67,12 @@ class MState(enum.IntEnum):
     SYSCALL = 7  # in a marked (or detected) blocking call; its P may be retaken
     JOIN = 8  # blocked on a child G that runs elsewhere (a syscall that checkdead reads)
     GRANTED = 9  # woken with a Grant on its way: it reads that instead of asking for a P
-    ASKING = 11  # a LeaseRequest on its way (back from a syscall): wakeable, never granted
     # Marked from outside (sysmon: asleep in an unmarked call; the coordinator:
     # stopped beating), its RUNNING count taken; it claims the mark (resync,
     # a CAS) at its next scheduling point.  Not SYSCALL: sysmon's undo of a
     # mark must never turn an M's own gmpd.syscall() state back to RUNNING.
     ASLEEP = 10
+    ASKING = 11  # a LeaseRequest on its way (back from a syscall): wakeable, never granted
 
 
 class Counter(enum.IntEnum):
