@@ -347,9 +347,11 @@ class M:
             return
         self.flush()
         self.node.g_trim(self.p)  # going idle: give the arena's unused pages back
+        # Our record first: an M's p never names a P that is not its own
+        # (statistics, tests); recovery goes by the P's word, not by this.
+        self.node.m_set(self.m, p=-1)
         self.node.releasep(self.p, self.m, self.epoch)
         self.send(wire.Release(self.m, self.p, self.epoch))
-        self.node.m_set(self.m, p=-1)
         self.p, self.runq = -1, None
 
     def owns_p(self) -> bool:
@@ -401,6 +403,7 @@ class M:
         )
         if isinstance(reply, wire.Revoke):
             self.p, self.runq = -1, None  # our lease is gone; the P is someone else's
+            self.node.m_set(self.m, p=-1)
             return 0
         if isinstance(reply, wire.Work) and self.take_work(reply.seq, reply.roots, reply.locals):
             return self.next_queued()

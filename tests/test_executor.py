@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 import gmpd
+from gmpd import executor, wire
 from gmpd.m import RemoteTraceback
 from gmpd.shm import SHM_DIR
 from tests.conftest import children_of
@@ -128,6 +129,39 @@ def test_executor_large_arguments_and_results(ex: gmpd.Executor) -> None:
 def test_executor_ten_thousand_tiny_tasks(ex: gmpd.Executor) -> None:
     futures = [ex.submit(square, i) for i in range(10_000)]
     assert sum(f.result() for f in futures) == sum(i * i for i in range(10_000))
+
+
+def test_executor_batches_finished_while_tasks_are_in_flight(ex: gmpd.Executor) -> None:
+    """Every result is reported to the coordinator once (it forgets the task),
+    and not one frame per result while others are in flight: each frame
+    costs the coordinator a wake-up, CPU a busy farm takes from its tasks."""
+    io = ex._io
+    finished: list[list[int]] = []
+    results = 0
+    send, on_message = io.send, io.on_message
+
+    def spy_send(msg: wire.Message) -> None:
+        if isinstance(msg, wire.Finished):
+            finished.append(list(msg.tids))
+        send(msg)
+
+    def spy_message(msg: wire.Message) -> None:
+        nonlocal results
+        results += isinstance(msg, wire.Results)
+        on_message(msg)
+
+    io.send, io.on_message = spy_send, spy_message  # type: ignore[method-assign]
+    start = time.monotonic()
+    futures = [ex.submit(spin_ms, 1.0) for _ in range(300)]
+    wait(futures, timeout=50)
+    elapsed = time.monotonic() - start
+    deadline = time.monotonic() + 5
+    while sum(map(len, finished)) < 300 and time.monotonic() < deadline:
+        time.sleep(0.01)  # (the last Finished goes when the last result is in)
+    tids = sorted(t for frame in finished for t in frame)
+    assert tids == sorted(f._tid for f in futures), "each result reported exactly once"  # type: ignore[attr-defined]
+    assert results > 20, "the tasks' results came in many frames"
+    assert len(finished) <= elapsed / executor.FINISHED_AGE + 2, (len(finished), results, elapsed)
 
 
 def test_executor_many_threads_submitting_at_once(ex: gmpd.Executor) -> None:
