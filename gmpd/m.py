@@ -48,7 +48,11 @@ from gmpd.sysmon import sysmon_slot
 REQUEST_TIMEOUT_MS = 10_000
 HEARTBEAT_MS = 50  # the native heartbeat's period
 FLUSH_EVERY = 64  # results per Results message at most
-FLUSH_AGE = 0.002  # seconds a result may wait for company
+FLUSH_AGE = 0.002  # seconds a result may wait for company, from its G's start
+# A result still waiting this long (behind a long G) is sent by the
+# heartbeat thread: with only the G-end check it waited for the next G's end.
+FLUSH_LATE = 0.005
+RENEW_S = 0.25  # the heartbeat thread's Renew period
 MAX_INLINE_DEPTH = 32  # nesting bound for join-helping
 
 CURRENT: M | None = None  # this process's M, while it runs task code
@@ -226,6 +230,13 @@ class M:
         self.rss_limited = conf["max_rss_mb"] > 0  # sysmon may doom us to retire (memcheck)
         self.result_bytes = 0  # in self.results
         self.result_gs: list[int] = []  # root Gs of self.results: freed once the results are sent
+        self.sent_gs: list[int] = []  # root Gs of results sent, to free (by the main thread)
+        # results, result_bytes, result_gs, oldest and the out socket are
+        # shared with the heartbeat thread's late flush (flush_late).
+        self.flush_lock = threading.Lock()
+        self.flush_armed = False  # the heartbeat thread watches the waiting results
+        self.arm_r, self.arm_w = os.pipe()
+        os.set_blocking(self.arm_w, False)
         self.spare = m > self.nprocs  # beyond the first GOMAXPROCS + 1: may exit when idle
         self.in_syscall = False  # inside gmpd.syscall() (or a blocked join)
         self.deadline = 0  # monotonic ns the running task must end by (0: none)
@@ -272,12 +283,71 @@ class M:
     def flush(self) -> None:
         """Results go straight to the client, which tells the coordinator
         (Finished): a result lost with this M is then a task to retry."""
+        with self.flush_lock:
+            self.send_results()
+        self.free_sent()
+
+    def send_results(self) -> None:
+        """(flush_lock held.)"""
         if self.results:
             self.out.send(wire.encode(wire.Results(self.results)), copy=False)
             self.results, self.result_bytes = [], 0
-            for h in self.result_gs:  # kept (RUNNING, ours) so recovery saw them
-                self.node.g_free(h)
+            self.sent_gs += self.result_gs
             self.result_gs = []
+        self.flush_armed = False
+
+    def free_sent(self) -> None:
+        """Free the root Gs whose results are sent: kept (RUNNING, ours)
+        until then so recovery saw them.  The main thread's alone: arena
+        operations stay with the M that runs Gs."""
+        if self.sent_gs:
+            for h in self.sent_gs:
+                self.node.g_free(h)
+            self.sent_gs = []
+
+    def add_result(self, tid: int, status: int, data: bytes, h: int, started: float) -> None:
+        """Queue a root's result (its G ``h``, 0 if none, started at
+        ``started``); sent per FLUSH_EVERY, or once the oldest waited
+        FLUSH_AGE since its G started: a long G's result goes at once."""
+        with self.flush_lock:
+            if self.result_bytes + len(data) > self.max_message:
+                self.send_results()  # one message stays under the client's size limit
+            self.results.append((tid, status, data))
+            self.result_bytes += len(data)
+            if h:
+                self.result_gs.append(h)
+            if len(self.results) == 1:
+                self.oldest = started
+            # Per 64 or 2 ms: a message per result would cost the client
+            # a wake-up each (CPU a busy 2-core farm takes from an M).
+            if len(self.results) >= FLUSH_EVERY or time.monotonic() - self.oldest > FLUSH_AGE:
+                self.send_results()
+        self.free_sent()
+
+    def arm_flush(self) -> None:
+        """A G starts while results wait: have the heartbeat thread send
+        them if this G runs long (once per batch: one pipe write)."""
+        with self.flush_lock:
+            if not self.results or self.flush_armed:
+                return
+            self.flush_armed = True
+        with contextlib.suppress(BlockingIOError):
+            os.write(self.arm_w, b"\0")
+
+    def flush_late(self, lifeline: int) -> None:
+        """Heartbeat thread, armed: send the results still waiting
+        FLUSH_LATE after the oldest's G started (the main thread runs a long G)."""
+        while not self.stopping:
+            with self.flush_lock:
+                if not self.flush_armed or not self.results or self.stopping:
+                    self.flush_armed = False
+                    return
+                wait = self.oldest + FLUSH_LATE - time.monotonic()
+                if wait <= 0:
+                    self.send_results()
+                    return
+            if select.select([lifeline], [], [], wait)[0]:
+                os._exit(0)  # our node agent is gone
 
     def spill(self, batch: tuple[int, ...]) -> None:
         """A full ring's half + 1 go to the global queue (runqputslow).  The
@@ -385,7 +455,7 @@ class M:
                     h = node.g_new(self.p, payload, root_id=tid)
                 except MemoryError as exc:  # fails this task only, never the M
                     err = error_payload(GmpdError(f"task too large: {exc}"))
-                    self.results.append((tid, wire.RAISED, err))
+                    self.add_result(tid, wire.RAISED, err, 0, time.monotonic())
                     h = 0
             else:
                 h = item
@@ -694,6 +764,9 @@ class M:
                 node.m_set_deadline(self.m, self.deadline)
 
             arm()
+        started = time.monotonic()
+        if not outer and self.results and not self.flush_armed:
+            self.arm_flush()
         try:
             status, data = run_payload(payload, arm)
             self.resync()  # the G may have ended asleep-detected: the count and the P come back
@@ -717,17 +790,7 @@ class M:
             if len(data) > self.max_message:
                 too_big = GmpdError(config.too_large("the task's result", len(data), self.max_message))
                 status, data = wire.RAISED, error_payload(too_big)
-            if self.result_bytes + len(data) > self.max_message:
-                self.flush()  # one message stays under the client's size limit
-            self.results.append((root_id, status, data))
-            self.result_bytes += len(data)
-            self.result_gs.append(h)
-            if len(self.results) == 1:
-                self.oldest = time.monotonic()
-            if len(self.results) >= FLUSH_EVERY or time.monotonic() - self.oldest > FLUSH_AGE:
-                # Per 64 or 2 ms: a message per result would cost the client
-                # a wake-up each (CPU a busy 2-core farm takes from an M).
-                self.flush()
+            self.add_result(root_id, status, data, h, started)
         else:
             try:
                 node.g_set_result(h, self.p, data, status)
@@ -877,10 +940,16 @@ class M:
         except ProcessLookupError:
             os._exit(0)  # the node agent died as we started
         try:
+            renewed = 0.0
             while not self.stopping:
-                if select.select([lifeline], [], [], 0.25)[0]:
+                ready = select.select([lifeline, self.arm_r], [], [], RENEW_S)[0]
+                if lifeline in ready:
                     os._exit(0)  # our node agent is gone: nobody will clean up after us
-                if self.p >= 0:
+                if self.arm_r in ready:
+                    os.read(self.arm_r, 4096)
+                    self.flush_late(lifeline)
+                if self.p >= 0 and time.monotonic() - renewed >= RENEW_S:
+                    renewed = time.monotonic()
                     sock.send(wire.encode(wire.Renew(self.m, self.p, self.epoch)))
         finally:
             sock.close(0)
@@ -916,7 +985,8 @@ class M:
             self.stopping = True
             hb.join(1.0)
             self.sock.close(2000)  # Release must reach the coordinator
-            self.out.close(2000)
+            with self.flush_lock:
+                self.out.close(2000)
             self.ctx.term()
             return RETIRED
         finally:
@@ -925,7 +995,8 @@ class M:
             self.stopping = True
             self.node.m_set(self.m, state=MState.EXITING, p=-1, curg=0)
             self.sock.close(0)
-            self.out.close(1000)  # let results already sent reach the client
+            with self.flush_lock:  # (the heartbeat thread may be in a late flush)
+                self.out.close(1000)  # let results already sent reach the client
 
 
 def main(

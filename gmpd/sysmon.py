@@ -154,7 +154,10 @@ class Sysmon:
             if node.m_info(owner)[0] in (MState.RUNNING, MState.IDLE):
                 # Its M claimed our mark before we moved the P (mark_asleep)
                 # and runs on it: leave it; the M takes the P word back to
-                # RUNNING at its next look (check_lease, entersyscall).
+                # RUNNING at its next look (check_lease, entersyscall).  If
+                # it blocks unmarked before that look, it is marked again
+                # like any M (the P is in SYSCALL already), and retaken.
+                self.detect_blocked(p, pd, owner, epoch, now)
                 continue
             new_epoch = node.retake(p, (status, owner, epoch))
             if new_epoch is None:
@@ -202,8 +205,10 @@ class Sysmon:
         node.sched_add(Counter.UNMARKED, 1)
         # If the P moved on meanwhile, the M finds its state at its next
         # scheduling point.  If the M claimed the mark before this CAS, the
-        # P is in SYSCALL under an M that runs: retake leaves such a P alone.
-        return node.p_cas(p, (PStatus.RUNNING, m, epoch), (PStatus.SYSCALL, m, epoch))
+        # P is in SYSCALL under an M that runs: retake leaves such a P alone
+        # until the M is marked again (then the P is in SYSCALL already).
+        marked = (PStatus.SYSCALL, m, epoch)
+        return node.p_cas(p, (PStatus.RUNNING, m, epoch), marked) or node.p_state(p) == marked
 
     def prune_procfds(self, pids: set[int]) -> None:
         """Close the /proc files of Ms that are gone (recycled Ms come and go)."""

@@ -164,6 +164,37 @@ def test_executor_batches_finished_while_tasks_are_in_flight(ex: gmpd.Executor) 
     assert len(finished) <= elapsed / executor.FINISHED_AGE + 2, (len(finished), results, elapsed)
 
 
+def _done_times(futures: list) -> list[float]:  # type: ignore[type-arg]
+    """When each future got its result (its done-callback runs then)."""
+    times = [0.0] * len(futures)
+    for i, f in enumerate(futures):
+        f.add_done_callback(lambda _f, i=i: times.__setitem__(i, time.monotonic()))
+    wait(futures, timeout=50)
+    return times
+
+
+def test_a_long_tasks_result_is_sent_when_it_ends_not_with_the_next() -> None:
+    """A result waited for company until the next G ended: with 0.5 s tasks
+    queued on one P, each came 0.5 s late, with the next one."""
+    with gmpd.Executor(1) as ex:
+        ex.submit(square, 2).result()
+        futures = [ex.submit(spin_ms, 500) for _ in range(3)]
+        first, second, third = _done_times(futures)
+    assert second - first > 0.3 and third - second > 0.3, (first, second, third)
+
+
+def test_a_short_tasks_result_does_not_wait_behind_a_long_one() -> None:
+    """A short G's result waits for company; if the next G runs long, the
+    heartbeat thread sends it (it waited for the long G to end before)."""
+    with gmpd.Executor(1) as ex:
+        ex.submit(square, 2).result()
+        blocker = ex.submit(spin_ms, 300)  # the next two queue up behind it, one batch
+        short, long_ = ex.submit(square, 3), ex.submit(spin_ms, 1500)
+        _blocked, short_at, long_at = _done_times([blocker, short, long_])
+    assert short.result() == 9
+    assert long_at - short_at > 0.8, (short_at, long_at)
+
+
 def test_executor_many_threads_submitting_at_once(ex: gmpd.Executor) -> None:
     """Submitters and the IO thread all drain the outbox: each task exactly once."""
     out: dict[int, list[int]] = {}

@@ -15,6 +15,10 @@ import pytest
 
 import gmpd
 from gmpd import sched as gmpd_sched
+from gmpd.runq import PStatus
+from gmpd.sched import MState
+from gmpd.shm import NodeMemory
+from gmpd.sysmon import UNMARKED_MIN_S, Sysmon
 from tests.test_executor import fib  # recursive fan-out with a threshold (n < 10)
 
 pytestmark = pytest.mark.timeout(90)
@@ -324,3 +328,31 @@ def test_a_task_that_returns_inside_gmpd_syscall_does_not_wedge_its_m() -> None:
             3**k for k in range(30)
         ]
         assert ex.statistics().running_max <= 1
+
+
+def test_an_m_that_claimed_its_mark_and_blocks_again_unmarked_loses_its_p(nm: NodeMemory) -> None:
+    """Two races in a row: sysmon moved P0 to SYSCALL after its M had claimed
+    the mark (so the P waits in SYSCALL under an M that runs, which retake
+    leaves alone), then the M blocked unmarked before its next look.  sysmon
+    must mark it again and retake the P, or nobody ever would."""
+    node = nm.node
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    mon = Sysmon(nm, "ipc:///nonexistent/gmpd-test")  # (its messages only queue)
+    try:
+        time.sleep(0.3)  # the sleeper's main thread is asleep (state S)
+        assert node.acquirep(0, 0, 1)
+        g = node.g_new(0, b"x")
+        node.m_set(0, pid=sleeper.pid, p=0, curg=g, state=MState.RUNNING)
+        assert node.p_cas(0, (PStatus.RUNNING, 0, 1), (PStatus.SYSCALL, 0, 1))  # the late move
+        now = time.monotonic()
+        for _ in range(10):
+            mon.retake(now)
+            now += 2 * UNMARKED_MIN_S + mon.grace_s
+            if node.p_state(0)[1] != 0:
+                break
+        assert node.m_info(0)[0] == MState.ASLEEP, "marked asleep again"
+        assert node.p_state(0)[:2] == (PStatus.IDLE, -1), "and its P retaken"
+    finally:
+        mon.close()
+        sleeper.kill()
+        sleeper.wait()
