@@ -46,7 +46,7 @@ import zmq
 
 from gmpd import config, wire
 from gmpd.errors import ClusterLost, CoordinatorLost, GmpdError
-from gmpd.g import encode_task
+from gmpd.g import encode_task, run_chunk
 from gmpd.m import load_outcome
 from gmpd.shm import SHM_DIR, NodeMemory, list_segments
 from gmpd.stats import Statistics, snapshot
@@ -615,10 +615,6 @@ def _chunks(iterables: tuple[Iterable[Any], ...], size: int) -> Iterator[list[An
         yield chunk
 
 
-def _run_chunk(fn: Callable[..., Any], chunk: list[Any], star: bool) -> list[Any]:
-    return [fn(*args) for args in chunk] if star else [fn(x) for x in chunk]
-
-
 class Executor(_BaseExecutor):
     """A concurrent.futures.Executor whose workers are gmpd Ms.
 
@@ -747,7 +743,7 @@ class Executor(_BaseExecutor):
             fs = [self.submit(fn, *args) for args in zip(*iterables, strict=False)]
         else:
             star = len(iterables) != 1
-            fs = [self.submit(_run_chunk, fn, chunk, star) for chunk in _chunks(iterables, chunksize)]
+            fs = [self.submit(run_chunk, fn, chunk, star) for chunk in _chunks(iterables, chunksize)]
         return self._map_results(fs, end, chunksize > 1)
 
     def _map_results(self, fs: list[Future[Any]], end: float | None, chunked: bool) -> Iterator[Any]:
