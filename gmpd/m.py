@@ -287,10 +287,11 @@ class M:
             self.send_results()
         self.free_sent()
 
-    def send_results(self) -> None:
-        """(flush_lock held.)"""
+    def send_results(self, flags: int = 0) -> None:
+        """(flush_lock held.)  With zmq.NOBLOCK, a full queue to the client
+        raises zmq.Again and leaves the results where they are."""
         if self.results:
-            self.out.send(wire.encode(wire.Results(self.results)), copy=False)
+            self.out.send(wire.encode(wire.Results(self.results)), flags, copy=False)
             self.results, self.result_bytes = [], 0
             self.sent_gs += self.result_gs
             self.result_gs = []
@@ -301,9 +302,10 @@ class M:
         until then so recovery saw them.  The main thread's alone: arena
         operations stay with the M that runs Gs."""
         if self.sent_gs:
-            for h in self.sent_gs:
+            with self.flush_lock:
+                gs, self.sent_gs = self.sent_gs, []
+            for h in gs:
                 self.node.g_free(h)
-            self.sent_gs = []
 
     def add_result(self, tid: int, status: int, data: bytes, h: int, started: float) -> None:
         """Queue a root's result (its G ``h``, 0 if none, started at
@@ -344,7 +346,12 @@ class M:
                     return
                 wait = self.oldest + FLUSH_LATE - time.monotonic()
                 if wait <= 0:
-                    self.send_results()
+                    # Never blocking here: this thread also watches the
+                    # lifeline, and the main thread waits for the lock.  A
+                    # client that reads no more leaves them to the main thread.
+                    with contextlib.suppress(zmq.Again):
+                        self.send_results(zmq.NOBLOCK)
+                    self.flush_armed = False
                     return
             if select.select([lifeline], [], [], wait)[0]:
                 os._exit(0)  # our node agent is gone
@@ -765,9 +772,9 @@ class M:
 
             arm()
         started = time.monotonic()
-        if not outer and self.results and not self.flush_armed:
-            self.arm_flush()
         try:
+            if not outer and self.results and not self.flush_armed:
+                self.arm_flush()
             status, data = run_payload(payload, arm)
             self.resync()  # the G may have ended asleep-detected: the count and the P come back
             if not outer and self.in_syscall:
@@ -791,6 +798,8 @@ class M:
                 too_big = GmpdError(config.too_large("the task's result", len(data), self.max_message))
                 status, data = wire.RAISED, error_payload(too_big)
             self.add_result(root_id, status, data, h, started)
+            if outer and self.results:
+                self.arm_flush()  # (run inline by a join: the outer G may run long yet)
         else:
             try:
                 node.g_set_result(h, self.p, data, status)
@@ -942,15 +951,19 @@ class M:
         try:
             renewed = 0.0
             while not self.stopping:
-                ready = select.select([lifeline, self.arm_r], [], [], RENEW_S)[0]
+                wait = max(0.0, renewed + RENEW_S - time.monotonic())
+                ready = select.select([lifeline, self.arm_r], [], [], wait)[0]
                 if lifeline in ready:
                     os._exit(0)  # our node agent is gone: nobody will clean up after us
                 if self.arm_r in ready:
                     os.read(self.arm_r, 4096)
-                    self.flush_late(lifeline)
-                if self.p >= 0 and time.monotonic() - renewed >= RENEW_S:
-                    renewed = time.monotonic()
-                    sock.send(wire.encode(wire.Renew(self.m, self.p, self.epoch)))
+                    with contextlib.suppress(zmq.ZMQError):  # (its socket closed as we exit)
+                        self.flush_late(lifeline)
+                now = time.monotonic()
+                if now - renewed >= RENEW_S:  # (with or without a P: the wait above counts from it)
+                    renewed = now
+                    if self.p >= 0:
+                        sock.send(wire.encode(wire.Renew(self.m, self.p, self.epoch)))
         finally:
             sock.close(0)
             os.close(lifeline)
