@@ -48,11 +48,13 @@ from gmpd.sysmon import sysmon_slot
 REQUEST_TIMEOUT_MS = 10_000
 HEARTBEAT_MS = 50  # the native heartbeat's period
 FLUSH_EVERY = 64  # results per Results message at most
-FLUSH_AGE = 0.002  # seconds a result may wait for company, from its G's start
-# A result still waiting this long (behind a long G) is sent by the
-# heartbeat thread: with only the G-end check it waited for the next G's end.
-FLUSH_LATE = 0.005
-RENEW_S = 0.25  # the heartbeat thread's Renew period
+FLUSH_AGE = 0.002  # seconds a result may wait for company
+LONG_G = 0.01  # a G that ran this long sends its result at once (a message is < 1% of it)
+# The heartbeat thread's period: it renews the lease, and sends results
+# that wait behind a long G (the G-end check alone left them there until
+# that G ended).  Waking it at each batch instead cost a 1 ms-task farm
+# 30-70 us of M CPU a task (thread wake-ups, the GIL taken from the G).
+RENEW_S = 0.25
 MAX_INLINE_DEPTH = 32  # nesting bound for join-helping
 
 CURRENT: M | None = None  # this process's M, while it runs task code
@@ -234,9 +236,6 @@ class M:
         # results, result_bytes, result_gs, oldest and the out socket are
         # shared with the heartbeat thread's late flush (flush_late).
         self.flush_lock = threading.Lock()
-        self.flush_armed = False  # the heartbeat thread watches the waiting results
-        self.arm_r, self.arm_w = os.pipe()
-        os.set_blocking(self.arm_w, False)
         self.spare = m > self.nprocs  # beyond the first GOMAXPROCS + 1: may exit when idle
         self.in_syscall = False  # inside gmpd.syscall() (or a blocked join)
         self.deadline = 0  # monotonic ns the running task must end by (0: none)
@@ -295,7 +294,6 @@ class M:
             self.results, self.result_bytes = [], 0
             self.sent_gs += self.result_gs
             self.result_gs = []
-        self.flush_armed = False
 
     def free_sent(self) -> None:
         """Free the root Gs whose results are sent: kept (RUNNING, ours)
@@ -309,8 +307,9 @@ class M:
 
     def add_result(self, tid: int, status: int, data: bytes, h: int, started: float) -> None:
         """Queue a root's result (its G ``h``, 0 if none, started at
-        ``started``); sent per FLUSH_EVERY, or once the oldest waited
-        FLUSH_AGE since its G started: a long G's result goes at once."""
+        ``started``).  Sent per FLUSH_EVERY, or once the oldest waited
+        FLUSH_AGE, or at once if its G ran LONG_G: waiting for company, it
+        would wait for the next G's end (as long, likely)."""
         with self.flush_lock:
             if self.result_bytes + len(data) > self.max_message:
                 self.send_results()  # one message stays under the client's size limit
@@ -318,43 +317,26 @@ class M:
             self.result_bytes += len(data)
             if h:
                 self.result_gs.append(h)
+            now = time.monotonic()
             if len(self.results) == 1:
-                self.oldest = started
+                self.oldest = now
             # Per 64 or 2 ms: a message per result would cost the client
             # a wake-up each (CPU a busy 2-core farm takes from an M).
-            if len(self.results) >= FLUSH_EVERY or time.monotonic() - self.oldest > FLUSH_AGE:
+            if len(self.results) >= FLUSH_EVERY or now - self.oldest > FLUSH_AGE or now - started >= LONG_G:
                 self.send_results()
         self.free_sent()
 
-    def arm_flush(self) -> None:
-        """A G starts while results wait: have the heartbeat thread send
-        them if this G runs long (once per batch: one pipe write)."""
+    def flush_late(self) -> None:
+        """Heartbeat thread: send the results still waiting (the main thread
+        runs a long G)."""
         with self.flush_lock:
-            if not self.results or self.flush_armed:
+            if not self.results or self.stopping or time.monotonic() - self.oldest <= FLUSH_AGE:
                 return
-            self.flush_armed = True
-        with contextlib.suppress(BlockingIOError):
-            os.write(self.arm_w, b"\0")
-
-    def flush_late(self, lifeline: int) -> None:
-        """Heartbeat thread, armed: send the results still waiting
-        FLUSH_LATE after the oldest's G started (the main thread runs a long G)."""
-        while not self.stopping:
-            with self.flush_lock:
-                if not self.flush_armed or not self.results or self.stopping:
-                    self.flush_armed = False
-                    return
-                wait = self.oldest + FLUSH_LATE - time.monotonic()
-                if wait <= 0:
-                    # Never blocking here: this thread also watches the
-                    # lifeline, and the main thread waits for the lock.  A
-                    # client that reads no more leaves them to the main thread.
-                    with contextlib.suppress(zmq.Again):
-                        self.send_results(zmq.NOBLOCK)
-                    self.flush_armed = False
-                    return
-            if select.select([lifeline], [], [], wait)[0]:
-                os._exit(0)  # our node agent is gone
+            # Never blocking here: this thread also watches the lifeline,
+            # and the main thread waits for the lock.  A client that reads
+            # no more leaves them to the main thread.
+            with contextlib.suppress(zmq.Again):
+                self.send_results(zmq.NOBLOCK)
 
     def spill(self, batch: tuple[int, ...]) -> None:
         """A full ring's half + 1 go to the global queue (runqputslow).  The
@@ -773,8 +755,6 @@ class M:
             arm()
         started = time.monotonic()
         try:
-            if not outer and self.results and not self.flush_armed:
-                self.arm_flush()
             status, data = run_payload(payload, arm)
             self.resync()  # the G may have ended asleep-detected: the count and the P come back
             if not outer and self.in_syscall:
@@ -798,8 +778,6 @@ class M:
                 too_big = GmpdError(config.too_large("the task's result", len(data), self.max_message))
                 status, data = wire.RAISED, error_payload(too_big)
             self.add_result(root_id, status, data, h, started)
-            if outer and self.results:
-                self.arm_flush()  # (run inline by a join: the outer G may run long yet)
         else:
             try:
                 node.g_set_result(h, self.p, data, status)
@@ -949,21 +927,13 @@ class M:
         except ProcessLookupError:
             os._exit(0)  # the node agent died as we started
         try:
-            renewed = 0.0
             while not self.stopping:
-                wait = max(0.0, renewed + RENEW_S - time.monotonic())
-                ready = select.select([lifeline, self.arm_r], [], [], wait)[0]
-                if lifeline in ready:
+                if select.select([lifeline], [], [], RENEW_S)[0]:
                     os._exit(0)  # our node agent is gone: nobody will clean up after us
-                if self.arm_r in ready:
-                    os.read(self.arm_r, 4096)
-                    with contextlib.suppress(zmq.ZMQError):  # (its socket closed as we exit)
-                        self.flush_late(lifeline)
-                now = time.monotonic()
-                if now - renewed >= RENEW_S:  # (with or without a P: the wait above counts from it)
-                    renewed = now
-                    if self.p >= 0:
-                        sock.send(wire.encode(wire.Renew(self.m, self.p, self.epoch)))
+                with contextlib.suppress(zmq.ZMQError):  # (its socket closed as we exit)
+                    self.flush_late()
+                if self.p >= 0:
+                    sock.send(wire.encode(wire.Renew(self.m, self.p, self.epoch)))
         finally:
             sock.close(0)
             os.close(lifeline)
