@@ -167,32 +167,33 @@ class Sysmon:
             self.sock.send(wire.encode(wire.Retaken(p, new_epoch)))  # handoffp, by the lease owner
         return n
 
-    def detect_blocked(self, p: int, pd: PWatch, m: int, epoch: int, now: float) -> bool:
-        """True if M ``m`` on P ``p`` sleeps in an unmarked blocking call (two
-        looks); then its P is in SYSCALL, ready for retake.  See the module
-        docstring for what this means for the GOMAXPROCS invariant."""
+    def detect_blocked(self, p: int, pd: PWatch, m: int, epoch: int, now: float) -> None:
+        """If M ``m`` on P ``p`` sleeps in an unmarked blocking call (two
+        looks), mark it (mark_asleep): its P is then in SYSCALL, ready for
+        retake.  See the module docstring for what this means for the
+        GOMAXPROCS invariant."""
         node = self.node
         state, curg, _p, pid, *_ = node.m_info(m)
         seen = self.thread_state(pid) if state == MState.RUNNING and curg and pid else None
         if seen is None or seen[0] not in "SDTt":  # asleep, or stopped (SIGSTOP, a debugger)
             pd.asleep = None
-            return False
+            return
         look = (pid, curg, pd.schedtick, seen[1])
         if pd.asleep != look:
             pd.asleep, pd.asleep_when = look, now
-            return False
+            return
         if now - pd.asleep_when < UNMARKED_MIN_S:
-            return False
+            return
         pd.asleep = None
-        return self.mark_asleep(p, m, curg, epoch, pd.schedtick)
+        self.mark_asleep(p, m, curg, epoch, pd.schedtick)
 
-    def mark_asleep(self, p: int, m: int, curg: int, epoch: int, schedtick: int) -> bool:
+    def mark_asleep(self, p: int, m: int, curg: int, epoch: int, schedtick: int) -> None:
         """Treat M ``m``, seen asleep running G ``curg``, as in a syscall:
         mark it ASLEEP (its count is ours until it claims the mark) and put
-        its P in SYSCALL.  False if it moved on before either CAS."""
+        its P in SYSCALL, unless it moved on before either CAS."""
         node = self.node
         if not node.m_cas_state(m, MState.RUNNING, MState.ASLEEP):
-            return False  # it woke and moved on
+            return  # it woke and moved on
         node.sched_add(Counter.RUNNING, -1)  # it gives the count back when it claims the mark (resync)
         if node.m_info(m)[1] != curg or node.p_ticks(p)[0] != schedtick:
             # It woke and started another G between our last look and the CAS
@@ -201,14 +202,13 @@ class Sysmon:
             # then it gives the count back, not us.
             if node.m_cas_state(m, MState.ASLEEP, MState.RUNNING):
                 node.sched_add(Counter.RUNNING, 1)
-            return False
+            return
         node.sched_add(Counter.UNMARKED, 1)
         # If the P moved on meanwhile, the M finds its state at its next
         # scheduling point.  If the M claimed the mark before this CAS, the
         # P is in SYSCALL under an M that runs: retake leaves such a P alone
         # until the M is marked again (then the P is in SYSCALL already).
-        marked = (PStatus.SYSCALL, m, epoch)
-        return node.p_cas(p, (PStatus.RUNNING, m, epoch), marked) or node.p_state(p) == marked
+        node.p_cas(p, (PStatus.RUNNING, m, epoch), (PStatus.SYSCALL, m, epoch))
 
     def prune_procfds(self, pids: set[int]) -> None:
         """Close the /proc files of Ms that are gone (recycled Ms come and go)."""
