@@ -25,6 +25,7 @@ DEFAULTS: dict[str, dict[str, int]] = {
     },
     "m": {"max_ms_per_p": 8, "idle_exit_ms": 10_000, "max_tasks": 0, "max_rss_mb": 0, "rss_kill": 0},
     "coordinator": {"lease_ttl_ms": 5000},
+    "client": {"offers": 1},
     "wire": {"max_message_mb": 1024},
 }
 

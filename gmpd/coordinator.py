@@ -59,9 +59,10 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from gmpd import config, runq, wire
+from gmpd import config, offer, runq, wire
 from gmpd.errors import SegmentError, TaskTimeout, WorkerLost
 from gmpd.g import GState, error_payload
+from gmpd.offer import OFFER_SLOTS, Offer
 from gmpd.runq import PStatus
 from gmpd.sched import RETIRED, Counter, Doom, MState
 from gmpd.shm import NodeMemory
@@ -72,6 +73,7 @@ LOOKING = (MState.NEW, MState.WAKING)  # an M in these states asks for a P next
 STARTING_S = 2.0  # an M that said no Hello this long after it started no longer holds off newm
 NODE_WAIT_S = 30.0  # how long the coordinator waits for a node agent (first, or after one died)
 NODE_HELLO_S = 5.0  # for a connected agent's first record
+OFFER_WAIT_S = 0.001  # an offer still untaken when its Submit is read waits this long for an M between Gs
 MAX_DEPTH = 4096  # bounds the walks over G links in a lost node's memory (it may be torn)
 GAUGES = frozenset(
     {Counter.NMSPINNING, Counter.NPIDLE, Counter.NMIDLE, Counter.RUNNING, Counter.GRQLEN, Counter.SYSMONWAIT}
@@ -224,6 +226,9 @@ class Coordinator:
         self.asked: collections.deque[float] = collections.deque()  # Ms asked of the node agent, no "pid" yet
         self.starting: dict[int, float] = {}  # pids of Ms started, no Hello yet -> when to stop waiting
         self.out_started: dict[bytes, list[int]] = collections.defaultdict(list)
+        # Offers (gmpd.offer) read while untaken, while an M between Gs was
+        # about to look: tid -> (slot, seq, until when they wait for it).
+        self.deferred: dict[int, tuple[int, int, float]] = {}
         self.running = True
         self.busy_since_trim, self.last_trim = False, 0.0
         self.started_due = self.next_slow_timer = 0.0
@@ -277,15 +282,20 @@ class Coordinator:
             root = self.roots.get(tid)
             if root is None or root.started:
                 continue  # cancelled while queued
-            root.started = root.taken = True
-            if not self.out_started:
-                self.started_due = time.monotonic() + STARTED_DELAY_S
-            self.out_started[root.client].append(tid)
+            self.mark_started(tid, root)
             roots.append((tid, root.payload))
             n -= 1
         if roots or locals_:
             self.stats.global_takes += 1
         return roots, locals_
+
+    def mark_started(self, tid: int, root: Root) -> None:
+        """An M has root ``tid`` now; the client hears so (Started) if it
+        still runs at the next 1 ms timer."""
+        root.started = root.taken = True
+        if not self.out_started:
+            self.started_due = time.monotonic() + STARTED_DELAY_S
+        self.out_started[root.client].append(tid)
 
     def batch_for(self, info: MInfo, limit: int) -> tuple[int, list[tuple[int, bytes]], list[int]]:
         """A global batch for M ``info``, numbered and remembered until the
@@ -660,9 +670,43 @@ class Coordinator:
                     return p
         return -1
 
+    def recover_offers(self, m: int, recovery: runq.Recovery) -> None:
+        """Dead M ``m``'s offers it took and had not queued (gmpd.offer):
+        the G made for one that never reached a queue is freed, and the task
+        runs the usual way (its Submit is unread: WITHDRAWN) or again (it is
+        read: the root is started and held nowhere, for the census)."""
+        node = self.nm.node
+        for slot, seq, state, tid in offer.owned_by(node, m, (Offer.TAKEN, Offer.ACKED)):
+            if self.accepted(recovery, (tid, 0)):  # its G is queued: the queue holds it
+                new = (seq, m, Offer.QUEUED) if state == Offer.TAKEN else (seq, -1, Offer.FREE)
+            else:
+                for h in self.root_gs(tid):
+                    if node.g_info(h)[0] == GState.RUNNABLE:
+                        node.g_free(h)
+                new = (seq, -1, Offer.WITHDRAWN) if state == Offer.TAKEN else (seq, -1, Offer.FREE)
+            node.offer_cas(slot, (seq, m, state), new)
+
+    def withdraw_lost_offers(self, m: int) -> None:
+        """After recovery: a QUEUED offer of dead M ``m`` whose Submit is
+        unread and whose G is gone (it ran on m: freed) runs the usual way."""
+        node = self.nm.node
+        for slot, seq, state, tid in offer.owned_by(node, m, (Offer.QUEUED,)):
+            live = False
+            for h in self.root_gs(tid):
+                g = node.g_info(h)
+                live = live or g[0] == GState.RUNNABLE or (g[0] == GState.RUNNING and g[8] - 1 in self.ms)
+            if not live:
+                node.offer_cas(slot, (seq, m, state), (seq, -1, Offer.WITHDRAWN))
+
+    def root_gs(self, tid: int) -> list[int]:
+        """Handles of the root Gs of task ``tid`` in every arena."""
+        node = self.nm.node
+        return [h for p in range(self.nprocs) for h in node.g_scan(p) if node.g_info(h)[2:4] == (0, tid)]
+
     def recover_gs(self, info: MInfo, recovery: runq.Recovery, lost: WorkerLost, doom: Doom) -> None:
         node = self.nm.node
         m = info.m
+        self.recover_offers(m, recovery)
         g: tuple[int, ...]
         live: dict[int, tuple[int, ...]] = {}  # every RUNNABLE or RUNNING G of every arena
         for p in range(self.nprocs):
@@ -741,6 +785,7 @@ class Coordinator:
         for tid, root in list(self.roots.items()):
             if root.started and tid not in held:
                 self.retry(tid, None)
+        self.withdraw_lost_offers(m)
 
     def accepted(self, recovery: runq.Recovery, item: tuple[int, int]) -> bool:
         """Whether the batch item the dead M was queueing reached a queue
@@ -919,6 +964,8 @@ class Coordinator:
         self.count(Counter.NODESLOST)
         executing = self.executing_roots()
         self.grq = collections.deque(item for item in self.grq if not item[1])  # the dead node's Gs
+        self.grq.extend((tid, 0) for tid in self.deferred if tid in self.roots)  # (its offers are void)
+        self.deferred.clear()
         for tid, root in list(self.roots.items()):
             if not root.started:
                 continue
@@ -1006,16 +1053,67 @@ class Coordinator:
             self.count(Counter.BADFRAMES)
 
     def on_submit(self, ident: bytes, msg: wire.Submit) -> None:
+        offered: dict[int, tuple[int, int]] = {}
+        if msg.offers and self.link is not None:  # (a lost node's offers are void: its roots ran again)
+            here = self.nm.node.creator_pid
+            offered = {
+                tid: (slot, seq) for tid, slot, seq, nd in msg.offers if nd == here and slot < OFFER_SLOTS
+            }
         for tid, payload in msg.tasks:
-            self.roots[tid] = Root(ident, payload, self.retries)
-            self.grq.append((tid, 0))
+            root = self.roots[tid] = Root(ident, payload, self.retries)
+            if tid not in offered:
+                self.grq.append((tid, 0))
+            elif offer.untaken(self.nm.node, *offered[tid]) and self.m_looking():
+                # (On 2 cores the Submit often comes first: the M that is to
+                # take the offer is still sending its last result.)
+                self.deferred[tid] = (*offered[tid], time.monotonic() + OFFER_WAIT_S)
+            else:
+                self.place_offered(tid, root, *offered[tid])
         for tid, retries, _timeout_ms in msg.options:
             if tid in self.roots:
                 self.roots[tid].retries = retries
         self.stats.submitted += len(msg.tasks)
 
+    def place_offered(self, tid: int, root: Root, slot: int, seq: int) -> None:
+        """Settle offer (slot, seq) of root ``tid``: started on the M that
+        took it, or queued as usual."""
+        took = offer.settle(self.nm.node, slot, seq)
+        if took < 0:
+            self.grq.append((tid, 0))
+            return
+        self.mark_started(tid, root)
+        info = self.ms.get(took)
+        if info is not None and info.waiting is not None:
+            # It runs the task: answer its long-poll now, so that no batch
+            # waits in its socket behind the task.
+            info.waiting = None
+            self.send(info.ident, wire.Work(0, [], []))
+
+    def m_looking(self) -> bool:
+        """Whether an M holding a P is between Gs (it looks at the offers
+        before it asks us for work) or spinning."""
+        for m in self.ms:
+            state, _curg, p, *_ = self.nm.node.m_info(m)
+            if p >= 0 and state in (MState.IDLE, MState.SPINNING):
+                return True
+        return False
+
+    def settle_deferred(self, now: float, tids: list[int] | None = None) -> None:
+        """Settle the deferred offers an M took, those past their wait,
+        and ``tids`` (a Cancel must know whether an M has them)."""
+        node = self.nm.node
+        for tid, (slot, seq, until) in list(self.deferred.items()):
+            if now < until and offer.untaken(node, slot, seq) and (tids is None or tid not in tids):
+                continue
+            del self.deferred[tid]
+            root = self.roots.get(tid)
+            if root is not None:
+                self.place_offered(tid, root, slot, seq)
+
     def on_cancel(self, ident: bytes, msg: wire.Cancel) -> None:
         """Withdraw the tasks no M has taken; the client waits for the answer."""
+        if self.deferred:
+            self.settle_deferred(time.monotonic(), msg.tids)
         done, refused = [], []
         for tid in msg.tids:
             root = self.roots.get(tid)
@@ -1134,6 +1232,8 @@ class Coordinator:
                 due = min(due, info.deadline)
         if self.grq and self.idle_ps:
             due = min(due, now + 0.001)
+        for _slot, _seq, until in self.deferred.values():
+            due = min(due, until)
         return max(0, math.ceil((due - now) * 1000))
 
     def run(self) -> None:
@@ -1172,6 +1272,8 @@ class Coordinator:
                     poller.register(link, zmq.POLLIN)
                     continue
                 self.on_node_records(data)
+            if self.deferred:
+                self.settle_deferred(time.monotonic())
             self.serve_waiters()
             self.wakep()
             self.timers(time.monotonic())

@@ -48,6 +48,7 @@ from gmpd import config, wire
 from gmpd.errors import ClusterLost, CoordinatorLost, GmpdError
 from gmpd.g import encode_task, run_chunk
 from gmpd.m import load_outcome
+from gmpd.offer import OFFER_FIFO, OFFER_SLOTS
 from gmpd.shm import SHM_DIR, NodeMemory, list_segments
 from gmpd.stats import Statistics, snapshot
 
@@ -97,6 +98,11 @@ class LocalCluster:
         self.results.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes())
         self.results_endpoint = f"ipc://{self.rundir}/client"
         self.results.bind(self.results_endpoint)
+        # A byte written here wakes spinning Ms for an offered task (gmpd.offer).
+        self.offer_w = -1
+        if config.load()["client"]["offers"]:
+            os.mkfifo(os.path.join(self.rundir, OFFER_FIFO), 0o600)
+            self.offer_w = os.open(os.path.join(self.rundir, OFFER_FIFO), os.O_RDWR | os.O_NONBLOCK)
         coord = [sys.executable, "-m", "gmpd.coordinator", self.rundir, str(nprocs), str(os.getpid())]
         self.coord_proc = subprocess.Popen([*coord, str(lease_ttl), str(retries)], stdin=subprocess.DEVNULL)
         self.coordinator = self.coord_proc.pid
@@ -207,10 +213,14 @@ class LocalCluster:
         proc = getattr(self, "proc", None)
         if proc is not None and proc.stdout is not None:
             proc.stdout.close()
+        if self.offer_w >= 0:
+            os.close(self.offer_w)
+            self.offer_w = -1
         shutil.rmtree(self.rundir, ignore_errors=True)
 
 
 CANCEL_TIMEOUT = 10.0  # seconds cancel() waits for the coordinator's verdict
+LANE_WAIT = 0.05  # a thread waiting on an offered task's slot re-checks its future this often
 
 
 _ENDED = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
@@ -269,6 +279,7 @@ class TaskFuture(Future[Any]):
         self._waiters: list[Any] = []
         self._done_callbacks: list[Any] = []
         self._io, self._tid = io, tid
+        self._lane = -1  # the offer slot its result may come back in (gmpd.offer), -1: none
 
     def _finish_unwatched(self, result: Any, exception: BaseException | None) -> bool:
         """Finish without a Condition if none was ever made: then nobody
@@ -307,6 +318,13 @@ class TaskFuture(Future[Any]):
     def result(self, timeout: float | None = None) -> Any:
         if self._state == FINISHED and self._exception is None:
             return self._result  # (set before the state: FINISHED is final)
+        if self._lane >= 0 and self._state in (PENDING, RUNNING):
+            # Offered: the M writes the result into node memory and wakes us
+            # (the IO thread's copy, by ZeroMQ, comes after).
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self._io.wait_lane(self, deadline)
+            if deadline is not None:
+                timeout = max(0.0, deadline - time.monotonic())
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -367,6 +385,11 @@ class _ClientIO(threading.Thread):
         self.lost: BaseException | None = None  # why the cluster is gone (fail_all), if it is
         self.submitted = self.completed = self.duplicates = 0
         self.received: list[int] = []  # tids of results in, to tell the coordinator (Finished)
+        # Offer slots (gmpd.offer): each one's last task, whose result may
+        # still come back there; the node memory they are in.
+        self.lanes: list[TaskFuture | None] = [None] * OFFER_SLOTS
+        self.lane_nm: NodeMemory | None = None
+        self.lane_done: set[int] = set()  # tids finished from node memory: their ZeroMQ copy is no duplicate
         self.received_since = 0.0  # when the oldest of them came in
         # Before any Submit can be sent: the coordinator drops those of strangers.
         self.send(wire.Hello("client", os.getpid(), "", -1, cluster.results_endpoint))
@@ -385,7 +408,7 @@ class _ClientIO(threading.Thread):
         if options is not None:
             self.options[tid] = [tid, *options]
         if len(self.futures) == 1 and not self.outbox:  # alone in flight: no batch to wait for
-            self.send(wire.Submit([(tid, payload)], self.take_options([(tid, payload)])))
+            self.send_alone(fut, payload)
             return fut
         self.outbox.append((tid, payload))
         if len(self.outbox) >= SUBMIT_EAGER:
@@ -430,6 +453,83 @@ class _ClientIO(threading.Thread):
         self.closing = True
         self.kick()
 
+    def send_alone(self, fut: TaskFuture, payload: bytes) -> None:
+        """A task alone in flight: offered in node memory to a spinning M
+        (gmpd.offer), which starts it before the coordinator reads the
+        Submit, sent too, and writes its result back there (wait_lane).
+        Under the send lock, so that no Finished for it (sent after its
+        result came) can overtake the Submit."""
+        tid = fut._tid
+        task = [(tid, payload)]
+        frame = wire.Submit(task, self.take_options(task))
+        cluster = self.cluster
+        with self.send_lock:
+            nm = cluster.nm
+            if cluster.offer_w >= 0 and nm is not None:
+                if nm is not self.lane_nm:  # (a new node: new slots)
+                    self.lanes, self.lane_nm = [None] * OFFER_SLOTS, nm
+                free = sum(1 << i for i, f in enumerate(self.lanes) if f is None or f.done())
+                offered = nm.node.offer_put(tid, payload, free) if free else None
+                if offered is not None:
+                    self.lanes[offered[0]] = fut
+                    fut._lane = offered[0]
+                    frame = wire.Submit(frame.tasks, frame.options, [[tid, *offered, nm.node.creator_pid]])
+            self.sock.send(wire.encode(frame), copy=False)
+            if fut._lane >= 0:
+                # The wake last: on 2 cores the woken M would take this
+                # thread's CPU before the Submit was out (measured: the
+                # send then ended ~130 us later, after the task had run).
+                with contextlib.suppress(BlockingIOError):
+                    os.write(cluster.offer_w, b"\0")
+
+    def wait_lane(self, fut: TaskFuture, deadline: float | None) -> None:
+        """Wait (a futex in node memory, without the GIL) until offered
+        ``fut`` is done or its result is in its slot, and finish it then;
+        or until ``deadline``.  The IO thread pokes the slot when it
+        finishes the future itself (a result too large for the slot, a
+        retry on another node, a lost cluster)."""
+        nm, slot, tid = self.lane_nm, fut._lane, fut._tid
+        if nm is None:
+            return
+        node = nm.node
+        try:
+            while not fut.done():
+                seen = node.offer_wake(slot)
+                got = node.offer_result(slot, tid)
+                if got is not None:
+                    self.finish_lane(fut, *got)
+                    return
+                wait = LANE_WAIT if deadline is None else min(LANE_WAIT, deadline - time.monotonic())
+                if wait <= 0 or fut.done():
+                    return
+                node.offer_wait(slot, seen, wait)
+        except (ValueError, OSError):  # the cluster closed the node's memory meanwhile
+            return
+
+    def poke(self, fut: TaskFuture) -> None:
+        """Wake a thread waiting on offered ``fut``'s slot (wait_lane): we
+        finished the future."""
+        nm = self.lane_nm
+        if nm is not None:
+            with contextlib.suppress(ValueError, OSError):
+                nm.node.offer_poke(fut._lane)
+
+    def finish_lane(self, fut: TaskFuture, status: int, data: bytes) -> None:
+        """Finish ``fut`` with the result its M wrote into node memory,
+        unless the IO thread has it (the future is then its to finish)."""
+        if self.futures.pop(fut._tid, None) is not fut:
+            return
+        self.lane_done.add(fut._tid)
+        ok, value = load_outcome(status, data)
+        try:
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        except InvalidStateError:  # (cancelled by a user thread meanwhile)
+            return
+        self.completed += 1
+
     def send(self, msg: wire.Message) -> None:
         frame = wire.encode(msg)
         with self.send_lock:
@@ -473,7 +573,10 @@ class _ClientIO(threading.Thread):
             for tid, status, data in msg.results:  # the hot loop of the client: ~2 us a result
                 fut = pop(tid, None)
                 if fut is None:
-                    self.duplicates += 1  # (or a result for a future cancelled meanwhile)
+                    if tid in self.lane_done:  # finished from node memory already
+                        self.lane_done.discard(tid)
+                    else:
+                        self.duplicates += 1  # (or a result for a future cancelled meanwhile)
                     continue
                 ok, value = load_outcome(status, data)
                 try:  # raises if a user thread cancelled it while its result was on the way
@@ -483,6 +586,9 @@ class _ClientIO(threading.Thread):
                         fut.set_exception(value)
                 except InvalidStateError:
                     continue
+                finally:
+                    if fut._lane >= 0:
+                        self.poke(fut)
                 self.completed += 1
         elif isinstance(msg, wire.Cancelled):
             for tid in msg.tids:  # even if the canceller stopped waiting

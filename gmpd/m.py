@@ -15,6 +15,7 @@ import os
 import pickle
 import random
 import select
+import signal
 import sys
 import threading
 import time
@@ -26,9 +27,10 @@ from typing import Any
 import cloudpickle
 import zmq
 
-from gmpd import config, wire
+from gmpd import config, offer, wire
 from gmpd.errors import Deadlock, GmpdError, WorkerLost
 from gmpd.g import decode_task, dumps, error_payload, hint_imports, set_hint_pipe
+from gmpd.offer import OFFER_FIFO
 from gmpd.runq import PStatus, RunQ
 from gmpd.sched import (
     DEEP_SLEEP,
@@ -214,6 +216,15 @@ class M:
         self.out = self.ctx.socket(zmq.PUSH)  # results, to the client's PULL
         self.out.setsockopt(zmq.LINGER, 1000)
         self.out.connect(results)
+        # Offers (gmpd.offer): the client writes a byte to this FIFO in its
+        # run directory when it offers a task; a spinning M polls it beside
+        # its long-poll socket.
+        self.offer_fd = open_offer_fifo(results)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        if self.offer_fd >= 0:
+            self.poller.register(self.offer_fd, zmq.POLLIN)
+        self.awaiting = False  # a long-poll's answer is still to come (took an offer meanwhile)
         self.p, self.epoch = -1, 0
         self.runq: RunQ | None = None
         self.curg = 0
@@ -266,18 +277,34 @@ class M:
         unmarked blocking call of the task."""
         paused = bool(self.curg) and self.node.m_cas_state(self.m, MState.RUNNING, MState.IDLE)
         try:
+            self.finish_wait()
             self.send(msg)
-            reply = self.recv(timeout_ms)
-            while isinstance(reply, wire.Grant) and not isinstance(msg, wire.LeaseRequest):
-                # A second answer to a LeaseRequest (the coordinator sends one;
-                # this is the net under that rule): a re-sent grant of the P we
-                # hold, whose batch is ours to queue, in order, at the next look.
-                self.stash_batch(reply)
-                reply = self.recv(timeout_ms)
-            return reply
+            return self.answer(timeout_ms, isinstance(msg, wire.LeaseRequest))
         finally:
             if paused:
                 self.node.m_set(self.m, state=MState.RUNNING)  # only we change it from IDLE
+
+    def answer(self, timeout_ms: int, grant_wanted: bool = False) -> wire.Message:
+        """The coordinator's answer to our request."""
+        reply = self.recv(timeout_ms)
+        while isinstance(reply, wire.Grant) and not grant_wanted:
+            # A second answer to a LeaseRequest (the coordinator sends one;
+            # this is the net under that rule): a re-sent grant of the P we
+            # hold, whose batch is ours to queue, in order, at the next look.
+            self.stash_batch(reply)
+            reply = self.recv(timeout_ms)
+        return reply
+
+    def finish_wait(self) -> None:
+        """Read the answer to the long-poll we left when we took an offer
+        (spin_poll): a batch in it is ours, queued in order at the next look.
+        (A Revoke needs nothing here: the P's state word says it too, and
+        check_lease and owns_p read that.)"""
+        if self.awaiting:
+            self.awaiting = False
+            reply = self.answer(REQUEST_TIMEOUT_MS)
+            if isinstance(reply, wire.Work) and (reply.roots or reply.locals):
+                self.stash.append((reply.seq, reply.roots, reply.locals))
 
     def flush(self) -> None:
         """Results go straight to the client, which tells the coordinator
@@ -310,6 +337,8 @@ class M:
         ``started``).  Sent per FLUSH_EVERY, or once the oldest waited
         FLUSH_AGE, or at once if its G ran LONG_G: waiting for company, it
         would wait for the next G's end (as long, likely)."""
+        if self.offer_fd >= 0:  # a client thread may wait on it in node memory (gmpd.offer)
+            self.node.offer_reply(tid, status, data)
         with self.flush_lock:
             if self.result_bytes + len(data) > self.max_message:
                 self.send_results()  # one message stays under the client's size limit
@@ -404,6 +433,7 @@ class M:
         """releasep, then tell the coordinator (stopm's first half)."""
         if self.p < 0:
             return
+        self.finish_wait()  # (a batch in its answer is stashed: stopm gets a P for it)
         self.flush()
         self.node.g_trim(self.p)  # going idle: give the arena's unused pages back
         # Our record first: an M's p never names a P that is not its own
@@ -460,6 +490,54 @@ class M:
         reply = self.call(
             wire.GetWork(self.m, self.p, self.epoch, limit, wait_ms), REQUEST_TIMEOUT_MS + wait_ms
         )
+        return self.take_reply(reply)
+
+    def spin_poll(self, wait_ms: int) -> int:
+        """get_work's long-poll as a spinning M, watching the offers too: the
+        client's FIFO byte wakes us for one, and we run it at once, leaving
+        the long-poll's answer to finish_wait."""
+        self.finish_wait()
+        self.flush()
+        self.send(wire.GetWork(self.m, self.p, self.epoch, GLOBAL_BATCH, wait_ms))
+        end = time.monotonic() + (REQUEST_TIMEOUT_MS + wait_ms) / 1000
+        while True:
+            left = int((end - time.monotonic()) * 1000)
+            if left < 0:
+                raise Shutdown("the coordinator stopped answering")
+            ready = dict(self.poller.poll(left))
+            if self.sock in ready:
+                return self.take_reply(self.answer(0))
+            if self.offer_fd in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.offer_fd, 4096)
+                if g := self.take_offer():
+                    self.awaiting = True
+                    return g
+
+    def take_offer(self) -> int:
+        """An offered task (gmpd.offer) into our P's runnext: the G to run, or 0."""
+        if self.offer_fd < 0 or self.runq is None or not self.owns_p():
+            return 0
+        got = self.node.offer_take(self.m)
+        if got is None:
+            return 0
+        slot, seq, tid, payload = got
+        offer_crash("taken")
+        try:
+            h = self.node.g_new(self.p, payload, root_id=tid)
+        except MemoryError as exc:  # fails this task only, never the M
+            self.add_result(tid, wire.RAISED, error_payload(GmpdError(f"task too large: {exc}")), 0, 0.0)
+            h = 0
+        offer_crash("made")
+        if h and (batch := self.runq.put_next(h)) is not None:
+            self.spill(batch)
+        offer_crash("put")
+        offer.queued(self.node, slot, seq, self.m)
+        self.node.sched_add(Counter.OFFERS, 1)
+        return self.next_queued() if h else 0
+
+    def take_reply(self, reply: wire.Message) -> int:
+        """get_work's answer: queue its batch; the G to run first (0 if none)."""
         if isinstance(reply, wire.Revoke):
             self.p, self.runq = -1, None  # our lease is gone; the P is someone else's
             self.node.m_set(self.m, p=-1)
@@ -512,8 +590,17 @@ class M:
         local = runq.get()
         if local is not None:
             return local, runq.inherit_time
-        g = self.get_work(GLOBAL_BATCH, 0)
-        if not g and self.runq is not None and self.may_spin():
+        g = self.take_offer()
+        if not g:
+            self.flush()  # out of local work: results wait for no company (nor for a steal)
+        spin = self.may_spin()
+        if not g and (self.node.sched()[Counter.GRQLEN] or not spin):
+            # (With the global queue empty a spinning M's long-poll asks
+            # anyway: spinning at once spares a round trip, and a task the
+            # client submits meanwhile is offered to us.)
+            g = self.get_work(GLOBAL_BATCH, 0)
+            spin = spin and self.may_spin()
+        if not g and self.runq is not None and spin:
             g = self.steal(True) or self.spin()
         return g, False
 
@@ -525,7 +612,7 @@ class M:
         try:
             deadline = time.monotonic() + self.spin_ms / 1000
             while time.monotonic() < deadline and self.runq is not None:
-                if g := self.get_work(GLOBAL_BATCH, 1):
+                if g := self.take_offer() or self.spin_poll(1):
                     return g
                 if self.runq is not None and (g := self.steal(True)):
                     return g
@@ -980,6 +1067,30 @@ class M:
             self.sock.close(0)
             with self.flush_lock:  # (the heartbeat thread may be in a late flush)
                 self.out.close(1000)  # let results already sent reach the client
+
+
+_OFFER_CRASH = os.environ.get("GMPD_TEST_OFFER_CRASH", "").partition(":")
+
+
+def offer_crash(step: str) -> None:
+    """Test hook (tests/test_offer.py): with GMPD_TEST_OFFER_CRASH set to
+    <step>:<marker file>, SIGKILL this M at that step of taking an offer,
+    once (the marker says it happened)."""
+    if _OFFER_CRASH[0] == step and not os.path.exists(_OFFER_CRASH[2]):
+        with open(_OFFER_CRASH[2], "w"):
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def open_offer_fifo(results: str) -> int:
+    """The offer FIFO beside the client's results socket (gmpd.offer), read
+    end, non-blocking; -1 when the client is not on this node."""
+    if not results.startswith("ipc://"):
+        return -1
+    try:
+        return os.open(os.path.join(os.path.dirname(results[6:]), OFFER_FIFO), os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return -1
 
 
 def main(

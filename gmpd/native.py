@@ -26,12 +26,18 @@ RUNQ_SIZE: int = _native.RUNQ_SIZE
 MAX_PROCS: int = _native.MAX_PROCS
 MAX_MS: int = _native.MAX_MS
 CRASH_POINTS: int = _native.CRASH_POINTS
+OFFER_SLOTS: int = _native.OFFER_SLOTS
+OFFER_BYTES: int = _native.OFFER_BYTES
+REPLY_BYTES: int = _native.REPLY_BYTES
 
 __all__ = [
     "ARENA_BYTES",
     "CRASH_POINTS",
     "MAX_MS",
     "MAX_PROCS",
+    "OFFER_BYTES",
+    "OFFER_SLOTS",
+    "REPLY_BYTES",
     "RUNQ_SIZE",
     "Node",
     "RunQ",

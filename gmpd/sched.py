@@ -110,6 +110,7 @@ class Counter(enum.IntEnum):
     FENCED = 29
     MEMKILLS = 30
     NODESLOST = 31
+    OFFERS = 32  # offered root tasks Ms took from node memory (gmpd.offer)
 
 
 DEEP_SLEEP = 2  # SYSMONWAIT while sysmon sleeps with every P idle (Go's sysmonwait); 1: backed off

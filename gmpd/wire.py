@@ -30,7 +30,7 @@ import msgpack
 
 from gmpd.errors import GmpdError
 
-PROTOCOL = 3
+PROTOCOL = 4
 
 
 class WireError(GmpdError, ValueError):
@@ -181,11 +181,21 @@ def _options(v: Any) -> list[list[int]]:
     return out  # type: ignore[no-any-return]
 
 
-@_message(3, _tasks, _options)
+def _offers(v: Any) -> list[list[int]]:
+    """Submit offers: [tid, slot, seq, node] items (gmpd.offer)."""
+    out = _list(_list(U64))(v)
+    if any(len(item) != 4 for item in out):
+        raise WireError("expected [tid, slot, seq, node] items")
+    return out  # type: ignore[no-any-return]
+
+
+@_message(3, _tasks, _options, _offers)
 @dataclass(frozen=True, slots=True)
 class Submit(Message):
     tasks: list[tuple[int, bytes]]
     options: list[list[int]] = field(default_factory=list)  # [tid, retries, timeout_ms]: non-default only
+    # [tid, slot, seq, node]: also offered in node memory (gmpd.offer); node: its creator pid
+    offers: list[list[int]] = field(default_factory=list)
 
 
 @_message(4, _list(U64))

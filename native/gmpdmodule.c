@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "gtab.h"
+#include "offer.h"
 #include "runq.h"
 #include "stress.h"
 
@@ -717,14 +718,10 @@ static PyObject *node_start_heartbeat(NodeObject *self, PyObject *args)
 
 /* -- parking -- */
 
-static PyObject *node_park(NodeObject *self, PyObject *args)
+/* futex-sleep without the GIL while *word == seen (timeout < 0: forever);
+ * False on timeout. */
+static PyObject *futex_sleep(uint32_t *word, uint32_t seen, double timeout)
 {
-    long m;
-    unsigned int seen;
-    double timeout = -1.0;
-    if (!PyArg_ParseTuple(args, "lI|d:park", &m, &seen, &timeout) || !check_m(self, m))
-        return NULL;
-    uint32_t *word = &gmpd_node_m(self->nd, m)->park;
     int64_t ns = timeout < 0 ? -1 : (int64_t)(timeout * 1e9);
     int r;
     Py_BEGIN_ALLOW_THREADS
@@ -735,6 +732,16 @@ static PyObject *node_park(NodeObject *self, PyObject *args)
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     return PyBool_FromLong(r == 0);
+}
+
+static PyObject *node_park(NodeObject *self, PyObject *args)
+{
+    long m;
+    unsigned int seen;
+    double timeout = -1.0;
+    if (!PyArg_ParseTuple(args, "lI|d:park", &m, &seen, &timeout) || !check_m(self, m))
+        return NULL;
+    return futex_sleep(&gmpd_node_m(self->nd, m)->park, seen, timeout);
 }
 
 static PyObject *node_wake(NodeObject *self, PyObject *arg)
@@ -1098,6 +1105,129 @@ static PyObject *node_g_sweep(NodeObject *self, PyObject *arg)
     return PyLong_FromUnsignedLong(gmpd_gtab_sweep_building(self->nd, self->gtab, p));
 }
 
+/* -- offers (the node-local submit path, offer.c) -- */
+
+static int arg_slot(NodeObject *self, unsigned int slot)
+{
+    if (!node_ok(self))
+        return 0;
+    if (slot >= GMPD_OFFER_SLOTS) {
+        PyErr_Format(PyExc_IndexError, "offer slot %u out of range", slot);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *node_offer_put(NodeObject *self, PyObject *args)
+{
+    unsigned long long tid;
+    Py_buffer buf;
+    unsigned int lanes = (1u << GMPD_OFFER_SLOTS) - 1;
+    if (!node_ok(self) || !PyArg_ParseTuple(args, "Ky*|I:offer_put", &tid, &buf, &lanes))
+        return NULL;
+    uint32_t slot = 0, seq = 0;
+    int r = GMPD_ENOSPACE;
+    /* Only worth it while an M holds a P (it looks at the offers whenever its
+     * queue runs dry; a spinning one is woken): a parked M needs the
+     * coordinator's grant anyway. */
+    gmpd_node *nd = self->nd;
+    if (buf.len <= GMPD_OFFER_BYTES &&
+        (gmpd_sched_load(nd, GMPD_SC_NMSPINNING) > 0 || gmpd_sched_load(nd, GMPD_SC_NPIDLE) < nd->nprocs))
+        r = gmpd_offer_put(self->nd, tid, buf.buf, (uint32_t)buf.len, lanes, &slot, &seq);
+    PyBuffer_Release(&buf);
+    if (r != GMPD_OK)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(II)", slot, seq);
+}
+
+static PyObject *node_offer_take(NodeObject *self, PyObject *arg)
+{
+    uint32_t m, seq = 0;
+    if (!arg_m(self, arg, &m))
+        return NULL;
+    int slot = gmpd_offer_take(self->nd, m, &seq);
+    if (slot < 0)
+        Py_RETURN_NONE;
+    gmpd_offer *o = gmpd_node_offer(self->nd, (uint32_t)slot);
+    uint32_t len = o->len > GMPD_OFFER_BYTES ? GMPD_OFFER_BYTES : o->len; /* (a torn slot stays in bounds) */
+    return Py_BuildValue("(IIKy#)", (unsigned int)slot, seq, (unsigned long long)o->tid, (const char *)o->payload,
+                         (Py_ssize_t)len);
+}
+
+static PyObject *node_offer_state(NodeObject *self, PyObject *args)
+{
+    unsigned int slot;
+    if (!PyArg_ParseTuple(args, "I:offer_state", &slot) || !arg_slot(self, slot))
+        return NULL;
+    uint64_t w = gmpd_offer_load(self->nd, slot);
+    return Py_BuildValue("(IiIK)", GMPD_OFFER_SEQ(w), (int)GMPD_OFFER_MID(w), GMPD_OFFER_STATE(w),
+                         (unsigned long long)gmpd_node_offer(self->nd, slot)->tid);
+}
+
+static PyObject *node_offer_cas(NodeObject *self, PyObject *args)
+{
+    unsigned int slot, seq0, st0, seq1, st1;
+    int m0, m1;
+    if (!PyArg_ParseTuple(args, "I(IiI)(IiI):offer_cas", &slot, &seq0, &m0, &st0, &seq1, &m1, &st1) ||
+        !arg_slot(self, slot))
+        return NULL;
+    return PyBool_FromLong(gmpd_offer_cas(self->nd, slot, gmpd_offer_word(seq0, m0, st0),
+                                          gmpd_offer_word(seq1, m1, st1)));
+}
+
+static PyObject *node_offer_reply(NodeObject *self, PyObject *args)
+{
+    unsigned long long tid;
+    unsigned int status;
+    Py_buffer buf;
+    if (!node_ok(self) || !PyArg_ParseTuple(args, "KIy*:offer_reply", &tid, &status, &buf))
+        return NULL;
+    int r = buf.len <= GMPD_REPLY_BYTES ? gmpd_offer_reply(self->nd, tid, status, buf.buf, (uint32_t)buf.len) : 0;
+    PyBuffer_Release(&buf);
+    return PyBool_FromLong(r);
+}
+
+static PyObject *node_offer_result(NodeObject *self, PyObject *args)
+{
+    unsigned int slot;
+    unsigned long long tid;
+    if (!PyArg_ParseTuple(args, "IK:offer_result", &slot, &tid) || !arg_slot(self, slot))
+        return NULL;
+    gmpd_offer *o = gmpd_node_offer(self->nd, slot);
+    /* acquire: pairs with the replier's release store of done.  The bytes
+     * stay while the GIL is held: only this client re-uses the slot. */
+    if (__atomic_load_n(&o->done, __ATOMIC_ACQUIRE) != tid || tid == 0)
+        Py_RETURN_NONE;
+    uint32_t len = o->rlen > GMPD_REPLY_BYTES ? GMPD_REPLY_BYTES : o->rlen;
+    return Py_BuildValue("(Iy#)", o->status, (const char *)o->reply, (Py_ssize_t)len);
+}
+
+static PyObject *node_offer_wake(NodeObject *self, PyObject *args)
+{
+    unsigned int slot;
+    if (!PyArg_ParseTuple(args, "I:offer_wake", &slot) || !arg_slot(self, slot))
+        return NULL;
+    return PyLong_FromUnsignedLong(__atomic_load_n(&gmpd_node_offer(self->nd, slot)->wake, __ATOMIC_ACQUIRE));
+}
+
+static PyObject *node_offer_wait(NodeObject *self, PyObject *args)
+{
+    unsigned int slot, seen;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "IId:offer_wait", &slot, &seen, &timeout) || !arg_slot(self, slot))
+        return NULL;
+    return futex_sleep(&gmpd_node_offer(self->nd, slot)->wake, seen, timeout);
+}
+
+static PyObject *node_offer_poke(NodeObject *self, PyObject *args)
+{
+    unsigned int slot;
+    if (!PyArg_ParseTuple(args, "I:offer_poke", &slot) || !arg_slot(self, slot))
+        return NULL;
+    gmpd_offer_poke(self->nd, slot);
+    Py_RETURN_NONE;
+}
+
 /* -- scheduler counters -- */
 
 static PyObject *node_sched_add(NodeObject *self, PyObject *args)
@@ -1181,6 +1311,25 @@ static PyMethodDef node_methods[] = {
     {"park", (PyCFunction)node_park, METH_VARARGS,
      "park(m, seen, timeout=-1) -> bool: futex-sleep while M m's park word == seen; False on timeout"},
     {"wake", (PyCFunction)node_wake, METH_O, "wake(m) -> int: bump M m's park word and wake it"},
+    {"offer_put", (PyCFunction)node_offer_put, METH_VARARGS,
+     "offer_put(tid, payload, lanes=all) -> (slot, seq) | None: offer a root task to spinning Ms "
+     "(gmpd/offer.py) in a free slot of the `lanes` bit mask; None when no M spins, no slot is free or the "
+     "payload is too large"},
+    {"offer_reply", (PyCFunction)node_offer_reply, METH_VARARGS,
+     "offer_reply(tid, status, data) -> bool: write root task tid's result into the slot that wants it, "
+     "and wake the client thread waiting there"},
+    {"offer_result", (PyCFunction)node_offer_result, METH_VARARGS,
+     "offer_result(slot, tid) -> (status, data) | None: task tid's result, if it is in the slot"},
+    {"offer_wake", (PyCFunction)node_offer_wake, METH_VARARGS, "offer_wake(slot) -> int: the slot's wake word"},
+    {"offer_wait", (PyCFunction)node_offer_wait, METH_VARARGS,
+     "offer_wait(slot, seen, timeout) -> bool: futex-sleep while the slot's wake word == seen"},
+    {"offer_poke", (PyCFunction)node_offer_poke, METH_VARARGS,
+     "offer_poke(slot): bump the slot's wake word and wake its waiters"},
+    {"offer_take", (PyCFunction)node_offer_take, METH_O,
+     "offer_take(m) -> (slot, seq, tid, payload) | None: take an offered task (OFFERED -> TAKEN by M m)"},
+    {"offer_state", (PyCFunction)node_offer_state, METH_VARARGS, "offer_state(slot) -> (seq, m, state, tid)"},
+    {"offer_cas", (PyCFunction)node_offer_cas, METH_VARARGS,
+     "offer_cas(slot, (seq, m, state), (seq, m, state)) -> bool: CAS the slot's state word"},
     {"stress", (PyCFunction)node_stress, METH_VARARGS, "stress(role, ctl, p, m, seed) -> int (C-level loop)"},
     {"sched_add", (PyCFunction)node_sched_add, METH_VARARGS, "sched_add(i, delta) -> new value of counter i"},
     {"sched", (PyCFunction)node_sched, METH_NOARGS, "sched() -> tuple of every scheduler counter"},
@@ -1316,6 +1465,9 @@ static int module_exec(PyObject *mod)
         PyModule_AddIntConstant(mod, "LAYOUT_VERSION", GMPD_LAYOUT_VERSION) < 0 ||
         PyModule_AddIntConstant(mod, "MAX_PROCS", GMPD_MAX_PROCS) < 0 ||
         PyModule_AddIntConstant(mod, "MAX_MS", GMPD_MAX_MS) < 0 ||
+        PyModule_AddIntConstant(mod, "OFFER_SLOTS", GMPD_OFFER_SLOTS) < 0 ||
+        PyModule_AddIntConstant(mod, "OFFER_BYTES", GMPD_OFFER_BYTES) < 0 ||
+        PyModule_AddIntConstant(mod, "REPLY_BYTES", GMPD_REPLY_BYTES) < 0 ||
         PyModule_AddIntConstant(mod, "STRESS_HEADER", 4096) < 0 ||
         PyModule_AddIntConstant(mod, "CRASH_POINTS", GMPD_CRASH__COUNT) < 0 ||
         PyModule_AddIntConstant(mod, "ARENA_BYTES", (long)GMPD_ARENA_BYTES) < 0)

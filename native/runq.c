@@ -157,13 +157,14 @@ static inline int seq_after(uint32_t a, uint32_t b)
 _Static_assert(sizeof(gmpd_p) % GMPD_CACHELINE == 0, "gmpd_p must be whole cache lines");
 _Static_assert(sizeof(gmpd_m) % GMPD_CACHELINE == 0, "gmpd_m must be whole cache lines");
 _Static_assert(sizeof(gmpd_node) <= 4096, "header must fit its page");
-_Static_assert(GMPD_SC__COUNT <= 2 * GMPD_CACHELINE / 4, "sched counters must fit their lines");
+_Static_assert(GMPD_SC__COUNT <= 3 * GMPD_CACHELINE / 4, "sched counters must fit their lines");
 
 #define HEADER_SIZE 4096u
 
 size_t gmpd_node_size(uint32_t nprocs, uint32_t nms)
 {
-    return HEADER_SIZE + (size_t)nprocs * sizeof(gmpd_p) + (size_t)nms * sizeof(gmpd_m);
+    return HEADER_SIZE + (size_t)nprocs * sizeof(gmpd_p) + (size_t)nms * sizeof(gmpd_m) +
+           GMPD_OFFER_SLOTS * sizeof(gmpd_offer);
 }
 
 int gmpd_node_init(void *mem, size_t len, uint32_t nprocs, uint32_t nms, uint32_t counter_base,
@@ -224,6 +225,11 @@ gmpd_p *gmpd_node_p(gmpd_node *nd, uint32_t p)
 gmpd_m *gmpd_node_m(gmpd_node *nd, uint32_t m)
 {
     return (gmpd_m *)((char *)nd + HEADER_SIZE + (size_t)nd->nprocs * sizeof(gmpd_p) + (size_t)m * sizeof(gmpd_m));
+}
+
+gmpd_offer *gmpd_node_offer(gmpd_node *nd, uint32_t slot)
+{
+    return (gmpd_offer *)((char *)gmpd_node_m(nd, nd->nms) + (size_t)slot * sizeof(gmpd_offer));
 }
 
 /* ---- the op record ------------------------------------------------------

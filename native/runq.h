@@ -8,6 +8,7 @@
  *     gmpd_node header            one page
  *     gmpd_p   ps[nprocs]         cache-line aligned, hot words on own lines
  *     gmpd_m   ms[nms]            cache-line aligned
+ *     gmpd_offer offers[GMPD_OFFER_SLOTS]   one page each (offer.c)
  *
  * Every field that more than one process touches is read and written with
  * __atomic builtins only; the comment on each access names its memory order.
@@ -20,12 +21,16 @@
 #include <stdint.h>
 
 #define GMPD_MAGIC 0x31646d70676d6721ULL /* "!gmgpmd1" */
-#define GMPD_LAYOUT_VERSION 3u
+#define GMPD_LAYOUT_VERSION 4u
 #define GMPD_CACHELINE 64
 #define GMPD_RUNQ_SIZE 256u           /* len(p.runq) in Go */
 #define GMPD_RUNQ_HALF 128u           /* runqputslow moves this many + 1 */
 #define GMPD_MAX_PROCS 1024u
 #define GMPD_MAX_MS 1022u             /* (mid + 1) must fit the 10-bit tag field */
+#define GMPD_OFFER_SLOTS 8u           /* root tasks a client on the node may offer at once */
+#define GMPD_OFFER_BYTES 3968u        /* payload bytes of one offer */
+#define GMPD_REPLY_BYTES 4096u        /* result bytes an M writes back into it: a slot is two pages */
+#define GMPD_REPLY_WRITING (1ull << 63) /* in gmpd_offer.want while an M writes the reply */
 
 /* P status values: Go's numbers, so scheddetail output is comparable. */
 enum gmpd_pstatus {
@@ -148,6 +153,27 @@ typedef struct gmpd_m {
     uint8_t _pad3[GMPD_CACHELINE - 4];
 } gmpd_m;
 
+/* An offer: a root task the client on this node wrote here so that a
+ * spinning M can start it before the coordinator has read its Submit (the
+ * node-local submit path; gmpd/offer.py has the protocol). */
+typedef struct gmpd_offer {
+    /* line 0: the offer */
+    uint64_t state;  /* [seq:32][owner mid+1:24][state:8]; CAS only */
+    uint64_t tid;    /* the root task id (written by the client before OFFERED) */
+    uint32_t len;    /* payload bytes */
+    uint8_t _pad0[GMPD_CACHELINE - 20];
+    /* line 1: the reply, for a client thread waiting on the task's result */
+    uint64_t want;   /* tid whose result is wanted here (| REPLY_WRITING while an M
+                      * writes it), 0: none; CAS only */
+    uint64_t done;   /* tid whose result is in place (stored last, release) */
+    uint32_t wake;   /* futex word: bumped by each reply, and by the client (poke) */
+    uint32_t status; /* the result's status (gmpd.wire) */
+    uint32_t rlen;   /* the result's bytes */
+    uint8_t _pad1[GMPD_CACHELINE - 28];
+    uint8_t payload[GMPD_OFFER_BYTES];
+    uint8_t reply[GMPD_REPLY_BYTES];
+} gmpd_offer;
+
 /* Node-wide scheduler counters (gmpd_node.sched[]), Go's sched fields and
  * the statistics the runtime exposes.  Updated with atomic adds. */
 enum gmpd_sched_counter {
@@ -183,6 +209,7 @@ enum gmpd_sched_counter {
     GMPD_SC_FENCED,         /* Ms killed because their lease expired (stopped, wedged) */
     GMPD_SC_MEMKILLS,       /* Ms killed or retired for going over the memory limit */
     GMPD_SC_NODESLOST,      /* node agents that died and were replaced (carried to the new node) */
+    GMPD_SC_OFFERS,         /* offered root tasks Ms took from node memory (gmpd/offer.py) */
     GMPD_SC__COUNT
 };
 
@@ -200,7 +227,7 @@ typedef struct gmpd_node {
     int32_t creator_pid;
     uint32_t counter_base;
     uint8_t _pad[GMPD_CACHELINE - 56];
-    uint32_t sched[2 * GMPD_CACHELINE / 4]; /* enum gmpd_sched_counter; own cache lines */
+    uint32_t sched[3 * GMPD_CACHELINE / 4]; /* enum gmpd_sched_counter; own cache lines */
 } gmpd_node;
 
 /* ---- layout ---------------------------------------------------------- */
@@ -210,6 +237,7 @@ int gmpd_node_init(void *mem, size_t len, uint32_t nprocs, uint32_t nms,
 int gmpd_node_check(const void *mem, size_t len);
 gmpd_p *gmpd_node_p(gmpd_node *nd, uint32_t p);
 gmpd_m *gmpd_node_m(gmpd_node *nd, uint32_t m);
+gmpd_offer *gmpd_node_offer(gmpd_node *nd, uint32_t slot);
 
 /* ---- the run queue (runq.c); mid is the calling M's index ------------ */
 int gmpd_runqput(gmpd_node *nd, uint32_t p, uint32_t mid, uint32_t g, int next);

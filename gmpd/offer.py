@@ -1,0 +1,101 @@
+"""The node-local submit path: offers in node memory.
+
+A task submitted alone (nothing else in flight) by the client on the node
+goes two ways at once.  The client writes it into a free offer slot of the
+node's memory and futex-wakes a spinning M (native/offer.c, under the
+client's send lock), then sends the Submit to the coordinator as always,
+naming the slot.  The M takes the offer, queues it as a root G in its own P
+and runs it, without waiting for the coordinator: two ZeroMQ hops and the
+coordinator's loop leave the latency path.  The coordinator stays the owner
+of the root table: when it reads the Submit it settles the slot, and the
+task is either started on the M that took it, or (no M took it) queued in
+the global run queue as if it had never been offered.
+
+Slot states, and who moves them (each move is one CAS of the slot's state
+word ``[seq][owner M + 1][state]``; ``seq`` counts the slot's offers)::
+
+    FREE -client-> WRITING -client-> OFFERED
+    OFFERED   -M takes->                TAKEN(m)
+    TAKEN(m)  -M has queued its G->     QUEUED(m)
+    TAKEN(m)  -coordinator reads Submit-> ACKED(m)   (started on m)
+    ACKED(m)  -M has queued its G->     FREE
+    QUEUED(m) -coordinator reads Submit-> FREE        (started on m)
+    OFFERED   -coordinator reads Submit-> FREE        (no M took it: global queue)
+    WITHDRAWN -coordinator reads Submit-> FREE        (global queue)
+
+After M m died (the coordinator's recovery, ``recover_dead``): a TAKEN(m) or
+ACKED(m) slot whose G never reached a queue has that G freed; TAKEN becomes
+WITHDRAWN (the Submit, still unread, queues the task as usual) and ACKED
+FREE (the root is started and held nowhere: recovery's census runs it
+again).  If the G did reach a queue, TAKEN becomes QUEUED and ACKED FREE: the
+queue holds it.  A QUEUED(m) slot whose Submit is unread and whose G is gone
+(it was running on m) becomes WITHDRAWN (``withdraw_lost``).  So a task is
+never lost and, but for a run that died with its M, never runs twice.
+
+Runs in: the client (offer), the Ms (take, queued) and the coordinator
+(settle, recovery).
+"""
+
+from __future__ import annotations
+
+import enum
+
+from gmpd.native import OFFER_SLOTS, Node
+
+__all__ = ["OFFER_FIFO", "OFFER_SLOTS", "Offer", "queued", "settle"]
+
+OFFER_FIFO = "offer"  # in the client's run directory: a byte written there wakes spinning Ms
+
+
+class Offer(enum.IntEnum):
+    """A slot's state (native/offer.h)."""
+
+    FREE = 0
+    OFFERED = 1
+    TAKEN = 2
+    QUEUED = 3
+    ACKED = 4
+    WITHDRAWN = 5
+    WRITING = 6
+
+
+def queued(node: Node, slot: int, seq: int, m: int) -> None:
+    """M ``m`` has queued the G of the offer it took: TAKEN -> QUEUED, or,
+    if the coordinator acknowledged it meanwhile, ACKED -> FREE."""
+    if not node.offer_cas(slot, (seq, m, Offer.TAKEN), (seq, m, Offer.QUEUED)):
+        node.offer_cas(slot, (seq, m, Offer.ACKED), (seq, -1, Offer.FREE))
+
+
+def untaken(node: Node, slot: int, seq: int) -> bool:
+    """Whether offer (slot, seq) waits for an M still."""
+    s, _m, state, _tid = node.offer_state(slot)
+    return s == seq and state == Offer.OFFERED
+
+
+def settle(node: Node, slot: int, seq: int) -> int:
+    """The coordinator read the Submit of offer (slot, seq): the M that took
+    it (the task is started there), or -1 (queue it as usual)."""
+    while True:
+        s, m, state, _tid = node.offer_state(slot)
+        if s != seq:
+            return -1  # (not ours: a client naming a slot it did not offer)
+        if state in (Offer.OFFERED, Offer.WITHDRAWN):
+            new, took = (seq, -1, Offer.FREE), -1
+        elif state == Offer.TAKEN:
+            new, took = (seq, m, Offer.ACKED), m
+        elif state == Offer.QUEUED:
+            new, took = (seq, -1, Offer.FREE), m
+        else:
+            return -1
+        if node.offer_cas(slot, (s, m, state), new):
+            return took
+
+
+def owned_by(node: Node, m: int, states: tuple[Offer, ...]) -> list[tuple[int, int, Offer, int]]:
+    """(slot, seq, state, tid) of the slots M ``m`` holds in one of ``states``."""
+    out = []
+    for slot in range(OFFER_SLOTS):
+        seq, owner, state, tid = node.offer_state(slot)
+        if owner == m and state in states:
+            out.append((slot, seq, Offer(state), tid))
+    return out

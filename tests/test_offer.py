@@ -1,0 +1,202 @@
+"""Offers: the node-local submit path (gmpd/offer.py, docs/design.md §7.1).
+
+The slot protocol is driven by hand on node memory, recovery after an M's
+death by the coordinator's own methods on hand-built states, and the whole
+path by real clusters whose Ms are SIGKILLed at each step of taking an
+offer.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import gmpd
+from gmpd import offer, runq
+from gmpd.coordinator import Coordinator
+from gmpd.g import GState
+from gmpd.native import OFFER_BYTES, OFFER_SLOTS
+from gmpd.offer import Offer
+from gmpd.sched import Counter
+from gmpd.shm import NodeMemory
+
+pytestmark = pytest.mark.timeout(90)
+
+M1 = 1  # the M that takes offers in the hand-built states
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@pytest.fixture
+def nm() -> Iterator[NodeMemory]:
+    with NodeMemory.create(2, 4) as mem:
+        mem.node.sched_add(Counter.NMSPINNING, 1)  # offers are made only while an M spins
+        yield mem
+
+
+def state(nm: NodeMemory, slot: int) -> tuple[int, int, int]:
+    seq, m, st, _tid = nm.node.offer_state(slot)
+    return seq, m, st
+
+
+def test_an_offer_is_made_only_while_an_m_holds_a_p_and_only_if_it_fits(nm: NodeMemory) -> None:
+    node = nm.node
+    assert node.offer_put(1, b"x" * (OFFER_BYTES + 1)) is None
+    node.sched_add(Counter.NMSPINNING, -1)
+    node.sched_add(Counter.NPIDLE, 2)  # every P idle, every M parked: the coordinator must grant one
+    assert node.offer_put(1, b"x") is None
+    node.sched_add(Counter.NPIDLE, -1)  # an M holds a P: it looks at the offers when its queue runs dry
+    slots = [node.offer_put(tid, b"x") for tid in range(1, OFFER_SLOTS + 2)]
+    assert None not in slots[:OFFER_SLOTS] and slots[OFFER_SLOTS] is None  # all slots taken
+    assert sorted(s for s, _seq in slots[:OFFER_SLOTS]) == list(range(OFFER_SLOTS))  # type: ignore[misc]
+    # Only in the slots the client says it is done with (lanes).
+    for slot in range(OFFER_SLOTS):
+        assert offer.settle(node, slot, 1) == -1
+    assert node.offer_put(9, b"x", 0b100)[0] == 2  # type: ignore[index]
+
+
+def test_an_offer_no_m_took_is_queued_as_usual(nm: NodeMemory) -> None:
+    slot, seq = nm.node.offer_put(7, b"payload") or (-1, -1)
+    assert nm.node.offer_state(slot) == (seq, -1, Offer.OFFERED, 7)
+    assert offer.settle(nm.node, slot, seq) == -1
+    assert state(nm, slot) == (seq, -1, Offer.FREE)
+    assert nm.node.offer_take(M1) is None  # withdrawn: no M can take it now
+
+
+@pytest.mark.parametrize("first", ["m queues it", "coordinator reads the submit"])
+def test_a_taken_offer_is_started_on_its_m_whichever_side_comes_first(nm: NodeMemory, first: str) -> None:
+    slot, seq = nm.node.offer_put(7, b"payload") or (-1, -1)
+    assert nm.node.offer_take(M1) == (slot, seq, 7, b"payload")
+    assert nm.node.offer_take(M1 + 1) is None
+    if first == "m queues it":
+        offer.queued(nm.node, slot, seq, M1)
+        assert state(nm, slot) == (seq, M1, Offer.QUEUED)
+        assert offer.settle(nm.node, slot, seq) == M1
+    else:
+        assert offer.settle(nm.node, slot, seq) == M1
+        assert state(nm, slot) == (seq, M1, Offer.ACKED)
+        offer.queued(nm.node, slot, seq, M1)
+    assert state(nm, slot) == (seq, -1, Offer.FREE)
+    assert nm.node.offer_put(8, b"next") == (slot, seq + 1)  # the slot is the client's again
+
+
+def coordinator(nm: NodeMemory) -> types.SimpleNamespace:
+    """The parts of a Coordinator its offer recovery reads, around ``nm``."""
+    c = types.SimpleNamespace(nm=nm, nprocs=nm.node.nprocs, ms={})
+    for name in ("accepted", "root_gs", "recover_offers", "withdraw_lost_offers"):
+        setattr(c, name, functools.partial(getattr(Coordinator, name), c))
+    return c
+
+
+def take(nm: NodeMemory, tid: int, step: str, *, acked: bool) -> tuple[int, int, int]:
+    """M1 takes an offer of ``tid`` and gets as far as ``step`` (then dies)."""
+    slot, seq = nm.node.offer_put(tid, b"payload") or (-1, -1)
+    assert nm.node.offer_take(M1) is not None
+    h = 0
+    if step in ("made", "put"):
+        h = nm.node.g_new(0, b"payload", root_id=tid)
+    if step == "put":
+        assert nm.runq(0, M1).put_next(h) is None
+    if acked:
+        assert offer.settle(nm.node, slot, seq) == M1  # the Submit was read before the death
+    return slot, seq, h
+
+
+def live_roots(nm: NodeMemory, tid: int) -> list[int]:
+    return [h for p in range(2) for h in nm.node.g_scan(p) if nm.node.g_info(h)[2:4] == (0, tid)]
+
+
+@pytest.mark.parametrize("acked", [False, True], ids=["submit unread", "submit read"])
+@pytest.mark.parametrize("step", ["taken", "made", "put"])
+def test_an_m_that_dies_taking_an_offer_loses_no_task(nm: NodeMemory, step: str, acked: bool) -> None:
+    """Whatever step M1 died at, and whether or not the coordinator had read
+    the Submit: the task ends up in exactly one place that runs it."""
+    slot, seq, h = take(nm, 7, step, acked=acked)
+    c = coordinator(nm)
+    c.recover_offers(M1, runq.recover_m(nm.node, M1))
+    c.withdraw_lost_offers(M1)
+    if step == "put":  # its G is in the P's runnext: the queue holds it
+        assert live_roots(nm, 7) == [h] and nm.node.g_info(h)[0] == GState.RUNNABLE
+        if acked:
+            assert state(nm, slot) == (seq, -1, Offer.FREE)  # started (the census sees it held)
+        else:
+            assert state(nm, slot) == (seq, M1, Offer.QUEUED)
+            assert offer.settle(nm.node, slot, seq) == M1  # the Submit marks it started
+    else:  # no queue holds it: a G made for it is freed
+        assert live_roots(nm, 7) == []
+        if acked:
+            assert state(nm, slot) == (seq, -1, Offer.FREE)  # started, held nowhere: the census runs it
+        else:
+            assert state(nm, slot) == (seq, -1, Offer.WITHDRAWN)
+            assert offer.settle(nm.node, slot, seq) == -1  # the Submit queues it as usual
+
+
+def test_a_queued_offer_whose_g_died_with_its_m_runs_the_usual_way(nm: NodeMemory) -> None:
+    slot, seq, h = take(nm, 7, "put", acked=False)
+    offer.queued(nm.node, slot, seq, M1)
+    c = coordinator(nm)
+    c.withdraw_lost_offers(M1)
+    assert state(nm, slot) == (seq, M1, Offer.QUEUED)  # its G waits in a queue: it stays
+    nm.node.g_free(h)  # (recovery frees the root Gs a dead M was running)
+    c.withdraw_lost_offers(M1)
+    assert state(nm, slot) == (seq, -1, Offer.WITHDRAWN)
+    assert offer.settle(nm.node, slot, seq) == -1
+
+
+def test_a_task_alone_in_flight_is_offered_to_a_spinning_m() -> None:
+    """spin_ms long enough that an M spins whenever the next task comes."""
+    with gmpd.Executor(2, spin_ms=500) as ex:
+        assert ex.submit(add, 0, 1).result(timeout=30) == 1
+        before = ex.statistics().offers_taken
+        assert [ex.submit(add, i, 1).result(timeout=30) for i in range(50)] == list(range(1, 51))
+        assert ex.statistics().offers_taken - before >= 40
+
+
+def test_offers_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GMPD_CLIENT_OFFERS", "0")
+    with gmpd.Executor(2, spin_ms=500) as ex:
+        assert [ex.submit(add, i, 1).result(timeout=30) for i in range(20)] == list(range(1, 21))
+        assert ex.statistics().offers_taken == 0
+
+
+def kill_once(marker: str, x: int) -> int:
+    """SIGKILLs its M the first time it runs."""
+    if not os.path.exists(marker):
+        Path(marker).write_text("")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x + 1
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("step", ["taken", "made", "put", "running"])
+def test_an_offered_task_survives_its_m_being_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """A real M SIGKILLs itself once at ``step`` of taking an offer (the
+    GMPD_TEST_OFFER_CRASH hook), or while running the offered task: every
+    task's result still comes, and the cluster works on."""
+    marker = tmp_path / "crashed"
+    if step != "running":
+        monkeypatch.setenv("GMPD_TEST_OFFER_CRASH", f"{step}:{marker}")
+    with gmpd.Executor(2, spin_ms=500) as ex:
+        for i in range(20):  # tasks alone in flight, until one is offered (and, with the hook, its M died)
+            before = ex.statistics().offers_taken
+            assert ex.submit(add, i, 1).result(timeout=60) == i + 1
+            if marker.exists() or ex.statistics().offers_taken > before:
+                break
+        if step == "running":  # an M spins now (500 ms): this one is offered too
+            before = ex.statistics().offers_taken
+            assert ex.submit(kill_once, str(marker), 41).result(timeout=60) == 42
+            assert ex.statistics().offers_taken > before
+        assert marker.exists()
+        stats = ex.statistics()
+        assert stats.m_lost == 1 and stats.worker_lost == 0, stats
+        assert [ex.submit(add, i, 1).result(timeout=30) for i in range(5)] == list(range(1, 6))
