@@ -321,9 +321,20 @@ class Coordinator:
             if not self.grq:
                 return
             req = info.waiting
-            if req is not None:
+            if req is not None and self.still_spinning(info):
                 info.waiting = None
                 self.send(info.ident, wire.Work(*self.batch_for(info, req.max)))
+
+    def still_spinning(self, info: MInfo) -> bool:
+        """Whether M ``info``, whose long-poll we hold or read, still waits on
+        it; if it took an offer meanwhile (gmpd.offer) it runs that G, and a
+        batch would wait in its socket behind it, where nobody can steal
+        it: its long-poll is answered empty now."""
+        if self.nm.node.m_info(info.m)[0] == MState.SPINNING:
+            return True
+        info.waiting = None
+        self.send(info.ident, wire.Work(0, [], []))
+        return False
 
     def spinning(self) -> int:
         return sum(1 for info in self.ms.values() if info.waiting is not None)
@@ -674,9 +685,11 @@ class Coordinator:
         """Dead M ``m``'s offers it took and had not queued (gmpd.offer):
         the G made for one that never reached a queue is freed, and the task
         runs the usual way (its Submit is unread: WITHDRAWN) or again (it is
-        read: the root is started and held nowhere, for the census)."""
+        read: the root is started and held nowhere, for the census).  A
+        result it was writing into a slot is given up."""
         node = self.nm.node
-        for slot, seq, state, tid in offer.owned_by(node, m, (Offer.TAKEN, Offer.ACKED)):
+        node.offer_unclaim(m)
+        for slot, seq, _m, tid, state in offer.held(node, (Offer.TAKEN, Offer.ACKED), m):
             if self.accepted(recovery, (tid, 0)):  # its G is queued: the queue holds it
                 new = (seq, m, Offer.QUEUED) if state == Offer.TAKEN else (seq, -1, Offer.FREE)
             else:
@@ -686,17 +699,19 @@ class Coordinator:
                 new = (seq, -1, Offer.WITHDRAWN) if state == Offer.TAKEN else (seq, -1, Offer.FREE)
             node.offer_cas(slot, (seq, m, state), new)
 
-    def withdraw_lost_offers(self, m: int) -> None:
-        """After recovery: a QUEUED offer of dead M ``m`` whose Submit is
-        unread and whose G is gone (it ran on m: freed) runs the usual way."""
+    def withdraw_lost_offers(self, m: int, freed: set[int]) -> None:
+        """After recovery: a QUEUED offer (its Submit unread) whose run died
+        here (``freed``: its G was freed), or dead M ``m``'s own whose G is
+        gone (its result may have died in m's socket), runs the usual way."""
         node = self.nm.node
-        for slot, seq, state, tid in offer.owned_by(node, m, (Offer.QUEUED,)):
+        for slot, seq, owner, tid, _state in offer.held(node, (Offer.QUEUED,)):
             live = False
-            for h in self.root_gs(tid):
-                g = node.g_info(h)
-                live = live or g[0] == GState.RUNNABLE or (g[0] == GState.RUNNING and g[8] - 1 in self.ms)
-            if not live:
-                node.offer_cas(slot, (seq, m, state), (seq, -1, Offer.WITHDRAWN))
+            if owner == m and tid not in freed:
+                for h in self.root_gs(tid):
+                    g = node.g_info(h)
+                    live = live or g[0] == GState.RUNNABLE or (g[0] == GState.RUNNING and g[8] - 1 in self.ms)
+            if tid in freed or (owner == m and not live):
+                node.offer_cas(slot, (seq, owner, Offer.QUEUED), (seq, -1, Offer.WITHDRAWN))
 
     def root_gs(self, tid: int) -> list[int]:
         """Handles of the root Gs of task ``tid`` in every arena."""
@@ -749,10 +764,12 @@ class Coordinator:
         while h in running and h not in executing:
             executing.add(h)
             h = running[h][9]
+        freed: set[int] = set()  # roots whose runs died here
         for h, g in running.items():
             parent, tid = g[2], g[3]
             if parent == 0 and tid:
                 node.g_free(h)
+                freed.add(tid)
                 if tid in info.stalled_tids:
                     continue  # queued again when it stalled
                 if h not in executing:
@@ -772,6 +789,9 @@ class Coordinator:
         # 4. Census: started roots that no queue, no live M and no batch in
         #    flight holds any more (results that died in its socket) run again.
         held = {tid for i in self.ms.values() for batch in i.batches.values() for tid, _h in batch}
+        # (An offer taken and acknowledged, its G not made yet, is held by its M.)
+        taken = offer.held(node, (Offer.TAKEN, Offer.ACKED))
+        held.update(tid for _slot, _seq, owner, tid, _state in taken if owner in self.ms)
         for h, g in live.items():
             tid = g[3]
             if g[2] != 0 or not tid or h in running:
@@ -785,7 +805,7 @@ class Coordinator:
         for tid, root in list(self.roots.items()):
             if root.started and tid not in held:
                 self.retry(tid, None)
-        self.withdraw_lost_offers(m)
+        self.withdraw_lost_offers(m, freed)
 
     def accepted(self, recovery: runq.Recovery, item: tuple[int, int]) -> bool:
         """Whether the batch item the dead M was queueing reached a queue
@@ -1109,6 +1129,8 @@ class Coordinator:
             root = self.roots.get(tid)
             if root is not None:
                 self.place_offered(tid, root, slot, seq)
+            else:  # finished (its M took it and the client's Finished came first): free the slot
+                offer.settle(node, slot, seq)
 
     def on_cancel(self, ident: bytes, msg: wire.Cancel) -> None:
         """Withdraw the tasks no M has taken; the client waits for the answer."""
@@ -1151,6 +1173,8 @@ class Coordinator:
                 self.send(info.ident, wire.Revoke(msg.p, msg.epoch))
                 return
             self.ps[msg.p].expires = time.monotonic() + self.lease_ttl
+            if msg.wait_ms and not self.still_spinning(info):
+                return
             if self.grq or msg.wait_ms == 0:
                 self.send(info.ident, wire.Work(*self.batch_for(info, msg.max)))
             else:

@@ -390,6 +390,8 @@ class _ClientIO(threading.Thread):
         self.lanes: list[TaskFuture | None] = [None] * OFFER_SLOTS
         self.lane_nm: NodeMemory | None = None
         self.lane_done: set[int] = set()  # tids finished from node memory: their ZeroMQ copy is no duplicate
+        self.lane_lock = threading.Lock()
+        self.lane_completed = 0  # futures finished from node memory (by user threads)
         self.received_since = 0.0  # when the oldest of them came in
         # Before any Submit can be sent: the coordinator drops those of strangers.
         self.send(wire.Hello("client", os.getpid(), "", -1, cluster.results_endpoint))
@@ -517,9 +519,10 @@ class _ClientIO(threading.Thread):
     def finish_lane(self, fut: TaskFuture, status: int, data: bytes) -> None:
         """Finish ``fut`` with the result its M wrote into node memory,
         unless the IO thread has it (the future is then its to finish)."""
+        self.lane_done.add(fut._tid)  # (first: the IO thread may read the ZeroMQ copy any time now)
         if self.futures.pop(fut._tid, None) is not fut:
+            self.lane_done.discard(fut._tid)
             return
-        self.lane_done.add(fut._tid)
         ok, value = load_outcome(status, data)
         try:
             if ok:
@@ -528,7 +531,8 @@ class _ClientIO(threading.Thread):
                 fut.set_exception(value)
         except InvalidStateError:  # (cancelled by a user thread meanwhile)
             return
-        self.completed += 1
+        with self.lane_lock:  # (user threads: the IO thread alone counts ``completed``)
+            self.lane_completed += 1
 
     def send(self, msg: wire.Message) -> None:
         frame = wire.encode(msg)
@@ -874,7 +878,8 @@ class Executor(_BaseExecutor):
         nm = self._cluster.nm
         if nm is None:
             raise RuntimeError("statistics() after the cluster has shut down")
-        return snapshot(nm, self._io.submitted, self._io.completed, self._io.duplicates)
+        io = self._io
+        return snapshot(nm, io.submitted, io.completed + io.lane_completed, io.duplicates)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:

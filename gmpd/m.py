@@ -338,7 +338,7 @@ class M:
         FLUSH_AGE, or at once if its G ran LONG_G: waiting for company, it
         would wait for the next G's end (as long, likely)."""
         if self.offer_fd >= 0:  # a client thread may wait on it in node memory (gmpd.offer)
-            self.node.offer_reply(tid, status, data)
+            self.node.offer_reply(self.m, tid, status, data)
         with self.flush_lock:
             if self.result_bytes + len(data) > self.max_message:
                 self.send_results()  # one message stays under the client's size limit
@@ -506,7 +506,7 @@ class M:
                 raise Shutdown("the coordinator stopped answering")
             ready = dict(self.poller.poll(left))
             if self.sock in ready:
-                return self.take_reply(self.answer(0))
+                return self.take_reply(self.answer(REQUEST_TIMEOUT_MS))
             if self.offer_fd in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.offer_fd, 4096)
@@ -623,6 +623,7 @@ class M:
 
     def stopm(self) -> None:
         """Park on the futex until woken, then ask for a P."""
+        self.finish_wait()  # (a P lost while we ran an offered G: the answer must not pass for a Grant)
         self.flush()
         if self.stash:
             # Work came while our lease was being revoked: nobody would wake

@@ -91,11 +91,14 @@ def settle(node: Node, slot: int, seq: int) -> int:
             return took
 
 
-def owned_by(node: Node, m: int, states: tuple[Offer, ...]) -> list[tuple[int, int, Offer, int]]:
-    """(slot, seq, state, tid) of the slots M ``m`` holds in one of ``states``."""
+def held(
+    node: Node, states: tuple[Offer, ...], m: int | None = None
+) -> list[tuple[int, int, int, int, Offer]]:
+    """(slot, seq, owner M, tid, state) of the slots in one of ``states``
+    (held by M ``m``, if given)."""
     out = []
     for slot in range(OFFER_SLOTS):
         seq, owner, state, tid = node.offer_state(slot)
-        if owner == m and state in states:
-            out.append((slot, seq, Offer(state), tid))
+        if state in states and (m is None or owner == m):
+            out.append((slot, seq, owner, tid, Offer(state)))
     return out

@@ -1177,14 +1177,28 @@ static PyObject *node_offer_cas(NodeObject *self, PyObject *args)
 
 static PyObject *node_offer_reply(NodeObject *self, PyObject *args)
 {
+    long m;
     unsigned long long tid;
     unsigned int status;
     Py_buffer buf;
-    if (!node_ok(self) || !PyArg_ParseTuple(args, "KIy*:offer_reply", &tid, &status, &buf))
+    if (!PyArg_ParseTuple(args, "lKIy*:offer_reply", &m, &tid, &status, &buf))
         return NULL;
-    int r = buf.len <= GMPD_REPLY_BYTES ? gmpd_offer_reply(self->nd, tid, status, buf.buf, (uint32_t)buf.len) : 0;
+    if (!check_m(self, m)) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    int r = buf.len <= GMPD_REPLY_BYTES ? gmpd_offer_reply(self->nd, (uint32_t)m, tid, status, buf.buf, (uint32_t)buf.len)
+                                        : 0;
     PyBuffer_Release(&buf);
     return PyBool_FromLong(r);
+}
+
+static PyObject *node_offer_unclaim(NodeObject *self, PyObject *arg)
+{
+    uint32_t m;
+    if (!arg_m(self, arg, &m))
+        return NULL;
+    return PyLong_FromLong(gmpd_offer_unclaim(self->nd, m));
 }
 
 static PyObject *node_offer_result(NodeObject *self, PyObject *args)
@@ -1316,8 +1330,10 @@ static PyMethodDef node_methods[] = {
      "(gmpd/offer.py) in a free slot of the `lanes` bit mask; None when no M spins, no slot is free or the "
      "payload is too large"},
     {"offer_reply", (PyCFunction)node_offer_reply, METH_VARARGS,
-     "offer_reply(tid, status, data) -> bool: write root task tid's result into the slot that wants it, "
-     "and wake the client thread waiting there"},
+     "offer_reply(m, tid, status, data) -> bool: M m writes root task tid's result into the slot that wants it, "
+     "and wakes the client thread waiting there"},
+    {"offer_unclaim", (PyCFunction)node_offer_unclaim, METH_O,
+     "offer_unclaim(m) -> int: give up the replies dead M m was writing"},
     {"offer_result", (PyCFunction)node_offer_result, METH_VARARGS,
      "offer_result(slot, tid) -> (status, data) | None: task tid's result, if it is in the slot"},
     {"offer_wake", (PyCFunction)node_offer_wake, METH_VARARGS, "offer_wake(slot) -> int: the slot's wake word"},

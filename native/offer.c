@@ -39,7 +39,7 @@ int gmpd_offer_cas(gmpd_node *nd, uint32_t slot, uint64_t old, uint64_t new_)
 int gmpd_offer_put(gmpd_node *nd, uint64_t tid, const void *buf, uint32_t len, uint32_t lanes, uint32_t *slot,
                    uint32_t *seq)
 {
-    if (len > GMPD_OFFER_BYTES || tid == 0 || (tid & GMPD_REPLY_WRITING))
+    if (len > GMPD_OFFER_BYTES || tid == 0 || tid > GMPD_OFFER_TID_MAX)
         return GMPD_ENOSPACE;
     for (uint32_t i = 0; i < GMPD_OFFER_SLOTS; i++) {
         uint64_t w = gmpd_offer_load(nd, i);
@@ -84,13 +84,14 @@ int gmpd_offer_take(gmpd_node *nd, uint32_t mid, uint32_t *seq)
     return -1;
 }
 
-/* Runs in: the M that ran root task `tid`, whichever M it is (a thief too):
- * if a client thread wants its result here, write it and wake the thread.
- * Returns 1 if written. */
-int gmpd_offer_reply(gmpd_node *nd, uint64_t tid, uint32_t status, const void *buf, uint32_t len)
+/* Runs in: M `mid` that ran root task `tid`, whichever M it is (a thief
+ * too): if a client thread wants its result here, write it and wake the
+ * thread.  Returns 1 if written. */
+int gmpd_offer_reply(gmpd_node *nd, uint32_t mid, uint64_t tid, uint32_t status, const void *buf, uint32_t len)
 {
-    if (len > GMPD_REPLY_BYTES || tid == 0)
+    if (len > GMPD_REPLY_BYTES || tid == 0 || tid > GMPD_OFFER_TID_MAX)
         return 0; /* (the result goes by ZeroMQ only, as every result does) */
+    uint64_t claim = tid | GMPD_REPLY_WRITING | ((uint64_t)(mid + 1) << GMPD_REPLY_WRITER_SHIFT);
     for (uint32_t i = 0; i < GMPD_OFFER_SLOTS; i++) {
         gmpd_offer *o = gmpd_node_offer(nd, i);
         uint64_t want = tid;
@@ -98,8 +99,7 @@ int gmpd_offer_reply(gmpd_node *nd, uint64_t tid, uint32_t status, const void *b
             continue;
         /* acq_rel: claims the reply area; the client's re-use of the slot
          * (a CAS of want) cannot happen while the claim holds. */
-        if (!__atomic_compare_exchange_n(&o->want, &want, tid | GMPD_REPLY_WRITING, 0, __ATOMIC_ACQ_REL,
-                                         __ATOMIC_RELAXED))
+        if (!__atomic_compare_exchange_n(&o->want, &want, claim, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
             continue;
         o->status = status;
         o->rlen = len;
@@ -120,4 +120,22 @@ void gmpd_offer_poke(gmpd_node *nd, uint32_t slot)
     /* release: what the poker wrote before is visible to the woken thread. */
     __atomic_add_fetch(&o->wake, 1, __ATOMIC_RELEASE);
     gmpd_futex_wake(&o->wake, 1 << 30);
+}
+
+/* Runs in: the coordinator, after M `mid` died: replies it was writing are
+ * given up (the client has the result by ZeroMQ; the slot is free again).
+ * Returns how many. */
+int gmpd_offer_unclaim(gmpd_node *nd, uint32_t mid)
+{
+    int n = 0;
+    for (uint32_t i = 0; i < GMPD_OFFER_SLOTS; i++) {
+        gmpd_offer *o = gmpd_node_offer(nd, i);
+        uint64_t want = __atomic_load_n(&o->want, __ATOMIC_ACQUIRE);
+        if ((want & GMPD_REPLY_WRITING) && ((want >> GMPD_REPLY_WRITER_SHIFT) & 0x3ffu) == mid + 1 &&
+            __atomic_compare_exchange_n(&o->want, &want, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+            gmpd_offer_poke(nd, i);
+            n++;
+        }
+    }
+    return n;
 }

@@ -24,7 +24,8 @@ uint64_t gmpd_offer_load(gmpd_node *nd, uint32_t slot);
 int gmpd_offer_cas(gmpd_node *nd, uint32_t slot, uint64_t old, uint64_t new_);
 int gmpd_offer_put(gmpd_node *nd, uint64_t tid, const void *buf, uint32_t len, uint32_t lanes, uint32_t *slot,
                    uint32_t *seq);
-int gmpd_offer_reply(gmpd_node *nd, uint64_t tid, uint32_t status, const void *buf, uint32_t len);
+int gmpd_offer_reply(gmpd_node *nd, uint32_t mid, uint64_t tid, uint32_t status, const void *buf, uint32_t len);
+int gmpd_offer_unclaim(gmpd_node *nd, uint32_t mid);
 void gmpd_offer_poke(gmpd_node *nd, uint32_t slot);
 int gmpd_offer_take(gmpd_node *nd, uint32_t mid, uint32_t *seq);
 

@@ -30,7 +30,9 @@
 #define GMPD_OFFER_SLOTS 8u           /* root tasks a client on the node may offer at once */
 #define GMPD_OFFER_BYTES 3968u        /* payload bytes of one offer */
 #define GMPD_REPLY_BYTES 4096u        /* result bytes an M writes back into it: a slot is two pages */
-#define GMPD_REPLY_WRITING (1ull << 63) /* in gmpd_offer.want while an M writes the reply */
+#define GMPD_REPLY_WRITING (1ull << 63) /* in gmpd_offer.want while an M writes the reply, */
+#define GMPD_REPLY_WRITER_SHIFT 48     /* with that M's index + 1 in bits 48..57 */
+#define GMPD_OFFER_TID_MAX ((1ull << GMPD_REPLY_WRITER_SHIFT) - 1) /* larger task ids are never offered */
 
 /* P status values: Go's numbers, so scheddetail output is comparable. */
 enum gmpd_pstatus {
@@ -163,8 +165,8 @@ typedef struct gmpd_offer {
     uint32_t len;    /* payload bytes */
     uint8_t _pad0[GMPD_CACHELINE - 20];
     /* line 1: the reply, for a client thread waiting on the task's result */
-    uint64_t want;   /* tid whose result is wanted here (| REPLY_WRITING while an M
-                      * writes it), 0: none; CAS only */
+    uint64_t want;   /* tid whose result is wanted here (| REPLY_WRITING | writer M + 1
+                      * while an M writes it), 0: none; CAS only */
     uint64_t done;   /* tid whose result is in place (stored last, release) */
     uint32_t wake;   /* futex word: bumped by each reply, and by the client (poke) */
     uint32_t status; /* the result's status (gmpd.wire) */

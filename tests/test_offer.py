@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ import gmpd
 from gmpd import offer, runq
 from gmpd.coordinator import Coordinator
 from gmpd.g import GState
-from gmpd.native import OFFER_BYTES, OFFER_SLOTS
+from gmpd.native import OFFER_BYTES, OFFER_SLOTS, REPLY_BYTES
 from gmpd.offer import Offer
 from gmpd.sched import Counter
 from gmpd.shm import NodeMemory
@@ -91,7 +92,14 @@ def test_a_taken_offer_is_started_on_its_m_whichever_side_comes_first(nm: NodeMe
 def coordinator(nm: NodeMemory) -> types.SimpleNamespace:
     """The parts of a Coordinator its offer recovery reads, around ``nm``."""
     c = types.SimpleNamespace(nm=nm, nprocs=nm.node.nprocs, ms={})
-    for name in ("accepted", "root_gs", "recover_offers", "withdraw_lost_offers"):
+    for name in (
+        "accepted",
+        "root_gs",
+        "recover_offers",
+        "withdraw_lost_offers",
+        "settle_deferred",
+        "place_offered",
+    ):
         setattr(c, name, functools.partial(getattr(Coordinator, name), c))
     return c
 
@@ -122,7 +130,7 @@ def test_an_m_that_dies_taking_an_offer_loses_no_task(nm: NodeMemory, step: str,
     slot, seq, h = take(nm, 7, step, acked=acked)
     c = coordinator(nm)
     c.recover_offers(M1, runq.recover_m(nm.node, M1))
-    c.withdraw_lost_offers(M1)
+    c.withdraw_lost_offers(M1, set())
     if step == "put":  # its G is in the P's runnext: the queue holds it
         assert live_roots(nm, 7) == [h] and nm.node.g_info(h)[0] == GState.RUNNABLE
         if acked:
@@ -143,21 +151,59 @@ def test_a_queued_offer_whose_g_died_with_its_m_runs_the_usual_way(nm: NodeMemor
     slot, seq, h = take(nm, 7, "put", acked=False)
     offer.queued(nm.node, slot, seq, M1)
     c = coordinator(nm)
-    c.withdraw_lost_offers(M1)
+    c.withdraw_lost_offers(M1, set())
     assert state(nm, slot) == (seq, M1, Offer.QUEUED)  # its G waits in a queue: it stays
     nm.node.g_free(h)  # (recovery frees the root Gs a dead M was running)
-    c.withdraw_lost_offers(M1)
+    c.withdraw_lost_offers(M1, set())
     assert state(nm, slot) == (seq, -1, Offer.WITHDRAWN)
     assert offer.settle(nm.node, slot, seq) == -1
+
+
+def test_a_queued_offer_whose_g_a_thief_ran_when_it_died_runs_the_usual_way(nm: NodeMemory) -> None:
+    """M1 queued it, M2 stole it and died running it: M1's slot goes too."""
+    slot, seq, h = take(nm, 7, "put", acked=False)
+    offer.queued(nm.node, slot, seq, M1)
+    nm.node.g_free(h)  # (recovery of M2 frees the root G it was running: ``freed``)
+    coordinator(nm).withdraw_lost_offers(M1 + 1, {7})
+    assert state(nm, slot) == (seq, -1, Offer.WITHDRAWN)
+
+
+def test_a_deferred_offer_that_finished_before_it_was_settled_frees_its_slot(nm: NodeMemory) -> None:
+    """The coordinator deferred the offer, an M took and ran it, and the
+    client's Finished came before the next look (the root is gone): the
+    slot is the client's again (it leaked, and offers stopped after 8)."""
+    slot, seq, _h = take(nm, 7, "put", acked=False)
+    offer.queued(nm.node, slot, seq, M1)
+    c = coordinator(nm)
+    c.deferred, c.roots = {7: (slot, seq, 0.0)}, {}
+    c.settle_deferred(1.0)
+    assert state(nm, slot) == (seq, -1, Offer.FREE) and not c.deferred
+
+
+def test_a_reply_is_written_once_for_the_task_that_wants_it(nm: NodeMemory) -> None:
+    slot, _seq = nm.node.offer_put(7, b"payload") or (-1, -1)
+    assert nm.node.offer_result(slot, 7) is None
+    assert not nm.node.offer_reply(M1, 8, 0, b"other")  # no slot wants task 8
+    assert nm.node.offer_reply(M1, 7, 0, b"result")
+    assert nm.node.offer_result(slot, 7) == (0, b"result")
+    assert not nm.node.offer_reply(M1 + 1, 7, 0, b"again")  # (a second run: written once)
+    assert not nm.node.offer_reply(M1, 7, 0, b"x" * (REPLY_BYTES + 1))
+    assert nm.node.offer_unclaim(M1) == 0  # (nothing half written)
 
 
 def test_a_task_alone_in_flight_is_offered_to_a_spinning_m() -> None:
     """spin_ms long enough that an M spins whenever the next task comes."""
     with gmpd.Executor(2, spin_ms=500) as ex:
-        assert ex.submit(add, 0, 1).result(timeout=30) == 1
+        assert [ex.submit(add, i, 1).result(timeout=30) for i in range(300)] == list(range(1, 301))
         before = ex.statistics().offers_taken
         assert [ex.submit(add, i, 1).result(timeout=30) for i in range(50)] == list(range(1, 51))
-        assert ex.statistics().offers_taken - before >= 40
+        assert ex.statistics().offers_taken - before >= 40  # (slots leaked once: offers stopped)
+        nm = ex._cluster.nm
+        assert nm is not None
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(state(nm, s)[2] != Offer.FREE for s in range(OFFER_SLOTS)):
+            time.sleep(0.01)
+        assert [state(nm, s)[2] for s in range(OFFER_SLOTS)] == [Offer.FREE] * OFFER_SLOTS
 
 
 def test_offers_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
