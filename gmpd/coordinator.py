@@ -627,6 +627,12 @@ class Coordinator:
         crashed = self.running and not (code == RETIRED and self.nm.node.m_info(m)[3] == 0)
         if crashed:
             self.count(Counter.MLOST)
+        state, _curg, p, *_ = self.nm.node.m_info(m)
+        if state == MState.SPINNING and p >= 0:  # killed inside spin(): its count would stay
+            # (Without this a SIGKILLed spinner left NMSPINNING at 1: may_spin
+            # said no to every M after, and no M took an offer any more.)
+            self.nm.node.sched_add(Counter.NMSPINNING, -1)
+            self.nm.node.m_set(m, state=MState.EXITING)
         self.nm.node.m_set_deadline(m, 0)  # (sysmon would act on it again)
         if info is None or info.pid != pid:  # its Hello is not in yet (or never will be): it held nothing
             self.dead_pids.add(pid)

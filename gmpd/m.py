@@ -618,8 +618,10 @@ class M:
                     return g
             return 0
         finally:
-            self.node.sched_add(Counter.NMSPINNING, -1)
+            # State first: killed in between, we leave the count high (the
+            # coordinator gives back a SPINNING M's count), never low.
             self.node.m_set(self.m, state=MState.IDLE)
+            self.node.sched_add(Counter.NMSPINNING, -1)
 
     def stopm(self) -> None:
         """Park on the futex until woken, then ask for a P."""

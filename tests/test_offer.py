@@ -8,9 +8,12 @@ offer.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import random
 import signal
+import threading
 import time
 import types
 from collections.abc import Iterator
@@ -20,6 +23,7 @@ import pytest
 
 import gmpd
 from gmpd import offer, runq
+from gmpd.chaos import m_pids
 from gmpd.coordinator import Coordinator
 from gmpd.g import GState
 from gmpd.native import OFFER_BYTES, OFFER_SLOTS, REPLY_BYTES
@@ -246,3 +250,54 @@ def test_an_offered_task_survives_its_m_being_killed(
         stats = ex.statistics()
         assert stats.m_lost == 1 and stats.worker_lost == 0, stats
         assert [ex.submit(add, i, 1).result(timeout=30) for i in range(5)] == list(range(1, 6))
+
+
+def spin_for(ms: float, x: int) -> int:
+    end = time.perf_counter() + ms / 1000
+    while time.perf_counter() < end:
+        pass
+    return x
+
+
+@pytest.mark.fault
+@pytest.mark.timeout(120)
+def test_lone_tasks_under_sigkills_all_finish_and_no_slot_is_lost() -> None:
+    """Tasks alone in flight (all offered while an M spins) for 6 s while a
+    thread SIGKILLs a random M every ~80 ms: every result is right, and
+    afterwards every slot is free and offers go on."""
+    stop = threading.Event()
+    kills = 0
+
+    def killer(ex: gmpd.Executor) -> None:
+        nonlocal kills
+        rng = random.Random(5)
+        while not stop.wait(rng.uniform(0.04, 0.12)):
+            pids = m_pids(ex)
+            if pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rng.choice(pids), signal.SIGKILL)
+                    kills += 1
+
+    with gmpd.Executor(2, spin_ms=500, retries=1000) as ex:
+        thread = threading.Thread(target=killer, args=(ex,), daemon=True)
+        thread.start()
+        deadline, n = time.monotonic() + 6, 0
+        try:
+            while time.monotonic() < deadline:
+                assert ex.submit(spin_for, (n % 4) * 0.5, n).result(timeout=60) == n
+                n += 1
+        finally:
+            stop.set()
+            thread.join()
+        assert kills >= 20 and n >= 100, (kills, n)
+        stats = ex.statistics()
+        assert stats.worker_lost == 0 and stats.offers_taken > n // 4, stats
+        before = stats.offers_taken
+        assert [ex.submit(add, i, 1).result(timeout=30) for i in range(50)] == list(range(1, 51))
+        assert ex.statistics().offers_taken - before >= 40
+        nm = ex._cluster.nm
+        assert nm is not None
+        end = time.monotonic() + 5
+        while time.monotonic() < end and any(state(nm, s)[2] != Offer.FREE for s in range(OFFER_SLOTS)):
+            time.sleep(0.01)
+        assert [state(nm, s)[2] for s in range(OFFER_SLOTS)] == [Offer.FREE] * OFFER_SLOTS
