@@ -195,19 +195,25 @@ def test_a_reply_is_written_once_for_the_task_that_wants_it(nm: NodeMemory) -> N
     assert nm.node.offer_unclaim(M1) == 0  # (nothing half written)
 
 
+def offers_go_on(ex: gmpd.Executor) -> None:
+    """50 more lone tasks: most are taken from their slots, and afterwards
+    every slot is free."""
+    before = ex.statistics().offers_taken
+    assert [ex.submit(add, i, 1).result(timeout=30) for i in range(50)] == list(range(1, 51))
+    assert ex.statistics().offers_taken - before >= 40
+    nm = ex._cluster.nm
+    assert nm is not None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(state(nm, s)[2] != Offer.FREE for s in range(OFFER_SLOTS)):
+        time.sleep(0.01)
+    assert [state(nm, s)[2] for s in range(OFFER_SLOTS)] == [Offer.FREE] * OFFER_SLOTS
+
+
 def test_a_task_alone_in_flight_is_offered_to_a_spinning_m() -> None:
     """spin_ms long enough that an M spins whenever the next task comes."""
     with gmpd.Executor(2, spin_ms=500) as ex:
         assert [ex.submit(add, i, 1).result(timeout=30) for i in range(300)] == list(range(1, 301))
-        before = ex.statistics().offers_taken
-        assert [ex.submit(add, i, 1).result(timeout=30) for i in range(50)] == list(range(1, 51))
-        assert ex.statistics().offers_taken - before >= 40  # (slots leaked once: offers stopped)
-        nm = ex._cluster.nm
-        assert nm is not None
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(state(nm, s)[2] != Offer.FREE for s in range(OFFER_SLOTS)):
-            time.sleep(0.01)
-        assert [state(nm, s)[2] for s in range(OFFER_SLOTS)] == [Offer.FREE] * OFFER_SLOTS
+        offers_go_on(ex)  # (slots leaked once: offers stopped)
 
 
 def test_offers_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -292,12 +298,4 @@ def test_lone_tasks_under_sigkills_all_finish_and_no_slot_is_lost() -> None:
         assert kills >= 20 and n >= 100, (kills, n)
         stats = ex.statistics()
         assert stats.worker_lost == 0 and stats.offers_taken > n // 4, stats
-        before = stats.offers_taken
-        assert [ex.submit(add, i, 1).result(timeout=30) for i in range(50)] == list(range(1, 51))
-        assert ex.statistics().offers_taken - before >= 40
-        nm = ex._cluster.nm
-        assert nm is not None
-        end = time.monotonic() + 5
-        while time.monotonic() < end and any(state(nm, s)[2] != Offer.FREE for s in range(OFFER_SLOTS)):
-            time.sleep(0.01)
-        assert [state(nm, s)[2] for s in range(OFFER_SLOTS)] == [Offer.FREE] * OFFER_SLOTS
+        offers_go_on(ex)
