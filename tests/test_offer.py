@@ -299,3 +299,35 @@ def test_lone_tasks_under_sigkills_all_finish_and_no_slot_is_lost() -> None:
         stats = ex.statistics()
         assert stats.worker_lost == 0 and stats.offers_taken > n // 4, stats
         offers_go_on(ex)
+
+
+def pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@pytest.mark.fault
+def test_an_offered_task_whose_m_is_stopped_runs_again_and_its_caller_gets_one_result() -> None:
+    """SIGSTOP the M running an offered task while its caller waits on the
+    slot: past the lease TTL the task runs on another M, whose result
+    reaches the caller; the stopped M, resumed, cannot deliver a second."""
+    with gmpd.Executor(2, lease_ttl=0.5, spin_ms=500) as ex:
+        assert [ex.submit(add, i, 1).result(timeout=30) for i in range(5)] == list(range(1, 6))
+        for _ in range(10):  # (an M spins nearly always now; the task is then taken from its slot)
+            before = ex.statistics().offers_taken
+            fut = ex.submit(pid_after, 0.5)
+            time.sleep(0.2)
+            if ex.statistics().offers_taken == before + 1:
+                break
+            fut.result(timeout=30)
+        assert ex.statistics().offers_taken == before + 1
+        victim = next(m.pid for m in ex.statistics().ms if m.curg)
+        os.kill(victim, signal.SIGSTOP)
+        try:
+            assert fut.result(timeout=30) != victim
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # (fenced: killed already)
+                os.kill(victim, signal.SIGCONT)
+        stats = ex.statistics()
+        assert stats.fenced == 1 and stats.worker_lost == 0, stats
+        offers_go_on(ex)
