@@ -332,9 +332,13 @@ class Coordinator:
         it: its long-poll is answered empty now."""
         if self.nm.node.m_info(info.m)[0] == MState.SPINNING:
             return True
+        self.answer_empty(info)
+        return False
+
+    def answer_empty(self, info: MInfo) -> None:
+        """Answer M ``info``'s long-poll with no work."""
         info.waiting = None
         self.send(info.ident, wire.Work(0, [], []))
-        return False
 
     def spinning(self) -> int:
         return sum(1 for info in self.ms.values() if info.waiting is not None)
@@ -711,13 +715,17 @@ class Coordinator:
         gone (its result may have died in m's socket), runs the usual way."""
         node = self.nm.node
         for slot, seq, owner, tid, _state in offer.held(node, (Offer.QUEUED,)):
-            live = False
-            if owner == m and tid not in freed:
-                for h in self.root_gs(tid):
-                    g = node.g_info(h)
-                    live = live or g[0] == GState.RUNNABLE or (g[0] == GState.RUNNING and g[8] - 1 in self.ms)
-            if tid in freed or (owner == m and not live):
+            if tid in freed or (owner == m and not self.root_live(tid)):
                 node.offer_cas(slot, (seq, owner, Offer.QUEUED), (seq, -1, Offer.WITHDRAWN))
+
+    def root_live(self, tid: int) -> bool:
+        """Whether a root G of task ``tid`` is queued, or run by a live M."""
+        node = self.nm.node
+        for h in self.root_gs(tid):
+            state, owner = node.g_info(h)[0], node.g_info(h)[8] - 1
+            if state == GState.RUNNABLE or (state == GState.RUNNING and owner in self.ms):
+                return True
+        return False
 
     def root_gs(self, tid: int) -> list[int]:
         """Handles of the root Gs of task ``tid`` in every arena."""
@@ -1112,8 +1120,7 @@ class Coordinator:
         if info is not None and info.waiting is not None:
             # It runs the task: answer its long-poll now, so that no batch
             # waits in its socket behind the task.
-            info.waiting = None
-            self.send(info.ident, wire.Work(0, [], []))
+            self.answer_empty(info)
 
     def m_looking(self) -> bool:
         """Whether an M holding a P is between Gs (it looks at the offers

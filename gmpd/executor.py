@@ -463,7 +463,7 @@ class _ClientIO(threading.Thread):
         result came) can overtake the Submit."""
         tid = fut._tid
         task = [(tid, payload)]
-        frame = wire.Submit(task, self.take_options(task))
+        options, offers = self.take_options(task), []
         cluster = self.cluster
         with self.send_lock:
             nm = cluster.nm
@@ -475,8 +475,8 @@ class _ClientIO(threading.Thread):
                 if offered is not None:
                     self.lanes[offered[0]] = fut
                     fut._lane = offered[0]
-                    frame = wire.Submit(frame.tasks, frame.options, [[tid, *offered, nm.node.creator_pid]])
-            self.sock.send(wire.encode(frame), copy=False)
+                    offers = [[tid, *offered, nm.node.creator_pid]]
+            self.sock.send(wire.encode(wire.Submit(task, options, offers)), copy=False)
             if fut._lane >= 0:
                 # The wake last: on 2 cores the woken M would take this
                 # thread's CPU before the Submit was out (measured: the

@@ -468,16 +468,7 @@ class M:
         assert runq is not None
         items: list[tuple[int, bytes] | int] = [*roots, *locals_]
         for n, item in enumerate(items, 1):
-            if isinstance(item, tuple):
-                tid, payload = item
-                try:
-                    h = node.g_new(self.p, payload, root_id=tid)
-                except MemoryError as exc:  # fails this task only, never the M
-                    err = error_payload(GmpdError(f"task too large: {exc}"))
-                    self.add_result(tid, wire.RAISED, err, 0, time.monotonic())
-                    h = 0
-            else:
-                h = item
+            h = self.new_root(*item) if isinstance(item, tuple) else item
             if h and (batch := runq.put_next(h) if n == 1 else runq.put(h)) is not None:
                 self.spill(batch)
             if seq:
@@ -523,11 +514,7 @@ class M:
             return 0
         slot, seq, tid, payload = got
         offer_crash("taken")
-        try:
-            h = self.node.g_new(self.p, payload, root_id=tid)
-        except MemoryError as exc:  # fails this task only, never the M
-            self.add_result(tid, wire.RAISED, error_payload(GmpdError(f"task too large: {exc}")), 0, 0.0)
-            h = 0
+        h = self.new_root(tid, payload)
         offer_crash("made")
         if h and (batch := self.runq.put_next(h)) is not None:
             self.spill(batch)
@@ -535,6 +522,17 @@ class M:
         offer.queued(self.node, slot, seq, self.m)
         self.node.sched_add(Counter.OFFERS, 1)
         return self.next_queued() if h else 0
+
+    def new_root(self, tid: int, payload: bytes) -> int:
+        """Root task ``tid`` as a G in our P's arena, or 0: a task too large
+        for it fails alone, never the M."""
+        try:
+            return self.node.g_new(self.p, payload, root_id=tid)
+        except MemoryError as exc:
+            self.add_result(
+                tid, wire.RAISED, error_payload(GmpdError(f"task too large: {exc}")), 0, time.monotonic()
+            )
+            return 0
 
     def take_reply(self, reply: wire.Message) -> int:
         """get_work's answer: queue its batch; the G to run first (0 if none)."""
@@ -553,9 +551,9 @@ class M:
 
     # ---- the schedule loop (gmpd.sched, steps 1-6) -------------------------
 
-    def may_spin(self) -> bool:
+    def may_spin(self, sched: tuple[int, ...] | None = None) -> bool:
         """Go: become spinning only while spinners are under half the busy Ps."""
-        sched = self.node.sched()
+        sched = sched or self.node.sched()
         return 2 * sched[Counter.NMSPINNING] < self.nprocs - sched[Counter.NPIDLE]
 
     def steal(self, spinning: bool) -> int:
@@ -593,8 +591,9 @@ class M:
         g = self.take_offer()
         if not g:
             self.flush()  # out of local work: results wait for no company (nor for a steal)
-        spin = self.may_spin()
-        if not g and (self.node.sched()[Counter.GRQLEN] or not spin):
+        sched = self.node.sched()
+        spin = self.may_spin(sched)
+        if not g and (sched[Counter.GRQLEN] or not spin):
             # (With the global queue empty a spinning M's long-poll asks
             # anyway: spinning at once spares a round trip, and a task the
             # client submits meanwhile is offered to us.)

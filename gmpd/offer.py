@@ -2,14 +2,17 @@
 
 A task submitted alone (nothing else in flight) by the client on the node
 goes two ways at once.  The client writes it into a free offer slot of the
-node's memory and futex-wakes a spinning M (native/offer.c, under the
-client's send lock), then sends the Submit to the coordinator as always,
-naming the slot.  The M takes the offer, queues it as a root G in its own P
-and runs it, without waiting for the coordinator: two ZeroMQ hops and the
-coordinator's loop leave the latency path.  The coordinator stays the owner
-of the root table: when it reads the Submit it settles the slot, and the
-task is either started on the M that took it, or (no M took it) queued in
-the global run queue as if it had never been offered.
+node's memory (native/offer.c, under the client's send lock), sends the
+Submit to the coordinator as always, naming the slot, and then writes a
+byte to a FIFO in its run directory that spinning Ms poll.  An M holding a
+P (spinning, or whose queue ran dry) takes the offer, queues it as a root G
+in its own P and runs it, without waiting for the coordinator; whichever M
+runs the G writes the result back into the slot, where the caller waits on
+a futex.  The coordinator stays the owner of the root table: when it reads
+the Submit it settles the slot, and the task is either started on the M
+that took it, or (no M took it) queued in the global run queue as if it
+had never been offered.  An offer still untaken when its Submit is read
+waits up to 1 ms if an M between Gs is about to look (``deferred``).
 
 Slot states, and who moves them (each move is one CAS of the slot's state
 word ``[seq][owner M + 1][state]``; ``seq`` counts the slot's offers)::
@@ -23,14 +26,15 @@ word ``[seq][owner M + 1][state]``; ``seq`` counts the slot's offers)::
     OFFERED   -coordinator reads Submit-> FREE        (no M took it: global queue)
     WITHDRAWN -coordinator reads Submit-> FREE        (global queue)
 
-After M m died (the coordinator's recovery, ``recover_dead``): a TAKEN(m) or
+After M m died (the coordinator's ``recover_offers``): a TAKEN(m) or
 ACKED(m) slot whose G never reached a queue has that G freed; TAKEN becomes
 WITHDRAWN (the Submit, still unread, queues the task as usual) and ACKED
 FREE (the root is started and held nowhere: recovery's census runs it
-again).  If the G did reach a queue, TAKEN becomes QUEUED and ACKED FREE: the
-queue holds it.  A QUEUED(m) slot whose Submit is unread and whose G is gone
-(it was running on m) becomes WITHDRAWN (``withdraw_lost``).  So a task is
-never lost and, but for a run that died with its M, never runs twice.
+again).  If the G did reach a queue, TAKEN becomes QUEUED and ACKED FREE:
+the queue holds it.  A QUEUED slot (its Submit unread) whose run died with
+an M, or m's own whose G is gone, becomes WITHDRAWN
+(``withdraw_lost_offers``).  A reply m was writing is given up.  So a task
+is never lost and, but for a run that died with its M, never runs twice.
 
 Runs in: the client (offer), the Ms (take, queued) and the coordinator
 (settle, recovery).
@@ -42,7 +46,7 @@ import enum
 
 from gmpd.native import OFFER_SLOTS, Node
 
-__all__ = ["OFFER_FIFO", "OFFER_SLOTS", "Offer", "queued", "settle"]
+__all__ = ["OFFER_FIFO", "OFFER_SLOTS", "Offer", "held", "queued", "settle", "untaken"]
 
 OFFER_FIFO = "offer"  # in the client's run directory: a byte written there wakes spinning Ms
 

@@ -173,23 +173,20 @@ class Welcome(Message):
     nprocs: int
 
 
-def _options(v: Any) -> list[list[int]]:
-    """Submit options: [tid, retries, timeout_ms] items."""
-    out = _list(_list(U64))(v)
-    if any(len(item) != 3 for item in out):
-        raise WireError("expected [tid, retries, timeout_ms] items")
-    return out  # type: ignore[no-any-return]
+def _rows(*names: str) -> Check:
+    """A list of [u64, ...] items, one value per name."""
+    shape = f"expected [{', '.join(names)}] items"
+
+    def check(v: Any) -> list[list[int]]:
+        out = _list(_list(U64))(v)
+        if any(len(item) != len(names) for item in out):
+            raise WireError(shape)
+        return out  # type: ignore[no-any-return]
+
+    return check
 
 
-def _offers(v: Any) -> list[list[int]]:
-    """Submit offers: [tid, slot, seq, node] items (gmpd.offer)."""
-    out = _list(_list(U64))(v)
-    if any(len(item) != 4 for item in out):
-        raise WireError("expected [tid, slot, seq, node] items")
-    return out  # type: ignore[no-any-return]
-
-
-@_message(3, _tasks, _options, _offers)
+@_message(3, _tasks, _rows("tid", "retries", "timeout_ms"), _rows("tid", "slot", "seq", "node"))
 @dataclass(frozen=True, slots=True)
 class Submit(Message):
     tasks: list[tuple[int, bytes]]

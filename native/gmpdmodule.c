@@ -1133,7 +1133,7 @@ static PyObject *node_offer_put(NodeObject *self, PyObject *args)
     gmpd_node *nd = self->nd;
     if (buf.len <= GMPD_OFFER_BYTES &&
         (gmpd_sched_load(nd, GMPD_SC_NMSPINNING) > 0 || gmpd_sched_load(nd, GMPD_SC_NPIDLE) < nd->nprocs))
-        r = gmpd_offer_put(self->nd, tid, buf.buf, (uint32_t)buf.len, lanes, &slot, &seq);
+        r = gmpd_offer_put(nd, tid, buf.buf, (uint32_t)buf.len, lanes, &slot, &seq);
     PyBuffer_Release(&buf);
     if (r != GMPD_OK)
         Py_RETURN_NONE;

@@ -8,7 +8,7 @@
  *     gmpd_node header            one page
  *     gmpd_p   ps[nprocs]         cache-line aligned, hot words on own lines
  *     gmpd_m   ms[nms]            cache-line aligned
- *     gmpd_offer offers[GMPD_OFFER_SLOTS]   one page each (offer.c)
+ *     gmpd_offer offers[GMPD_OFFER_SLOTS]   two pages each (offer.c)
  *
  * Every field that more than one process touches is read and written with
  * __atomic builtins only; the comment on each access names its memory order.

@@ -99,6 +99,7 @@ def coordinator(nm: NodeMemory) -> types.SimpleNamespace:
     for name in (
         "accepted",
         "root_gs",
+        "root_live",
         "recover_offers",
         "withdraw_lost_offers",
         "settle_deferred",
