@@ -581,7 +581,8 @@ class M:
         g = 0
         if tick % FAIRNESS_TICK == 0 and tick != self.fair_tick and tick > 0:
             self.fair_tick = tick  # once per tick: runnext chains do not advance it
-            g = self.get_work(1, 0)
+            if self.node.sched()[Counter.GRQLEN]:  # (Go: only if the global queue is not empty)
+                g = self.get_work(1, 0)
         runq = self.runq
         if g or runq is None:
             return g, False
