@@ -98,8 +98,9 @@ def test_table_marks_the_best_cell_and_gives_the_ratio() -> None:
 def test_memory_of_an_idle_cluster_stays_flat_after_a_million_tasks() -> None:
     """bench/memory.py: USS of the coordinator and every M after 200k tasks
     and again after 1M more; it exits 1 if any grew by 4 MiB or more (a leak
-    of 4 bytes a task would show), measured again after 200k more if so
-    (the coordinator's heap after a burst varies by a few MiB)."""
+    of 4 bytes a task would show) and, if so, again over 1M more (the
+    coordinator's heap after a burst varies by a few MiB; a leak grows
+    again, fragmentation does not)."""
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run(
         [sys.executable, str(root / "bench" / "memory.py"), "--json"],
@@ -110,7 +111,7 @@ def test_memory_of_an_idle_cluster_stays_flat_after_a_million_tasks() -> None:
     )
     report = json.loads(proc.stdout.splitlines()[-1]) if proc.stdout else {}
     assert proc.returncode == 0, (report, proc.stderr)
-    assert report["tasks"] == (1_200_000 if report["remeasured"] is None else 1_400_000)
+    assert report["tasks"] == (1_200_000 if report["remeasured"] is None else 2_200_000)
     assert set(report["after_mib"]) >= {"coordinator", "m0", "m1"}
     assert "coordinator" in report["judged"] and len(report["judged"]) >= 2, "at least one warm M judged"
     assert report["gtab_resident_bytes"] < 1 << 20, "the G table gave its pages back"
