@@ -722,7 +722,8 @@ class Coordinator:
         """Whether a root G of task ``tid`` is queued, or run by a live M."""
         node = self.nm.node
         for h in self.root_gs(tid):
-            state, owner = node.g_info(h)[0], node.g_info(h)[8] - 1
+            g = node.g_info(h)
+            state, owner = g[0], g[8] - 1
             if state == GState.RUNNABLE or (state == GState.RUNNING and owner in self.ms):
                 return True
         return False
