@@ -67,7 +67,12 @@ from gmpd.runq import PStatus
 from gmpd.sched import RETIRED, Counter, Doom, MState
 from gmpd.shm import NodeMemory
 
-SLOW_TIMER_S = 0.05  # lease expiry and heap trimming are checked this often
+# Lease expiry and heap trimming are checked every lease TTL / SLOW_TIMERS_PER_TTL,
+# at most every SLOW_TIMER_MAX_S: every 0.25 s with the 5 s default, so a
+# stopped M is fenced within 5% of its TTL.  (Every 50 ms, these wake-ups
+# cost ~5 ms of CPU a second on a busy 2-core node: ~250 us each, cold.)
+SLOW_TIMERS_PER_TTL = 20
+SLOW_TIMER_MAX_S = 0.25
 STARTED_DELAY_S = 0.001  # Started waits this long, so that quick tasks need none
 LOOKING = (MState.NEW, MState.WAKING)  # an M in these states asks for a P next
 STARTING_S = 2.0  # an M that said no Hello this long after it started no longer holds off newm
@@ -232,6 +237,7 @@ class Coordinator:
         self.running = True
         self.busy_since_trim, self.last_trim = False, 0.0
         self.started_due = self.next_slow_timer = 0.0
+        self.slow_timer_s = min(SLOW_TIMER_MAX_S, self.lease_ttl / SLOW_TIMERS_PER_TTL)
 
     def count(self, counter: Counter, n: int = 1) -> None:
         """A node counter (Executor.statistics() reads them)."""
@@ -1253,13 +1259,13 @@ class Coordinator:
         if self.out_started and now >= self.started_due:
             self.send_started()
         if now >= self.next_slow_timer:
-            self.next_slow_timer = now + SLOW_TIMER_S
+            self.next_slow_timer = now + self.slow_timer_s
             self.expire_leases(now)
             self.trim_when_idle(now)
 
     def poll_timeout(self, now: float) -> int:
         """Milliseconds until a timer is due.  An idle coordinator sleeps
-        SLOW_TIMER_S (it used 2% of a core polling every 2 ms, CPU that a
+        its slow timer (it used 2% of a core polling every 2 ms, CPU that a
         2-core farm misses); queued work with an idle P keeps it at 1 ms, in
         case an M that was between releasing its P and parking missed wakep."""
         due = self.next_slow_timer

@@ -39,13 +39,14 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor as _BaseExecutor
 from concurrent.futures import Future, InvalidStateError
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
+from concurrent.futures._base import FINISHED, PENDING, RUNNING
 from typing import Any
 
 import zmq
 
 from gmpd import config, wire
 from gmpd.errors import ClusterLost, CoordinatorLost, GmpdError
+from gmpd.future import LazyFuture, lazy_lock
 from gmpd.g import encode_task, run_chunk
 from gmpd.m import load_outcome
 from gmpd.offer import OFFER_FIFO, OFFER_SLOTS
@@ -223,41 +224,7 @@ CANCEL_TIMEOUT = 10.0  # seconds cancel() waits for the coordinator's verdict
 LANE_WAIT = 0.05  # a thread waiting on an offered task's slot re-checks its future this often
 
 
-_ENDED = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
-# Makes TaskFuture conditions; held only for a few bytecodes that allocate
-# nothing (an allocation may run the GC, whose finalizers may touch another
-# future: a re-entry would deadlock).  A child forked while some thread held
-# it gets a fresh one.
-_LAZY = threading.Lock()
-
-
-def _fresh_lazy_lock() -> None:
-    global _LAZY  # noqa: PLW0603 (the one module lock, replaced in a forked child)
-    _LAZY = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_fresh_lazy_lock)
-
-
-class _LazyCondition:
-    """A TaskFuture's ``_condition``, made on first use (a non-data
-    descriptor: once made it sits in the instance dict and is found there).
-    A ``threading.Condition`` is ~10 GC-tracked objects and a third of a
-    submit's cost; most futures finish before anybody waits on them, so
-    most never need one (TaskFuture.set_result)."""
-
-    def __get__(self, fut: TaskFuture | None, owner: type) -> Any:
-        if fut is None:
-            return self
-        cond = fut.__dict__.get("_condition")
-        if cond is None:
-            made = threading.Condition()  # (outside the lock: it allocates)
-            with _LAZY:
-                cond = fut.__dict__.setdefault("_condition", made)
-        return cond
-
-
-class TaskFuture(Future[Any]):
+class TaskFuture(LazyFuture):
     """The future of a task submitted from this client.
 
     ``cancel()`` asks the coordinator and waits for its answer (a round
@@ -265,41 +232,21 @@ class TaskFuture(Future[Any]):
     client alone cannot know, since an M may have taken it a moment ago.
 
     Its Condition is made only when something waits, looks or adds a
-    callback (``_LazyCondition``); a result that comes first is set without
-    one, and read without one: the standard ``wait``/``as_completed``, which
-    use the Condition, work unchanged."""
-
-    _condition = _LazyCondition()
+    callback (gmpd.future); a result that comes first is set without one,
+    and read without one: the standard ``wait``/``as_completed``, which use
+    the Condition, work unchanged."""
 
     def __init__(self, io: _ClientIO, tid: int) -> None:
-        # Future.__init__'s fields, but the Condition (made on first use).
-        self._state = PENDING
-        self._result: Any = None
-        self._exception: BaseException | None = None
-        self._waiters: list[Any] = []
-        self._done_callbacks: list[Any] = []
+        super().__init__()
         self._io, self._tid = io, tid
         self._lane = -1  # the offer slot its result may come back in (gmpd.offer), -1: none
 
-    def _finish_unwatched(self, result: Any, exception: BaseException | None) -> bool:
-        """Finish without a Condition if none was ever made: then nobody
-        waits, looks or has a callback, and anyone who comes later makes
-        one (under _LAZY) and finds the state FINISHED."""
-        with _LAZY:
-            if "_condition" in self.__dict__:
-                return False
-            ended = self._state not in (PENDING, RUNNING)
-            if not ended:
-                self._result = result
-                self._exception = exception
-                self._state = FINISHED
-        if ended:
-            raise InvalidStateError(f"{self._state}: task {self._tid}")  # (repr would take _LAZY)
-        return True
+    def describe(self) -> str:
+        return f"task {self._tid}"
 
     def mark_running(self) -> None:
         """The coordinator says an M has the task (again, when retried)."""
-        with _LAZY:
+        with lazy_lock():
             if "_condition" not in self.__dict__:  # nobody looked: no Condition to make for it
                 if self._state == PENDING:
                     self._state = RUNNING
@@ -307,17 +254,9 @@ class TaskFuture(Future[Any]):
         if not self.done() and not self.running():
             self.set_running_or_notify_cancel()
 
-    def set_result(self, result: Any) -> None:
-        if not self._finish_unwatched(result, None):
-            super().set_result(result)
-
-    def set_exception(self, exception: BaseException | None) -> None:
-        if exception is None or not self._finish_unwatched(None, exception):
-            super().set_exception(exception)
-
     def result(self, timeout: float | None = None) -> Any:
         if self._state == FINISHED and self._exception is None:
-            return self._result  # (set before the state: FINISHED is final)
+            return self._result
         if self._lane >= 0 and self._state in (PENDING, RUNNING):
             # Offered: the M writes the result into node memory and wakes us
             # (the IO thread's copy, by ZeroMQ, comes after).
@@ -326,17 +265,6 @@ class TaskFuture(Future[Any]):
             if deadline is not None:
                 timeout = max(0.0, deadline - time.monotonic())
         return super().result(timeout)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        if self._state == FINISHED:
-            return self._exception
-        return super().exception(timeout)
-
-    def done(self) -> bool:
-        return self._state in _ENDED
-
-    def running(self) -> bool:
-        return self._state == RUNNING
 
     def cancel(self) -> bool:
         if self.done() or self.running():

@@ -569,6 +569,26 @@ def test_a_future_nobody_waited_on_gets_no_condition_and_works_all_the_same(ex: 
         failed.result()
 
 
+def child_futures_without_conditions() -> tuple[list[str], list[int], bool, str]:
+    kids = [gmpd.go(square, i) for i in range(20)]
+    made = [f"child {i}" for i, f in enumerate(kids) if "_condition" in vars(f)]
+    called: list[int] = []
+    kids[0].add_done_callback(lambda f: called.append(f.result()))  # before it is collected
+    total = sum(f.result() for f in kids)
+    failed = gmpd.go(boom, "child")
+    err = failed.exception()
+    return made, [*called, total], failed.done(), repr(err)
+
+
+def test_child_futures_get_no_condition_until_something_looks(ex: gmpd.Executor) -> None:
+    """A ChildFuture is a LazyFuture too: a spawn makes no Condition (10 us
+    of a gmpd.go); a callback added before the collect still runs, once."""
+    made, called, done, err = ex.submit(child_futures_without_conditions).result(timeout=60)
+    assert made == [], made
+    assert called == [0, sum(i * i for i in range(20))]
+    assert done and "ValueError('child')" in err
+
+
 def test_futures_waited_on_while_their_results_arrive_all_finish(ex: gmpd.Executor) -> None:
     """Waiters that make the Condition race the IO thread that sets results
     without one: every waiter wakes, every callback runs once."""
