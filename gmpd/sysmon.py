@@ -16,7 +16,8 @@ several times over.
 - a P whose ``schedtick`` has not moved for 10 ms (Go's forcePreemptNS)
   gets its preempt flag, and an idle P may steal its queue at once;
 - a P in SYSCALL whose ``syscalltick`` has not moved since the last round
-  is retaken (CAS on its state word, epoch + 1) unless its run queue is
+  (or whose call, stamped by its M at entry, had lasted a ``min_us`` tick
+  already when first seen) is retaken (CAS on its state word, epoch + 1) unless its run queue is
   empty, another M is spinning or a P is idle, and the syscall is under
   10 ms old (Go's rule: nothing would run on it yet);
 - then ``handoffp``: sysmon tells the coordinator (``Retaken``), which owns
@@ -144,9 +145,15 @@ class Sysmon:
                 self.pending_retake |= pd.asleep is not None or node.p_state(p)[0] == PStatus.SYSCALL
                 continue
             self.pending_retake = True
-            if pd.syscalltick != syscalltick:  # a new syscall since last round: give it one
-                pd.syscalltick, pd.syscallwhen = syscalltick, now
-                continue
+            if pd.syscalltick != syscalltick:  # a new syscall since last round
+                # Go gives it one sysmon tick (20 us at the quickest).  The M
+                # stamped its entry: one that has lasted a tick already is
+                # not given another (ours, in Python, are ~0.7 ms: a
+                # hand-off waited that long for nothing).
+                began = self.node.p_syscallwhen(p) / 1e9
+                pd.syscalltick, pd.syscallwhen = syscalltick, min(now, began)
+                if now - began < self.min_us / 1e6:
+                    continue
             sched = node.sched()
             idle_help = sched[Counter.NMSPINNING] + sched[Counter.NPIDLE] > 0
             if node.runq_empty(p) and idle_help and now - pd.syscallwhen < self.grace_s:

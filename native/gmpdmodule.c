@@ -517,6 +517,16 @@ static PyObject *node_p_ticks(NodeObject *self, PyObject *arg)
                          __atomic_load_n(&pp->preempt, __ATOMIC_RELAXED));
 }
 
+static PyObject *node_p_syscallwhen(NodeObject *self, PyObject *arg)
+{
+    uint32_t p;
+    if (!arg_p(self, arg, &p))
+        return NULL;
+    /* relaxed after sysmon's acquire load of the state word (p_state): the
+     * entersyscall CAS that made it SYSCALL published this. */
+    return PyLong_FromUnsignedLongLong(__atomic_load_n(&gmpd_node_p(self->nd, p)->syscallwhen, __ATOMIC_RELAXED));
+}
+
 static PyObject *node_schedtick(NodeObject *self, PyObject *arg)
 {
     uint32_t p;
@@ -1307,6 +1317,8 @@ static PyMethodDef node_methods[] = {
      "exitsyscall(p, m, epoch) -> bool: fast path, fails if the P was retaken"},
     {"retake", (PyCFunction)node_retake, METH_VARARGS, "retake(p, seen_state) -> new epoch | None"},
     {"p_ticks", (PyCFunction)node_p_ticks, METH_O, "p_ticks(p) -> (schedtick, syscalltick, preempt)"},
+    {"p_syscallwhen", (PyCFunction)node_p_syscallwhen, METH_O,
+     "p_syscallwhen(p) -> monotonic ns of P p's last entersyscall"},
     {"schedtick", (PyCFunction)node_schedtick, METH_O, "schedtick(p) -> int: bump and return"},
     {"set_preempt", (PyCFunction)node_set_preempt, METH_VARARGS, "set_preempt(p, flag)"},
     {"m_info", (PyCFunction)node_m_info, METH_O, "m_info(m) -> (state, curg, p, pid, heartbeat_ns, park, nrun)"},

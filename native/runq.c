@@ -820,9 +820,15 @@ int gmpd_releasep(gmpd_node *nd, uint32_t p, uint32_t mid, uint32_t epoch)
 }
 
 /* entersyscall: RUNNING -> SYSCALL, P stays with the M (Go's lazy handoff).
- * Runs in: the owner M. */
+ * The time goes first (relaxed; the CAS publishes it): sysmon, seeing the
+ * SYSCALL, knows how long the call has lasted when it first looks, as
+ * Go's sysmon knows from its 20 us ticks.  Runs in: the owner M. */
 int gmpd_entersyscall(gmpd_node *nd, uint32_t p, uint32_t mid, uint32_t epoch)
 {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    __atomic_store_n(&gmpd_node_p(nd, p)->syscallwhen, (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec,
+                     __ATOMIC_RELAXED);
     return gmpd_p_cas(nd, p, gmpd_pstate_make(GMPD_PRUNNING, (int32_t)mid, epoch),
                       gmpd_pstate_make(GMPD_PSYSCALL, (int32_t)mid, epoch));
 }

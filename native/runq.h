@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #define GMPD_MAGIC 0x31646d70676d6721ULL /* "!gmgpmd1" */
-#define GMPD_LAYOUT_VERSION 4u
+#define GMPD_LAYOUT_VERSION 5u
 #define GMPD_CACHELINE 64
 #define GMPD_RUNQ_SIZE 256u           /* len(p.runq) in Go */
 #define GMPD_RUNQ_HALF 128u           /* runqputslow moves this many + 1 */
@@ -109,7 +109,8 @@ typedef struct gmpd_p {
     uint32_t syscalltick; /* owner M or retaker; read by sysmon */
     uint32_t preempt;     /* set by sysmon, cleared by the owner */
     uint32_t id;
-    uint8_t _pad0[GMPD_CACHELINE - 24];
+    uint64_t syscallwhen; /* CLOCK_MONOTONIC ns of the last entersyscall (owner); read by sysmon */
+    uint8_t _pad0[GMPD_CACHELINE - 32];
     /* line 1: head = [tag:32][counter:32]; advanced by CAS by anyone */
     uint64_t head;
     uint8_t _pad1[GMPD_CACHELINE - 8];

@@ -356,3 +356,29 @@ def test_an_m_that_claimed_its_mark_and_blocks_again_unmarked_loses_its_p(nm: No
         mon.close()
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_syscall_that_lasted_a_tick_is_retaken_at_sysmons_first_look(nm: NodeMemory) -> None:
+    """Go gives a syscall one sysmon tick (20 us at the quickest) before it
+    retakes the P.  The M stamps its entry, so a call that has lasted that
+    long when sysmon first looks is retaken then, not a Python round later
+    (~0.7 ms: blocking_mix waited that long at each hand-off); a call that
+    has just begun is given its tick."""
+    node = nm.node
+    mon = Sysmon(nm, "ipc:///nonexistent/gmpd-test")  # (its messages only queue)
+    try:
+        for p in (0, 1):
+            assert node.acquirep(p, p, 1)
+            node.m_set(p, pid=os.getpid(), p=p, state=MState.SYSCALL)  # (as entersyscall leaves it)
+            assert node.runq(p, p).put(node.g_new(p, b"queued")) is None  # work waits behind the call
+        node.sched_add(gmpd_sched.Counter.NPIDLE, -node.sched()[gmpd_sched.Counter.NPIDLE])  # none idle
+        assert node.entersyscall(0, 0, 1)
+        time.sleep(0.001)  # P0's call has lasted 1 ms when sysmon first looks
+        assert node.entersyscall(1, 1, 1)
+        assert mon.retake(node.p_syscallwhen(1) / 1e9) == 1, "only the call that lasted a tick"
+        assert node.p_state(0)[:2] == (PStatus.IDLE, -1)
+        assert node.p_state(1)[0] == PStatus.SYSCALL, "a call just begun gets its tick"
+        assert mon.retake(time.monotonic() + 0.001) == 1
+        assert node.p_state(1)[:2] == (PStatus.IDLE, -1)
+    finally:
+        mon.close()
