@@ -19,8 +19,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import cloudpickle
 import zmq
@@ -46,6 +46,8 @@ from gmpd.sched import (
 )
 from gmpd.shm import NodeMemory
 from gmpd.sysmon import sysmon_slot
+
+T = TypeVar("T")
 
 REQUEST_TIMEOUT_MS = 10_000
 HEARTBEAT_MS = 50  # the native heartbeat's period
@@ -924,28 +926,23 @@ class M:
         else:
             node.m_set(self.m, curg=0, state=MState.IDLE)
 
-    @contextlib.contextmanager
-    def task_context(self) -> Iterator[None]:
-        """gmpd calls need the P in RUNNING: inside ``with gmpd.syscall()``
-        leave the syscall for them (the P may be another M's by now), and
-        enter it again after."""
+    def in_task(self, call: Callable[..., T], *args: Any) -> T:
+        """Run a gmpd call made by task code: it needs the P in RUNNING, so
+        inside ``with gmpd.syscall()`` leave the syscall for it (the P may
+        be another M's by now) and enter it again after.  (Not a context
+        manager: its generator cost a gmpd.go a few µs.)"""
         if not self.in_syscall:
             self.resync()
-            yield
-            return
+            return call(*args)
         self.exitsyscall()
         try:
-            yield
+            return call(*args)
         finally:
             self.entersyscall()
 
     def go(self, payload: bytes) -> ChildFuture:
         """gmpd.go inside a task: the child goes into runnext, no socket."""
-        if not self.in_syscall:  # (task_context's common case, without its generator)
-            self.resync()
-            return self.go_running(payload)
-        with self.task_context():
-            return self.go_running(payload)
+        return self.in_task(self.go_running, payload)
 
     def go_running(self, payload: bytes) -> ChildFuture:
         assert self.runq is not None
@@ -961,8 +958,7 @@ class M:
         the P's queued Gs to the global queue, where any idle P takes them,
         and clear the flag.  The running G itself cannot move (its frame is
         in this process), so this is the cooperative half of Go's preemption."""
-        with self.task_context():
-            return self.checkpoint_running()
+        return self.in_task(self.checkpoint_running)
 
     def checkpoint_running(self) -> bool:
         if self.p < 0 or self.runq is None or not self.node.p_ticks(self.p)[2]:
@@ -992,8 +988,7 @@ class M:
         Without the steal, a thief that took half our ring left us parked
         on its running G while our other children sat unstarted in its ring
         (measured: fanout makespan 1.25-1.3 x ideal in most runs)."""
-        with self.task_context():
-            return self.wait_child_running(h, timeout)
+        return self.in_task(self.wait_child_running, h, timeout)
 
     def wait_child_running(self, h: int, timeout: float | None) -> tuple[int, bytes]:
         deadline = None if timeout is None else time.monotonic() + timeout
