@@ -36,7 +36,6 @@ from gmpd.sched import (
     FAIRNESS_TICK,
     FORCE_PREEMPT_S,
     GLOBAL_BATCH,
-    PREFETCH_AT,
     RETIRED,
     STEAL_TRIES,
     Counter,
@@ -467,9 +466,7 @@ class M:
     def owns_p(self) -> bool:
         return self.p >= 0 and self.node.p_state(self.p) == (PStatus.RUNNING, self.m, self.epoch)
 
-    def take_work(
-        self, seq: int, roots: list[tuple[int, bytes]], locals_: list[int], urgent: bool = False
-    ) -> bool:
+    def take_work(self, seq: int, roots: list[tuple[int, bytes]], locals_: list[int]) -> bool:
         """Queue a global batch in our P's queue, its first G in runnext so
         that it runs next; True if any was queued.  If sysmon took our P
         while the batch was on its way, its ring and arena are another M's
@@ -479,16 +476,11 @@ class M:
             self.stash.append((seq, roots, locals_))
         placed = False
         while self.stash and self.runq is not None and self.owns_p():
-            batch = self.stash.pop(0)
-            # Its first G in runnext (it runs next) when nothing else is
-            # queued, as Go's globrunqget returns it; behind what is queued
-            # otherwise (a prefetched batch keeps the order tasks came in),
-            # but for the fairness tick's one G (``urgent``).
-            self.place(*batch, urgent or len(self.runq) == 0)
+            self.place(*self.stash.pop(0))
             placed = True
         return placed
 
-    def place(self, seq: int, roots: list[tuple[int, bytes]], locals_: list[int], first_next: bool) -> None:
+    def place(self, seq: int, roots: list[tuple[int, bytes]], locals_: list[int]) -> None:
         """Queue one batch, recording after each item how many are queued
         (``m_set_placing``): if this M dies meanwhile, recovery re-queues
         exactly the items that never reached a queue."""
@@ -497,29 +489,19 @@ class M:
         items: list[tuple[int, bytes] | int] = [*roots, *locals_]
         for n, item in enumerate(items, 1):
             h = self.new_root(*item) if isinstance(item, tuple) else item
-            if h and (batch := runq.put_next(h) if n == 1 and first_next else runq.put(h)) is not None:
+            if h and (batch := runq.put_next(h) if n == 1 else runq.put(h)) is not None:
                 self.spill(batch)
             if seq:
                 node.m_set_placing(self.m, seq, n)
         node.sched_add(Counter.GLOBAL_TAKES, 1)
 
-    def get_work(self, limit: int, wait_ms: int, urgent: bool = False) -> int:
+    def get_work(self, limit: int, wait_ms: int) -> int:
         """A global batch into our queue; the G to run first (0 if none)."""
         self.flush()
         reply = self.call(
             wire.GetWork(self.m, self.p, self.epoch, limit, wait_ms), REQUEST_TIMEOUT_MS + wait_ms
         )
-        return self.take_reply(reply, urgent)
-
-    def prefetch(self) -> None:
-        """Ask for the next global batch while a few Gs are still queued
-        here: its answer is read (finish_wait) at the next look once it is
-        in, or when the queue runs dry, so the M does not sit idle for the
-        round trip (0.7-0.9 ms at each refill of a 2-core farm, measured).
-        Go needs none: its global queue is a lock away."""
-        self.send(wire.GetWork(self.m, self.p, self.epoch, GLOBAL_BATCH, 0))
-        self.awaiting = True
-        self.node.sched_add(Counter.PREFETCHES, 1)
+        return self.take_reply(reply)
 
     def spin_poll(self, wait_ms: int) -> int:
         """get_work's long-poll as a spinning M, watching the offers too: the
@@ -572,13 +554,13 @@ class M:
             )
             return 0
 
-    def take_reply(self, reply: wire.Message, urgent: bool = False) -> int:
+    def take_reply(self, reply: wire.Message) -> int:
         """get_work's answer: queue its batch; the G to run first (0 if none)."""
         if isinstance(reply, wire.Revoke):
             self.p, self.runq = -1, None  # our lease is gone; the P is someone else's
             self.node.m_set(self.m, p=-1)
             return 0
-        if isinstance(reply, wire.Work) and self.take_work(reply.seq, reply.roots, reply.locals, urgent):
+        if isinstance(reply, wire.Work) and self.take_work(reply.seq, reply.roots, reply.locals):
             return self.next_queued()
         return 0
 
@@ -613,8 +595,6 @@ class M:
     def find_runnable(self) -> tuple[int, bool]:
         """(G, inherit_time), or (0, False) when there is nothing to run or
         the lease was revoked meanwhile (``self.runq`` is then None)."""
-        if self.awaiting and self.sock.poll(0):  # a prefetch's answer is in
-            self.finish_wait()
         if self.stash and self.take_work(0, [], []):
             return self.next_queued(), False
         tick = self.node.p_ticks(self.p)[0]
@@ -622,19 +602,13 @@ class M:
         if tick % FAIRNESS_TICK == 0 and tick != self.fair_tick and tick > 0:
             self.fair_tick = tick  # once per tick: runnext chains do not advance it
             if self.node.sched()[Counter.GRQLEN]:  # (Go: only if the global queue is not empty)
-                g = self.get_work(1, 0, urgent=True)
+                g = self.get_work(1, 0)
         runq = self.runq
         if g or runq is None:
             return g, False
         local = runq.get()
         if local is not None:
-            if not self.awaiting and len(runq) < PREFETCH_AT and self.node.sched()[Counter.GRQLEN]:
-                self.prefetch()
             return local, runq.inherit_time
-        if self.awaiting:  # a prefetch's answer, most likely in by now
-            self.finish_wait()
-            if self.stash and self.take_work(0, [], []):
-                return self.next_queued(), False
         g = self.take_offer()
         if not g:
             self.flush()  # out of local work: results wait for no company (nor for a steal)

@@ -111,7 +111,6 @@ class Counter(enum.IntEnum):
     MEMKILLS = 30
     NODESLOST = 31
     OFFERS = 32  # offered root tasks Ms took from node memory (gmpd.offer)
-    PREFETCHES = 33  # global batches an M asked for before its queue ran dry (M.prefetch)
 
 
 DEEP_SLEEP = 2  # SYSMONWAIT while sysmon sleeps with every P idle (Go's sysmonwait); 1: backed off
@@ -131,7 +130,6 @@ FAIRNESS_TICK = 61  # Go: schedtick % 61 takes one global G first
 FORCE_PREEMPT_S = 0.010  # Go's forcePreemptNS: the time slice a runnext chain shares
 STEAL_TRIES = 4  # Go's stealTries
 GLOBAL_BATCH = 128  # len(p.runq) / 2
-PREFETCH_AT = 4  # an M asks for the next global batch when fewer Gs than this are queued (M.prefetch)
 
 
 def steal_order(count: int, rng: random.Random) -> list[int]:

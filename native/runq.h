@@ -213,7 +213,6 @@ enum gmpd_sched_counter {
     GMPD_SC_MEMKILLS,       /* Ms killed or retired for going over the memory limit */
     GMPD_SC_NODESLOST,      /* node agents that died and were replaced (carried to the new node) */
     GMPD_SC_OFFERS,         /* offered root tasks Ms took from node memory (gmpd/offer.py) */
-    GMPD_SC_PREFETCHES,     /* global batches an M asked for before its queue ran dry */
     GMPD_SC__COUNT
 };
 

@@ -165,19 +165,6 @@ def test_executor_batches_finished_while_tasks_are_in_flight(ex: gmpd.Executor) 
     assert len(finished) <= elapsed / executor.FINISHED_AGE + 2, (len(finished), results, elapsed)
 
 
-def test_an_m_asks_for_the_next_global_batch_before_its_queue_runs_dry() -> None:
-    """One P, 300 tasks queued at once: the global queue hands them out in
-    batches of at most 128, and the M asks for the next one while a few of
-    its Gs are still queued (M.prefetch), instead of sitting idle for the
-    round trip at each refill.  Nothing is lost or run twice."""
-    with gmpd.Executor(1) as ex:
-        futures = [ex.submit(spin_ms, 0.5) for _ in range(300)]
-        assert all(f.result(timeout=60) > 0 for f in futures)
-        stats = ex.statistics()
-        assert stats.prefetches >= 1, stats
-        assert sum(m.tasks_run for m in stats.ms) == 300
-
-
 def _done_times(futures: list) -> list[float]:  # type: ignore[type-arg]
     """When each future got its result (its done-callback runs then)."""
     times = [0.0] * len(futures)
