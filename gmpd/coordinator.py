@@ -73,6 +73,7 @@ from gmpd.shm import NodeMemory
 # cost ~5 ms of CPU a second on a busy 2-core node: ~250 us each, cold.)
 SLOW_TIMERS_PER_TTL = 20
 SLOW_TIMER_MAX_S = 0.25
+SLOW_TIMER_MIN_S = 0.005
 STARTED_DELAY_S = 0.001  # Started waits this long, so that quick tasks need none
 LOOKING = (MState.NEW, MState.WAKING)  # an M in these states asks for a P next
 STARTING_S = 2.0  # an M that said no Hello this long after it started no longer holds off newm
@@ -237,7 +238,7 @@ class Coordinator:
         self.running = True
         self.busy_since_trim, self.last_trim = False, 0.0
         self.started_due = self.next_slow_timer = 0.0
-        self.slow_timer_s = min(SLOW_TIMER_MAX_S, self.lease_ttl / SLOW_TIMERS_PER_TTL)
+        self.slow_timer_s = min(SLOW_TIMER_MAX_S, max(SLOW_TIMER_MIN_S, self.lease_ttl / SLOW_TIMERS_PER_TTL))
 
     def count(self, counter: Counter, n: int = 1) -> None:
         """A node counter (Executor.statistics() reads them)."""
@@ -355,9 +356,13 @@ class Coordinator:
         then died (or was stopped and fenced) before it took it keeps its Gs."""
         if not self.idle_ps or self.spinning() or self.waking():
             return  # (an M already on its way takes the idle P: waking more costs a core)
-        stranded = not all(self.nm.node.runq_empty(p) for p in self.idle_ps)
-        if self.grq or stranded:
+        if self.work_beside_idle_p():
             self.startm()
+
+    def work_beside_idle_p(self) -> bool:
+        """Queued work (global, or an idle P's own ring) and an idle P."""
+        node = self.nm.node
+        return bool(self.idle_ps) and (bool(self.grq) or not all(node.runq_empty(p) for p in self.idle_ps))
 
     def waking(self) -> bool:
         """An M was woken and has not asked for its P yet (a stalled one aside)."""
@@ -1274,7 +1279,7 @@ class Coordinator:
         for info in self.ms.values():
             if info.waiting is not None:
                 due = min(due, info.deadline)
-        if self.grq and self.idle_ps:
+        if self.work_beside_idle_p():
             due = min(due, now + 0.001)
         for _slot, _seq, until in self.deferred.values():
             due = min(due, until)

@@ -222,6 +222,7 @@ class LocalCluster:
         shutil.rmtree(self.rundir, ignore_errors=True)
 
 
+MIN_LEASE_TTL = 0.2  # seconds: four of the Ms' 50 ms heartbeats
 CANCEL_TIMEOUT = 10.0  # seconds cancel() waits for the coordinator's verdict
 LANE_WAIT = 0.05  # a thread waiting on an offered task's slot re-checks its future this often
 
@@ -701,6 +702,11 @@ class Executor(_BaseExecutor):
         conf = config.load()
         if lease_ttl is None:
             lease_ttl = conf["coordinator"]["lease_ttl_ms"] / 1000
+        if not lease_ttl >= MIN_LEASE_TTL:
+            raise ValueError(
+                f"lease_ttl={lease_ttl!r} s is too short: an M's heartbeat beats every 50 ms, so a lease "
+                f"under {MIN_LEASE_TTL} s would fence healthy Ms; use at least {MIN_LEASE_TTL}"
+            )
         self._max_message = conf["wire"]["max_message_mb"] << 20
         if isinstance(preload, str):
             raise TypeError("preload takes a list of module names, not a string")

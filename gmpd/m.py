@@ -178,16 +178,24 @@ class ChildFuture(LazyFuture):
     def __init__(self, m: M, handle: int) -> None:
         super().__init__()
         self._m, self._h = m, handle  # _h: 0 once collected or cancelled
+        self._pid = os.getpid()
 
     def describe(self) -> str:
-        return f"child G {self._h}"
+        return f"child G {self._h or '(collected)'}"
 
     def __del__(self) -> None:
         # Dropped unread (fire-and-forget): the G is freed once it is done.
-        # (Not weakref.finalize: one per spawn cost ~3 µs.)
+        # (Not weakref.finalize: one per spawn cost ~3 µs.)  Only in the M
+        # that spawned it: a process a task forked must not free its Gs.
         h, node = self._h, self._m.node
-        if h and not node.closed:
+        if h and self._pid == os.getpid() and not node.closed:
             node.g_detach(h)
+
+    def __copy__(self) -> ChildFuture:
+        return self  # one G, one owner: a copy would detach it twice
+
+    def __deepcopy__(self, memo: dict[int, object]) -> ChildFuture:
+        return self
 
     def _collect(self, timeout: float | None) -> None:
         if self.done():
@@ -819,8 +827,16 @@ class M:
                 if (self.max_tasks and self.node.m_info(self.m)[6] - self.tasks_before >= self.max_tasks) or (
                     self.rss_limited and self.node.m_doom(self.m)[1] == Doom.MEMORY
                 ):
-                    self.drop_p()  # its queued Gs stay with the P for the next M
-                    raise Retire("recycled")
+                    # A batch we hold outside node memory (a long-poll's
+                    # answer read after an offer) goes into the P's queue
+                    # first: the coordinator forgets a retired M's batches.
+                    # Not our P any more: retire after stopm got one for it.
+                    self.finish_wait()
+                    if self.stash and self.p >= 0:
+                        self.take_work(0, [], [])
+                    if not self.stash:
+                        self.drop_p()  # its queued Gs stay with the P for the next M
+                        raise Retire("recycled")
             elif self.p >= 0:
                 self.drop_p()
 

@@ -92,6 +92,7 @@ class PWatch:
     schedwhen: float = 0.0
     syscalltick: int = -1
     syscallwhen: float = 0.0
+    running_when: float = 0.0  # the last round that saw it RUNNING
     asleep: tuple[int, int, int, int] | None = None  # (pid, curg, schedtick, cpu ticks) seen asleep
     asleep_when: float = 0.0
 
@@ -135,6 +136,8 @@ class Sysmon:
             schedtick, syscalltick, preempt = node.p_ticks(p)
             if status not in (PStatus.RUNNING, PStatus.SYSCALL):
                 continue
+            if status == PStatus.RUNNING:
+                pd.running_when = now
             if pd.schedtick != schedtick:
                 pd.schedtick, pd.schedwhen = schedtick, now
             elif status == PStatus.RUNNING and now - pd.schedwhen >= FORCE_PREEMPT_S and not preempt:
@@ -150,7 +153,12 @@ class Sysmon:
                 # stamped its entry: one that has lasted a tick already is
                 # not given another (ours, in Python, are ~0.7 ms: a
                 # hand-off waited that long for nothing).
-                began = self.node.p_syscallwhen(p) / 1e9
+                began = node.p_syscallwhen(p) / 1e9
+                if began < pd.running_when:
+                    # An older call's stamp: we moved the P to SYSCALL
+                    # ourselves (mark_asleep), or missed the RUNNING in
+                    # between; count from now, as before the stamp.
+                    began = now
                 pd.syscalltick, pd.syscallwhen = syscalltick, min(now, began)
                 if now - began < self.min_us / 1e6:
                     continue

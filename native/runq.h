@@ -109,7 +109,7 @@ typedef struct gmpd_p {
     uint32_t syscalltick; /* owner M or retaker; read by sysmon */
     uint32_t preempt;     /* set by sysmon, cleared by the owner */
     uint32_t id;
-    uint64_t syscallwhen; /* CLOCK_MONOTONIC ns of the last entersyscall (owner); read by sysmon */
+    uint64_t syscallwhen; /* CLOCK_MONOTONIC ns of the last entersyscall try (the M); read by sysmon */
     uint8_t _pad0[GMPD_CACHELINE - 32];
     /* line 1: head = [tag:32][counter:32]; advanced by CAS by anyone */
     uint64_t head;

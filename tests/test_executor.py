@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import pickle
 import signal
@@ -161,7 +162,7 @@ def test_executor_batches_finished_while_tasks_are_in_flight(ex: gmpd.Executor) 
         time.sleep(0.01)  # (the last Finished goes when the last result is in)
     tids = sorted(t for frame in finished for t in frame)
     assert tids == sorted(f._tid for f in futures), "each result reported exactly once"  # type: ignore[attr-defined]
-    assert results > 20, "the tasks' results came in many frames"
+    assert results > 10, "the tasks' results came in many frames"
     assert len(finished) <= elapsed / executor.FINISHED_AGE + 2, (len(finished), results, elapsed)
 
 
@@ -312,6 +313,9 @@ def test_executor_max_workers_validation() -> None:
     for bad in (0, -1):
         with pytest.raises(ValueError, match="max_workers must be greater than 0"):
             gmpd.Executor(bad)
+    for ttl in (0, -1.0, 0.05, float("nan")):  # (0 made the coordinator's slow timer a busy loop)
+        with pytest.raises(ValueError, match=r"lease_ttl=.* is too short"):
+            gmpd.Executor(1, lease_ttl=ttl)
 
 
 def test_executor_submit_after_shutdown_raises() -> None:
@@ -572,6 +576,8 @@ def test_a_future_nobody_waited_on_gets_no_condition_and_works_all_the_same(ex: 
 def child_futures_without_conditions() -> tuple[list[str], list[int], bool, str]:
     kids = [gmpd.go(square, i) for i in range(20)]
     made = [f"child {i}" for i, f in enumerate(kids) if "_condition" in vars(f)]
+    if copy.copy(kids[1]) is not kids[1] or copy.deepcopy(kids[1]) is not kids[1]:
+        made.append("a copy: its G would be detached twice")
     called: list[int] = []
     kids[0].add_done_callback(lambda f: called.append(f.result()))  # before it is collected
     total = sum(f.result() for f in kids)

@@ -382,3 +382,26 @@ def test_a_syscall_that_lasted_a_tick_is_retaken_at_sysmons_first_look(nm: NodeM
         assert node.p_state(1)[:2] == (PStatus.IDLE, -1)
     finally:
         mon.close()
+
+
+def test_a_p_sysmon_marked_asleep_gets_the_grace_of_a_new_syscall(nm: NodeMemory) -> None:
+    """The entry stamp is the last real syscall's: a P that sysmon itself
+    moved to SYSCALL (an M seen asleep, unmarked) must not read it as a
+    call that has lasted since then, which would skip Go's 10 ms grace
+    for an empty queue while a P is idle (found by review)."""
+    node = nm.node
+    mon = Sysmon(nm, "ipc:///nonexistent/gmpd-test")  # (its messages only queue)
+    try:
+        assert node.acquirep(0, 0, 1)
+        node.m_set(0, pid=os.getpid(), p=0, state=MState.RUNNING)
+        assert node.entersyscall(0, 0, 1) and node.exitsyscall(0, 0, 1)  # an old, finished call
+        node.sched_add(gmpd_sched.Counter.NPIDLE, 1)  # P1 idle: it could take P0's work
+        time.sleep(0.02)  # (older than the grace)
+        mon.retake(time.monotonic())  # sysmon sees P0 RUNNING
+        assert node.p_cas(0, (PStatus.RUNNING, 0, 1), (PStatus.SYSCALL, 0, 1))  # as mark_asleep does
+        node.m_set(0, state=MState.ASLEEP)
+        assert mon.retake(time.monotonic()) == 0, "an empty queue with a P idle waits out the grace"
+        assert node.p_state(0)[0] == PStatus.SYSCALL
+        assert mon.retake(time.monotonic() + mon.grace_s + 0.001) == 1, "and is retaken after it"
+    finally:
+        mon.close()
