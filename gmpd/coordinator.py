@@ -47,6 +47,7 @@ import collections
 import contextlib
 import ctypes
 import ctypes.util
+import heapq
 import math
 import os
 import select
@@ -73,6 +74,15 @@ from gmpd.shm import NodeMemory
 # cost ~5 ms of CPU a second on a busy 2-core node: ~250 us each, cold.)
 SLOW_TIMERS_PER_TTL = 20
 SLOW_TIMER_MAX_S = 0.25
+# Ms in a row that died before their Hello: the node cannot start Ms (a
+# module preloaded into the template, or the environment, kills a forked
+# process).  Past this, a slot is given back to the node agent only after
+# START_RETRY_S, and while no M lives the queued tasks fail (WorkerLost)
+# instead of waiting forever: 94,000 restarts in 17 minutes, and a caller
+# that hung, before.
+START_FAILURES_MAX = 8
+KILLED = frozenset({-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT})  # (from outside: not a failed start)
+START_RETRY_S = 1.0
 SLOW_TIMER_MIN_S = 0.005
 STARTED_DELAY_S = 0.001  # Started waits this long, so that quick tasks need none
 LOOKING = (MState.NEW, MState.WAKING)  # an M in these states asks for a P next
@@ -228,6 +238,8 @@ class Coordinator:
         self.sysmon: bytes | None = None
         self.want_p: collections.deque[int] = collections.deque()  # Ms back from a syscall, no P
         self.dead_pids: set[int] = set()  # Ms that died before their Hello was read
+        self.start_failures = 0  # Ms in a row that died before their Hello
+        self.held_slots: list[tuple[float, int]] = []  # (when, slot) given back to the agent later
         self.grq_published = 0  # the global queue length last written to the node counters
         self.asked: collections.deque[float] = collections.deque()  # Ms asked of the node agent, no "pid" yet
         self.starting: dict[int, float] = {}  # pids of Ms started, no Hello yet -> when to stop waiting
@@ -397,6 +409,8 @@ class Coordinator:
         return m < 0 and self.coming() < self.needing() and self.newm()
 
     def newm(self) -> bool:
+        if self.start_failures >= START_FAILURES_MAX:
+            return False  # Ms die as they start: only the held slots try again (start_failed)
         if not self.tell_node(b"m"):
             return False
         self.asked.append(time.monotonic() + STARTING_S)
@@ -652,6 +666,8 @@ class Coordinator:
         if info is None or info.pid != pid:  # its Hello is not in yet (or never will be): it held nothing
             self.dead_pids.add(pid)
             self.nm.node.m_set_doom(m, Doom.NONE)
+            if crashed and code not in KILLED and self.start_failed(m, pid, code):
+                return
             self.free_slot(m)
             return
         del self.ms[m]
@@ -681,6 +697,39 @@ class Coordinator:
             self.make_idle(p, front=True)
             self.handoffp(p)
         self.free_slot(m)
+
+    def start_failed(self, m: int, pid: int, code: int) -> bool:
+        """M ``m`` died before its Hello.  Past START_FAILURES_MAX in a row,
+        hold its slot back for START_RETRY_S (True), and if no M lives,
+        fail the queued tasks: none would ever run."""
+        self.start_failures += 1
+        if self.start_failures < START_FAILURES_MAX:
+            return False
+        heapq.heappush(self.held_slots, (time.monotonic() + START_RETRY_S, m))
+        if not self.ms:
+            lost = WorkerLost(
+                f"no M can start on this node: {self.start_failures} in a row died before they "
+                f"said hello (the last, pid {pid}, {describe_exit(code)})",
+                m=m,
+                pid=pid,
+                exitcode=code if code >= 0 else None,
+                signal=signame(-code) if code < 0 else None,
+                hint="an M is forked from the node's template: a module it preloaded (Executor(preload=), "
+                "or one a task imported) or the environment ends a forked process; the node's stderr "
+                "may say more",
+            )
+            self.fail_queued(lost)
+        return True
+
+    def fail_queued(self, err: WorkerLost) -> None:
+        """Every root no M holds fails with ``err``."""
+        payload = error_payload(err, " (the coordinator)")
+        for tid, root in list(self.roots.items()):
+            if not root.started:
+                del self.roots[tid]
+                self.count(Counter.WORKERLOST)
+                self.reply(root.client, wire.Results([(tid, wire.RAISED, payload)]))
+        self.grq = collections.deque((tid, h) for tid, h in self.grq if h)  # (spilled Gs: in node memory)
 
     def fence(self, m: int) -> int:
         """Take dead M m's P, if it held one, under a new epoch; the P stays
@@ -1087,6 +1136,7 @@ class Coordinator:
                 self.count(Counter.BADFRAMES)
                 return
             self.starting.pop(msg.pid, None)
+            self.start_failures = 0
             info = self.ms.get(msg.m)
             if info is None or info.pid != msg.pid:
                 info = self.ms[msg.m] = MInfo(msg.m, ident, msg.pid)
@@ -1267,6 +1317,8 @@ class Coordinator:
             self.next_slow_timer = now + self.slow_timer_s
             self.expire_leases(now)
             self.trim_when_idle(now)
+        while self.held_slots and self.held_slots[0][0] <= now:
+            self.free_slot(heapq.heappop(self.held_slots)[1])
 
     def poll_timeout(self, now: float) -> int:
         """Milliseconds until a timer is due.  An idle coordinator sleeps
@@ -1274,6 +1326,8 @@ class Coordinator:
         2-core farm misses); queued work with an idle P keeps it at 1 ms, in
         case an M that was between releasing its P and parking missed wakep."""
         due = self.next_slow_timer
+        if self.held_slots:
+            due = min(due, self.held_slots[0][0])
         if self.out_started:
             due = min(due, self.started_due)
         for info in self.ms.values():

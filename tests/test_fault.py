@@ -271,6 +271,24 @@ def test_a_node_agent_that_keeps_dying_ends_the_cluster_with_cluster_lost() -> N
         ex.shutdown(wait=True)
 
 
+def test_ms_that_die_as_they_start_fail_the_tasks_instead_of_hanging_them() -> None:
+    """A preloaded module that ends every forked process: no M ever says
+    hello.  The tasks fail with WorkerLost saying so (they waited forever,
+    and the node agent restarted Ms ~5,000 times a second), and the
+    restarts slow to one per slot a second."""
+    ex = gmpd.Executor(1, preload=["tests._dies_at_fork"])
+    try:
+        with pytest.raises(gmpd.WorkerLost, match=r"no M can start on this node.*exited with status 3"):
+            ex.submit(slow_square, 1).result(timeout=20)
+        lost = ex.statistics().m_lost
+        time.sleep(1.0)
+        assert ex.statistics().m_lost - lost <= 2 * (1 + 1) + 2, "restarts are held back"
+        with pytest.raises(gmpd.WorkerLost, match="no M can start"):
+            ex.submit(slow_square, 2).result(timeout=20)
+    finally:
+        ex.shutdown(wait=True)
+
+
 def test_sysmon_killed_mid_farm_loses_nothing() -> None:
     with gmpd.Executor(2) as ex:
         futures = [ex.submit(slow_square, i, 0.002) for i in range(400)]
