@@ -47,3 +47,25 @@ def test_max_ms_per_p_from_the_environment_bounds_the_m_pool(monkeypatch: pytest
     monkeypatch.setenv("GMPD_M_MAX_MS_PER_P", "2")
     with gmpd.Executor(2) as ex:
         assert ex._cluster.nm is not None and ex._cluster.nm.node.nms == 2 * 2 + 1  # + sysmon's slot
+
+
+def test_a_file_is_parsed_once_per_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ms are forked from the template with the file parsed already (two
+    parses were ~1 ms of an M's start); an edited file is read again."""
+    parses: list[str] = []
+    real = tomllib.loads
+
+    def counted(text: str) -> dict[str, object]:
+        parses.append(text)
+        return real(text)
+
+    monkeypatch.setattr(tomllib, "loads", counted)
+    path = tmp_path / "gmpd.toml"
+    path.write_text("[m]\nmax_tasks = 3\n")
+    env = {"GMPD_CONFIG": str(path)}
+    assert config.load(env)["m"]["max_tasks"] == 3
+    assert config.load(env)["m"]["max_tasks"] == 3
+    assert len(parses) == 1
+    path.write_text("[m]\nmax_tasks = 44\n")  # (another size, so another version even within one mtime tick)
+    assert config.load(env)["m"]["max_tasks"] == 44
+    assert len(parses) == 2
