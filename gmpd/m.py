@@ -920,7 +920,12 @@ class M:
         """Run a gmpd call made by task code: it needs the P in RUNNING, so
         inside ``with gmpd.syscall()`` leave the syscall for it (the P may
         be another M's by now) and enter it again after.  (Not a context
-        manager: its generator cost a gmpd.go a few µs.)"""
+        manager: its generator cost a gmpd.go a few µs.)  go and wait_child
+        inline the common case (not in a syscall) before calling this: a
+        ``call(*args)`` on their path put one more C-level eval loop under
+        every nesting level of a recursion (task -> result() -> inline
+        child -> ...), and nested fib ran 2x slower (0.15 -> 0.41-0.55 s in
+        the bench; measured, seventh session)."""
         if not self.in_syscall:
             self.resync()
             return call(*args)
@@ -932,6 +937,9 @@ class M:
 
     def go(self, payload: bytes) -> ChildFuture:
         """gmpd.go inside a task: the child goes into runnext, no socket."""
+        if not self.in_syscall:  # (in_task's common case, inline: see in_task)
+            self.resync()
+            return self.go_running(payload)
         return self.in_task(self.go_running, payload)
 
     def go_running(self, payload: bytes) -> ChildFuture:
@@ -978,6 +986,9 @@ class M:
         Without the steal, a thief that took half our ring left us parked
         on its running G while our other children sat unstarted in its ring
         (measured: fanout makespan 1.25-1.3 x ideal in most runs)."""
+        if not self.in_syscall:  # (in_task's common case, inline: see in_task)
+            self.resync()
+            return self.wait_child_running(h, timeout)
         return self.in_task(self.wait_child_running, h, timeout)
 
     def wait_child_running(self, h: int, timeout: float | None) -> tuple[int, bytes]:
