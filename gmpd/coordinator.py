@@ -239,6 +239,7 @@ class Coordinator:
         self.want_p: collections.deque[int] = collections.deque()  # Ms back from a syscall, no P
         self.dead_pids: set[int] = set()  # Ms that died before their Hello was read
         self.start_failures = 0  # Ms in a row that died before their Hello
+        self.start_retry_at = 0.0  # past START_FAILURES_MAX: no new M asked for before this
         self.held_slots: list[tuple[float, int]] = []  # (when, slot) given back to the agent later
         self.grq_published = 0  # the global queue length last written to the node counters
         self.asked: collections.deque[float] = collections.deque()  # Ms asked of the node agent, no "pid" yet
@@ -409,8 +410,8 @@ class Coordinator:
         return m < 0 and self.coming() < self.needing() and self.newm()
 
     def newm(self) -> bool:
-        if self.start_failures >= START_FAILURES_MAX:
-            return False  # Ms die as they start: only the held slots try again (start_failed)
+        if self.starting_held(time.monotonic()):
+            return False  # Ms die as they start: one try a START_RETRY_S (start_failed)
         if not self.tell_node(b"m"):
             return False
         self.asked.append(time.monotonic() + STARTING_S)
@@ -705,8 +706,9 @@ class Coordinator:
         self.start_failures += 1
         if self.start_failures < START_FAILURES_MAX:
             return False
-        heapq.heappush(self.held_slots, (time.monotonic() + START_RETRY_S, m))
-        if not self.ms:
+        self.start_retry_at = time.monotonic() + START_RETRY_S
+        heapq.heappush(self.held_slots, (self.start_retry_at, m))
+        if not self.ms and not self.forking():  # (an M started and not heard from yet may live)
             lost = WorkerLost(
                 f"no M can start on this node: {self.start_failures} in a row died before they "
                 f"said hello (the last, pid {pid}, {describe_exit(code)})",
@@ -722,14 +724,20 @@ class Coordinator:
         return True
 
     def fail_queued(self, err: WorkerLost) -> None:
-        """Every root no M holds fails with ``err``."""
+        """No M lives to run anything: every root fails with ``err``, queued
+        or started (those wait in a P's ring, or a retired M's; should an M
+        start after all and run one, its result is a duplicate the client
+        drops)."""
         payload = error_payload(err, " (the coordinator)")
         for tid, root in list(self.roots.items()):
-            if not root.started:
-                del self.roots[tid]
-                self.count(Counter.WORKERLOST)
-                self.reply(root.client, wire.Results([(tid, wire.RAISED, payload)]))
+            del self.roots[tid]
+            self.count(Counter.WORKERLOST)
+            self.reply(root.client, wire.Results([(tid, wire.RAISED, payload)]))
         self.grq = collections.deque((tid, h) for tid, h in self.grq if h)  # (spilled Gs: in node memory)
+
+    def starting_held(self, now: float) -> bool:
+        """Ms keep dying as they start: ask for none before start_retry_at."""
+        return self.start_failures >= START_FAILURES_MAX and now < self.start_retry_at
 
     def fence(self, m: int) -> int:
         """Take dead M m's P, if it held one, under a new epoch; the P stays
@@ -1061,6 +1069,7 @@ class Coordinator:
         self.grq = collections.deque(item for item in self.grq if not item[1])  # the dead node's Gs
         self.grq.extend((tid, 0) for tid in self.deferred if tid in self.roots)  # (its offers are void)
         self.deferred.clear()
+        self.held_slots, self.start_failures = [], 0  # (the next node's slots, its own starts)
         for tid, root in list(self.roots.items()):
             if not root.started:
                 continue
@@ -1333,7 +1342,11 @@ class Coordinator:
         for info in self.ms.values():
             if info.waiting is not None:
                 due = min(due, info.deadline)
-        if self.work_beside_idle_p():
+        if self.start_failures >= START_FAILURES_MAX:
+            # Ms die as they start: look every 50 ms at most (a new M comes
+            # after start_retry_at, in a held slot), not every 1 ms.
+            due = min(due, max(self.start_retry_at, now + 0.05))
+        elif self.work_beside_idle_p():
             due = min(due, now + 0.001)
         for _slot, _seq, until in self.deferred.values():
             due = min(due, until)
