@@ -74,6 +74,7 @@ from gmpd.shm import NodeMemory
 # cost ~5 ms of CPU a second on a busy 2-core node: ~250 us each, cold.)
 SLOW_TIMERS_PER_TTL = 20
 SLOW_TIMER_MAX_S = 0.25
+SLOW_TIMER_MIN_S = 0.005
 # Ms in a row that died before their Hello: the node cannot start Ms (a
 # module preloaded into the template, or the environment, kills a forked
 # process).  Past this, a slot is given back to the node agent only after
@@ -81,9 +82,9 @@ SLOW_TIMER_MAX_S = 0.25
 # instead of waiting forever: 94,000 restarts in 17 minutes, and a caller
 # that hung, before.
 START_FAILURES_MAX = 8
-KILLED = frozenset({-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT})  # (from outside: not a failed start)
 START_RETRY_S = 1.0
-SLOW_TIMER_MIN_S = 0.005
+START_POLL_S = 0.05  # meanwhile the loop looks this often at most (not every 1 ms)
+KILLED = frozenset({-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT})  # (from outside: not a failed start)
 STARTED_DELAY_S = 0.001  # Started waits this long, so that quick tasks need none
 LOOKING = (MState.NEW, MState.WAKING)  # an M in these states asks for a P next
 STARTING_S = 2.0  # an M that said no Hello this long after it started no longer holds off newm
@@ -1343,9 +1344,8 @@ class Coordinator:
             if info.waiting is not None:
                 due = min(due, info.deadline)
         if self.start_failures >= START_FAILURES_MAX:
-            # Ms die as they start: look every 50 ms at most (a new M comes
-            # after start_retry_at, in a held slot), not every 1 ms.
-            due = min(due, max(self.start_retry_at, now + 0.05))
+            # Ms die as they start: no M comes before start_retry_at.
+            due = min(due, max(self.start_retry_at, now + START_POLL_S))
         elif self.work_beside_idle_p():
             due = min(due, now + 0.001)
         for _slot, _seq, until in self.deferred.values():

@@ -39,7 +39,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor as _BaseExecutor
 from concurrent.futures import Future, InvalidStateError
-from concurrent.futures._base import FINISHED, PENDING, RUNNING
+from concurrent.futures._base import PENDING, RUNNING
 from typing import Any
 
 import zmq
@@ -258,8 +258,6 @@ class TaskFuture(LazyFuture):
             self.set_running_or_notify_cancel()
 
     def result(self, timeout: float | None = None) -> Any:
-        if self._state == FINISHED and self._exception is None:
-            return self._result
         if self._lane >= 0 and self._state in (PENDING, RUNNING):
             # Offered: the M writes the result into node memory and wakes us
             # (the IO thread's copy, by ZeroMQ, comes after).

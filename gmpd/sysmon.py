@@ -17,9 +17,10 @@ several times over.
   gets its preempt flag, and an idle P may steal its queue at once;
 - a P in SYSCALL whose ``syscalltick`` has not moved since the last round
   (or whose call, stamped by its M at entry, had lasted a ``min_us`` tick
-  already when first seen) is retaken (CAS on its state word, epoch + 1) unless its run queue is
-  empty, another M is spinning or a P is idle, and the syscall is under
-  10 ms old (Go's rule: nothing would run on it yet);
+  already when first seen) is retaken (CAS on its state word, epoch + 1)
+  unless its run queue is empty, another M is spinning or a P is idle,
+  and the syscall is under 10 ms old (Go's rule: nothing would run on it
+  yet);
 - then ``handoffp``: sysmon tells the coordinator (``Retaken``), which owns
   the lease table, and the coordinator gives the P to the M that came back
   from a syscall first, or wakes an idle M if the P or the global queue has
