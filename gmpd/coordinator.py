@@ -940,7 +940,8 @@ class Coordinator:
             return False  # no timeout of its own, or one that is retried
         seconds = int.from_bytes(root.payload[1:5], "little") / 1000
         err = TaskTimeout(
-            f"the task ran past its timeout of {seconds:g} s: its M (pid {lost.pid}) was killed "
+            f"the task ran past its timeout of {seconds:g} s (or its unpickling past [m] "
+            f"import_grace_ms): its M (pid {lost.pid}) was killed "
             f"and replaced; raise the timeout, or pass retry_timeouts=True to run it again"
         )
         del self.roots[tid]

@@ -88,24 +88,22 @@ class RemoteTraceback(Exception):
         return str(self.args[0]) if self.args else ""
 
 
-def run_payload(payload: bytes, imported: Callable[[], None] | None = None) -> tuple[int, bytes]:
+def run_payload(payload: bytes, decoded: Callable[[], None] | None = None) -> tuple[int, bytes]:
     """Unpickle and call a task; (status, pickled result or exception).
     If unpickling imported modules, the template hears of them (gmpd.g's
-    preloading) and ``imported`` is called: a task's timeout then counts
-    again from there (a fresh M importing the task's module on a loaded
-    machine took longer than a 0.3 s timeout; an unpickling that hangs is
-    still timed)."""
+    preloading).  ``decoded`` is called once the task is unpickled, before
+    it runs: a task's timeout starts there (the M's import of the task's
+    modules is bounded apart, by ``[m] import_grace_ms``)."""
     before = len(sys.modules)
     try:
         fn, args, kwargs = decode_task(payload)
     except BaseException as exc:
         return wire.RAISED, error_payload(exc, " while unpickling the task")
     finally:
-        grew = len(sys.modules) > before
-        if grew:
+        if len(sys.modules) > before:
             hint_imports(before)
-    if grew and imported is not None:
-        imported()
+    if decoded is not None:
+        decoded()
     try:
         result = fn(*args, **kwargs)
     except Shutdown:
@@ -267,6 +265,7 @@ class M:
         self.stopping = False
         conf = config.load()["m"]
         self.idle_exit_s, self.max_tasks = conf["idle_exit_ms"] / 1000, conf["max_tasks"]
+        self.import_grace_ms = conf["import_grace_ms"]
         self.max_message = config.load()["wire"]["max_message_mb"] << 20
         self.rss_limited = conf["max_rss_mb"] > 0  # sysmon may doom us to retire (memcheck)
         self.result_bytes = 0  # in self.results
@@ -872,13 +871,20 @@ class M:
             ms = int.from_bytes(payload[1:5], "little")
             payload = payload[5:]
 
-            def arm() -> None:
+            def set_deadline(ms: int) -> None:
                 self.deadline = time.monotonic_ns() + ms * 1_000_000
                 if deadline:
                     self.deadline = min(deadline, self.deadline)
                 node.m_set_deadline(self.m, self.deadline)
 
-            arm()
+            def arm() -> None:
+                set_deadline(ms)
+
+            # Unpickling may import the task's modules on this M (a fresh
+            # one, on a loaded machine, took longer than a 0.3 s timeout and
+            # the task failed wherever it ran): the timeout starts once the
+            # task is decoded, and the decoding has its own, looser bound.
+            set_deadline(max(ms, self.import_grace_ms))
         started = time.monotonic()
         try:
             status, data = run_payload(payload, arm)

@@ -65,6 +65,9 @@ def test_bench_quick_json_lines_are_well_formed_and_every_result_verified() -> N
         and {"idle_mib", "pss_mib"} <= set(rows["memory"])
     )
     assert rows["imbalance"]["lower_bound_s"]["gmpd"] > 0 and rows["blocking_mix"]["ideal_s"]["gmpd"] > 0
+    # The floor with nothing blocking: measured per system, a ratio to its own ideal.
+    assert all(rows["blocking_mix"]["cpu_only"][s] >= 0.9 for s in ("gmpd", "ppe", "mp_pool"))
+    assert "cpu_only" not in rows["blocking_mix_unmarked"]
 
 
 def test_ratio_vs_best_peer_points_the_same_way_for_both_kinds_of_unit() -> None:

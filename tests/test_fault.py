@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import json
 import os
 import pickle
@@ -323,11 +324,10 @@ def test_a_task_past_its_timeout_fails_with_task_timeout_and_its_m_is_replaced()
 
 
 def test_a_timed_out_task_runs_again_when_asked(tmp_path: Path) -> None:
-    # (Preloaded: the retry runs on an M that had not imported this module,
-    # and under load that import alone outlasted the 0.3 s timeout, which
-    # counts until decoding is done: 6 of 20 runs failed beside a CPU hog.)
-    preload = ["tests.test_fault"]
-    with gmpd.Executor(2, task_timeout=0.3, retry_timeouts=True, retries=1, preload=preload) as ex:
+    # (The retry runs on a fresh M that imports this module first: under
+    # load that import outlasted the 0.3 s timeout until the timeout began
+    # after unpickling; 6 of 20 runs failed so beside a CPU hog.)
+    with gmpd.Executor(2, task_timeout=0.3, retry_timeouts=True, retries=1) as ex:
         assert ex.submit(sleep_once, str(tmp_path / "ran"), 10).result(timeout=30) == "done"
         assert ex.statistics().timeouts == 1
     with (
@@ -335,6 +335,46 @@ def test_a_timed_out_task_runs_again_when_asked(tmp_path: Path) -> None:
         pytest.raises(gmpd.WorkerLost, match="timeout"),
     ):
         ex.submit(time.sleep, 10).result(timeout=30)
+
+
+class ImportsOnLoad:
+    """An argument whose unpickling imports ``name`` (in the M only: the
+    test process never imports it)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (importlib.import_module, (self.name,))
+
+
+def module_name(module: object) -> str:
+    return str(getattr(module, "__name__", ""))
+
+
+def test_a_timeout_starts_once_the_task_is_unpickled(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fresh M imports the task's module while it unpickles it; a 0.8 s
+    # import used to count against a 0.3 s timeout on every M the task tried.
+    monkeypatch.setenv("GMPD_TEST_IMPORT_S", "0.8")
+    with gmpd.Executor(1) as ex:
+        f = ex.options(timeout=0.3).submit(module_name, ImportsOnLoad("tests._slow_import"))
+        assert f.result(timeout=30) == "tests._slow_import"
+        assert ex.statistics().timeouts == 0
+        # The timeout itself still holds, on that M, once the task is decoded.
+        with pytest.raises(gmpd.TaskTimeout, match=r"timeout of 0.3 s"):
+            ex.options(timeout=0.3).submit(time.sleep, 10).result(timeout=30)
+
+
+def test_an_unpickling_that_hangs_ends_at_the_import_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GMPD_TEST_IMPORT_S", "60")
+    monkeypatch.setenv("GMPD_M_IMPORT_GRACE_MS", "500")
+    with gmpd.Executor(1) as ex:
+        start = time.monotonic()
+        f = ex.options(timeout=0.2).submit(module_name, ImportsOnLoad("tests._slow_import"))
+        with pytest.raises(gmpd.TaskTimeout, match=r"import_grace_ms"):
+            f.result(timeout=30)
+        assert 0.45 < time.monotonic() - start < 10
+        assert ex.submit(abs, -3).result(timeout=30) == 3  # its M was replaced
 
 
 # ---- the crash matrix: how a task dies x where -----------------------------
