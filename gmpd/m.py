@@ -789,12 +789,18 @@ class M:
             node.sched_add(Counter.NMIDLE, -1)
 
     def take_wake_grant(self, unasked: wire.Message | None) -> None:
-        """The coordinator woke us in state GRANTED: the Grant it sent with
-        the wake (maybe read already, ``unasked``) stands for the
-        LeaseRequest we would send; adopt it."""
-        reply = unasked or self.recv(REQUEST_TIMEOUT_MS)
-        if isinstance(reply, wire.Grant) and reply.p >= 0:
-            self.adopt(reply)
+        """The coordinator woke us in state GRANTED: the Grant it stored in
+        our slot, or else the one it sent with the wake (maybe read already,
+        ``unasked``), stands for the LeaseRequest we would send; adopt it."""
+        p, epoch = self.node.m_grant(self.m)
+        if p >= 0:  # a hand-off: the P alone, its own ring to run (no message comes)
+            if isinstance(unasked, wire.Grant):
+                self.stash_batch(unasked)  # (a stray)
+            self.adopt(wire.Grant(p, epoch, 0, 0, [], []))
+        else:
+            reply = unasked or self.recv(REQUEST_TIMEOUT_MS)
+            if isinstance(reply, wire.Grant) and reply.p >= 0:
+                self.adopt(reply)
         if self.p < 0:
             # It went stale before we took it (its P revoked): none is on the
             # way now.  IDLE, not PARKED: nobody may grant us before we park

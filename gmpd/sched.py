@@ -111,6 +111,7 @@ class Counter(enum.IntEnum):
     MEMKILLS = 30
     NODESLOST = 31
     OFFERS = 32  # offered root tasks Ms took from node memory (gmpd.offer)
+    MEMGRANTS = 33  # Ps granted in the woken M's slot, no Grant message (coordinator.grant_parked)
 
 
 DEEP_SLEEP = 2  # SYSMONWAIT while sysmon sleeps with every P idle (Go's sysmonwait); 1: backed off

@@ -610,6 +610,33 @@ static PyObject *node_m_set_deadline(NodeObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* The P and epoch the coordinator granted M m with a GRANTED wake, or
+ * (-1, 0) when that Grant comes as a message (gmpd/coordinator.py startm). */
+static PyObject *node_m_grant(NodeObject *self, PyObject *arg)
+{
+    uint32_t m;
+    if (!arg_m(self, arg, &m))
+        return NULL;
+    /* acquire: pairs with the coordinator's release store, which precedes
+     * its PARKED -> GRANTED CAS; the M reads this after seeing GRANTED. */
+    uint64_t w = __atomic_load_n(&gmpd_node_m(self->nd, m)->grant, __ATOMIC_ACQUIRE);
+    return Py_BuildValue("(iI)", (int)(w & 0xffffffffu) - 1, (unsigned int)(w >> 32));
+}
+
+static PyObject *node_m_set_grant(NodeObject *self, PyObject *args)
+{
+    long m, p;
+    unsigned int epoch;
+    if (!PyArg_ParseTuple(args, "llI:m_set_grant", &m, &p, &epoch) || !check_m(self, m))
+        return NULL;
+    if (p != -1 && !check_p(self, p))
+        return NULL;
+    uint64_t w = p < 0 ? 0 : ((uint64_t)epoch << 32) | (uint64_t)(p + 1);
+    /* release: published by the state CAS that follows it. */
+    __atomic_store_n(&gmpd_node_m(self->nd, (uint32_t)m)->grant, w, __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
 static PyObject *node_m_set_doom(NodeObject *self, PyObject *args)
 {
     long m;
@@ -1326,6 +1353,8 @@ static PyMethodDef node_methods[] = {
     {"m_set_placing", (PyCFunction)node_m_set_placing, METH_VARARGS, "m_set_placing(m, seq, placed)"},
     {"m_doom", (PyCFunction)node_m_doom, METH_O, "m_doom(m) -> (deadline_ns, doom)"},
     {"m_set_deadline", (PyCFunction)node_m_set_deadline, METH_VARARGS, "m_set_deadline(m, ns): 0 for none"},
+    {"m_grant", (PyCFunction)node_m_grant, METH_O, "m_grant(m) -> (p, epoch) of a GRANTED wake; p -1: by message"},
+    {"m_set_grant", (PyCFunction)node_m_set_grant, METH_VARARGS, "m_set_grant(m, p, epoch): p -1 for by message"},
     {"m_set_doom", (PyCFunction)node_m_set_doom, METH_VARARGS, "m_set_doom(m, why): before killing M m"},
     {"m_ran", (PyCFunction)node_m_ran, METH_O, "m_ran(m) -> int: count one more G run by M m"},
     {"m_set", (PyCFunction)(void (*)(void))node_m_set, METH_VARARGS | METH_KEYWORDS,

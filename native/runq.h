@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #define GMPD_MAGIC 0x31646d70676d6721ULL /* "!gmgpmd1" */
-#define GMPD_LAYOUT_VERSION 5u
+#define GMPD_LAYOUT_VERSION 6u
 #define GMPD_CACHELINE 64
 #define GMPD_RUNQ_SIZE 256u           /* len(p.runq) in Go */
 #define GMPD_RUNQ_HALF 128u           /* runqputslow moves this many + 1 */
@@ -142,7 +142,11 @@ typedef struct gmpd_m {
                          * batch being queued; read by recovery (gmpd/m.py) */
     uint64_t deadline_ns; /* CLOCK_MONOTONIC ns its current task must end by, 0: none */
     uint32_t doom;      /* why sysmon or the coordinator killed it (gmpd.sched.Doom), 0 */
-    uint8_t _pad0[GMPD_CACHELINE - 52];
+    uint32_t _resv;
+    uint64_t grant;     /* [epoch:32][P index + 1:32] the coordinator granted with a
+                         * GRANTED wake, stored before that state CAS; 0: the
+                         * Grant comes as a message.  Read by the M in GRANTED. */
+    uint8_t _pad0[GMPD_CACHELINE - 64];
     /* line 1: written by *other* Ms (see runq.c §Recovery: confirmation) */
     uint32_t confirmed;
     uint8_t _pad1[GMPD_CACHELINE - 4];
@@ -213,6 +217,7 @@ enum gmpd_sched_counter {
     GMPD_SC_MEMKILLS,       /* Ms killed or retired for going over the memory limit */
     GMPD_SC_NODESLOST,      /* node agents that died and were replaced (carried to the new node) */
     GMPD_SC_OFFERS,         /* offered root tasks Ms took from node memory (gmpd/offer.py) */
+    GMPD_SC_MEMGRANTS,      /* Ps granted in the M's slot with its wake, no Grant message */
     GMPD_SC__COUNT
 };
 

@@ -65,6 +65,31 @@ def test_a_marked_syscall_gives_its_p_to_other_work() -> None:
         assert stats.running_max <= 1
 
 
+def spawn_then_block(n: int, seconds: float) -> tuple[list[float], float]:
+    """Spawn n CPU children (into this P's queue), then block: the children
+    run on the P handed off meanwhile.  Returns their ends and our wake."""
+    kids = [gmpd.go(cpu, 0.01) for _ in range(n)]
+    with gmpd.syscall():
+        time.sleep(seconds)
+        woke = time.monotonic()
+    return [k.result() for k in kids], woke
+
+
+def test_a_hand_off_of_a_p_with_queued_gs_grants_it_in_the_parked_ms_slot() -> None:
+    """The P of a task blocked in a syscall, its children queued in the
+    P's ring, goes to the parked spare M in its slot (the M reads it on
+    waking, no Grant message through ZeroMQ): the children all run while
+    their parent sleeps, and never two Ms on one P."""
+    with gmpd.Executor(1) as ex:
+        ex.submit(cpu, 0.001).result(timeout=30)
+        time.sleep(0.3)  # the spare M parks
+        ends, woke = ex.submit(spawn_then_block, 4, 0.5).result(timeout=30)
+        assert max(ends) < woke, "the children waited for their blocked parent's P"
+        stats = ex.statistics()
+        assert stats.handoffs >= 1 and stats.memory_grants >= 1, stats
+        assert stats.running_max <= 1
+
+
 def test_a_hand_off_that_took_the_last_parked_m_starts_a_spare() -> None:
     """One P; three sleepers then a hog queued on it.  Each sleeper's P is
     handed to the next M; once a hand-off took the last parked M, the
