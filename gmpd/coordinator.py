@@ -616,7 +616,10 @@ class Coordinator:
         # it may only live on if its next step is a scheduling point that
         # notices the P is gone (its state ASLEEP or SYSCALL: resync/exitsyscall).
         owns_a_p = any(node.p_state(p)[1] == m for p in range(self.nprocs))
-        safe = (g is None and not owns_a_p) or (
+        # A GRANTED M has a grant it has not adopted yet (one in its slot
+        # carries no batch): resumed between our look and fence's CAS, it
+        # would adopt the P and use its ring beside the P's next M.
+        safe = (g is None and not owns_a_p and state != MState.GRANTED) or (
             lone_root and state in (MState.RUNNING, MState.SYSCALL, MState.ASLEEP, MState.JOIN)
         )
         if node.op_record(m)[1] != runq.OpState.IDLE or not safe or holds_more or info.batches:
@@ -969,8 +972,8 @@ class Coordinator:
             return False  # no timeout of its own, or one that is retried
         seconds = int.from_bytes(root.payload[1:5], "little") / 1000
         err = TaskTimeout(
-            f"the task ran past its timeout of {seconds:g} s (or its unpickling past [m] "
-            f"import_grace_ms): its M (pid {lost.pid}) was killed "
+            f"the task ran past its timeout of {seconds:g} s (or an import while unpickling it past "
+            f"[m] import_grace_ms): its M (pid {lost.pid}) was killed "
             f"and replaced; raise the timeout, or pass retry_timeouts=True to run it again"
         )
         del self.roots[tid]

@@ -88,22 +88,43 @@ class RemoteTraceback(Exception):
         return str(self.args[0]) if self.args else ""
 
 
-def run_payload(payload: bytes, decoded: Callable[[], None] | None = None) -> tuple[int, bytes]:
+class ImportWatch:
+    """A ``sys.meta_path`` finder, first in line while a timed task is
+    unpickled: it finds nothing, but the first import it sees calls
+    ``importing`` (the deadline widens to the import grace); once the task
+    is unpickled, ``imported`` is called if there was one (the timeout
+    starts again).  Unpickling that imports nothing stays timed as it is."""
+
+    def __init__(self, importing: Callable[[], None], imported: Callable[[], None]) -> None:
+        self.importing, self.imported, self.seen = importing, imported, False
+
+    def find_spec(self, name: str, path: object, target: object = None) -> None:
+        if not self.seen:
+            self.seen = True
+            self.importing()
+
+
+def run_payload(payload: bytes, watch: ImportWatch | None = None) -> tuple[int, bytes]:
     """Unpickle and call a task; (status, pickled result or exception).
     If unpickling imported modules, the template hears of them (gmpd.g's
-    preloading).  ``decoded`` is called once the task is unpickled, before
-    it runs: a task's timeout starts there (the M's import of the task's
-    modules is bounded apart, by ``[m] import_grace_ms``)."""
+    preloading), and ``watch`` (a task with a timeout) times the imports
+    apart: the M's import of the task's modules is bounded by ``[m]
+    import_grace_ms``, not by the task's timeout."""
     before = len(sys.modules)
+    if watch is not None:
+        sys.meta_path.insert(0, watch)
     try:
         fn, args, kwargs = decode_task(payload)
     except BaseException as exc:
         return wire.RAISED, error_payload(exc, " while unpickling the task")
     finally:
+        if watch is not None:
+            with contextlib.suppress(ValueError):
+                sys.meta_path.remove(watch)
         if len(sys.modules) > before:
             hint_imports(before)
-    if decoded is not None:
-        decoded()
+    if watch is not None and watch.seen:
+        watch.imported()
     try:
         result = fn(*args, **kwargs)
     except Shutdown:
@@ -872,7 +893,7 @@ class M:
         if not outer:  # an M counts once, however deep it nests inline runs
             node.sched_add(Counter.RUNNING, 1)
         payload, deadline = node.g_payload(h), self.deadline
-        arm = None
+        watch = None
         if payload[:1] in TIMED:  # a task with a timeout: sysmon kills us past the deadline
             ms = int.from_bytes(payload[1:5], "little")
             payload = payload[5:]
@@ -883,17 +904,16 @@ class M:
                     self.deadline = min(deadline, self.deadline)
                 node.m_set_deadline(self.m, self.deadline)
 
-            def arm() -> None:
-                set_deadline(ms)
-
             # Unpickling may import the task's modules on this M (a fresh
             # one, on a loaded machine, took longer than a 0.3 s timeout and
-            # the task failed wherever it ran): the timeout starts once the
-            # task is decoded, and the decoding has its own, looser bound.
-            set_deadline(max(ms, self.import_grace_ms))
+            # the task failed wherever it ran): an import has its own, looser
+            # bound, and the timeout starts again once the task is decoded.
+            grace = max(ms, self.import_grace_ms)
+            watch = ImportWatch(lambda: set_deadline(grace), lambda: set_deadline(ms))
+            set_deadline(ms)
         started = time.monotonic()
         try:
-            status, data = run_payload(payload, arm)
+            status, data = run_payload(payload, watch)
             self.resync()  # the G may have ended asleep-detected: the count and the P come back
             if not outer and self.in_syscall:
                 self.exitsyscall()  # the task returned inside a gmpd.syscall() it never left

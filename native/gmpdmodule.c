@@ -617,8 +617,9 @@ static PyObject *node_m_grant(NodeObject *self, PyObject *arg)
     uint32_t m;
     if (!arg_m(self, arg, &m))
         return NULL;
-    /* acquire: pairs with the coordinator's release store, which precedes
-     * its PARKED -> GRANTED CAS; the M reads this after seeing GRANTED. */
+    /* The M reads this after its state load (acquire) saw GRANTED, which
+     * the coordinator's CAS (acq_rel) set after this store: that pair
+     * orders it.  acquire here for the word on its own. */
     uint64_t w = __atomic_load_n(&gmpd_node_m(self->nd, m)->grant, __ATOMIC_ACQUIRE);
     return Py_BuildValue("(iI)", (int)(w & 0xffffffffu) - 1, (unsigned int)(w >> 32));
 }
@@ -632,7 +633,7 @@ static PyObject *node_m_set_grant(NodeObject *self, PyObject *args)
     if (p != -1 && !check_p(self, p))
         return NULL;
     uint64_t w = p < 0 ? 0 : ((uint64_t)epoch << 32) | (uint64_t)(p + 1);
-    /* release: published by the state CAS that follows it. */
+    /* Published by the PARKED -> GRANTED CAS that follows it (acq_rel). */
     __atomic_store_n(&gmpd_node_m(self->nd, (uint32_t)m)->grant, w, __ATOMIC_RELEASE);
     Py_RETURN_NONE;
 }

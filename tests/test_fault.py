@@ -348,6 +348,16 @@ class ImportsOnLoad:
         return (importlib.import_module, (self.name,))
 
 
+class SleepsOnLoad:
+    """An argument whose unpickling sleeps (and imports nothing)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (time.sleep, (self.seconds,))
+
+
 def module_name(module: object) -> str:
     return str(getattr(module, "__name__", ""))
 
@@ -360,9 +370,16 @@ def test_a_timeout_starts_once_the_task_is_unpickled(monkeypatch: pytest.MonkeyP
         f = ex.options(timeout=0.3).submit(module_name, ImportsOnLoad("tests._slow_import"))
         assert f.result(timeout=30) == "tests._slow_import"
         assert ex.statistics().timeouts == 0
-        # The timeout itself still holds, on that M, once the task is decoded.
+        # The timeout itself still holds, on that M, once the task is decoded,
+        # and over an unpickling that imports nothing (only imports get the grace).
         with pytest.raises(gmpd.TaskTimeout, match=r"timeout of 0.3 s"):
             ex.options(timeout=0.3).submit(time.sleep, 10).result(timeout=30)
+        start = time.monotonic()
+        with pytest.raises(gmpd.TaskTimeout, match=r"timeout of 0.3 s"):
+            ex.options(timeout=0.3).submit(type, SleepsOnLoad(5)).result(
+                timeout=30
+            )  # (a fresh M: type imports nothing)
+        assert time.monotonic() - start < 4
 
 
 def test_an_unpickling_that_hangs_ends_at_the_import_grace(monkeypatch: pytest.MonkeyPatch) -> None:
