@@ -323,11 +323,14 @@ def sample_peak(
     return peak[0], peak[1]
 
 
+IDLE_SAMPLE_S = 0.5  # ten samples of a system at rest (was 1 s: --quick outgrew its 2 minutes)
+
+
 def memory(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
     """Peak RSS of the system's processes together during farm (the issue's
     measure), idle beside it, and PSS too: RSS counts a page shared by N
     forked workers N times, PSS splits it among them."""
-    idle, idle_pss = sample_peak(lambda: None, s.preexisting, at_least_s=1.0)
+    idle, idle_pss = sample_peak(lambda: None, s.preexisting, at_least_s=IDLE_SAMPLE_S)
     busy, busy_pss = sample_peak(lambda: farm(s, n, d), s.preexisting)
     return busy, {"idle_mib": idle, "pss_mib": busy_pss, "idle_pss_mib": idle_pss}
 
