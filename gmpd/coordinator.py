@@ -737,7 +737,7 @@ class Coordinator:
         hold its slot back for START_RETRY_S (True), and if no M lives,
         fail the queued tasks: none would ever run."""
         self.start_failures += 1
-        if self.start_failures < START_FAILURES_MAX:
+        if not self.starts_failing():
             return False
         self.start_retry_at = time.monotonic() + START_RETRY_S
         heapq.heappush(self.held_slots, (self.start_retry_at, m))
@@ -768,9 +768,13 @@ class Coordinator:
             self.reply(root.client, wire.Results([(tid, wire.RAISED, payload)]))
         self.grq = collections.deque((tid, h) for tid, h in self.grq if h)  # (spilled Gs: in node memory)
 
+    def starts_failing(self) -> bool:
+        """START_FAILURES_MAX Ms in a row died before their Hello."""
+        return self.start_failures >= START_FAILURES_MAX
+
     def starting_held(self, now: float) -> bool:
         """Ms keep dying as they start: ask for none before start_retry_at."""
-        return self.start_failures >= START_FAILURES_MAX and now < self.start_retry_at
+        return self.starts_failing() and now < self.start_retry_at
 
     def fence(self, m: int) -> int:
         """Take dead M m's P, if it held one, under a new epoch; the P stays
@@ -1376,7 +1380,7 @@ class Coordinator:
         for info in self.ms.values():
             if info.waiting is not None:
                 due = min(due, info.deadline)
-        if self.start_failures >= START_FAILURES_MAX:
+        if self.starts_failing():
             # Ms die as they start: no M comes before start_retry_at.
             due = min(due, max(self.start_retry_at, now + START_POLL_S))
         elif self.work_beside_idle_p():
