@@ -11,6 +11,7 @@ Runs in: an M process (forked by the node agent's template process).
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import pickle
 import random
@@ -667,9 +668,10 @@ class M:
             return 0
         finally:
             # State first: killed in between, we leave the count high (the
-            # coordinator gives back a SPINNING M's count), never low.
+            # coordinator gives back a SPINNING M's count), never low; and
+            # never below 0 (its repair may have taken it back already).
             self.node.m_set(self.m, state=MState.IDLE)
-            self.node.sched_add(Counter.NMSPINNING, -1)
+            self.node.sched_dec(Counter.NMSPINNING)
 
     def stopm(self) -> None:
         """Park on the futex until woken, then ask for a P."""
@@ -1178,4 +1180,7 @@ def main(
     template's import-hint pipe (gmpd.g.set_hint_pipe)."""
     if hints >= 0:
         set_hint_pipe(hints)
+    # `kill -USR1 <M's pid>` prints where its threads are to its stderr (a
+    # stuck M, seen from outside; a task may take the signal for itself).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     return M(nm, m, endpoint=endpoint, results=results, lifeline=lifeline, spin_ms=spin_ms).run()

@@ -68,6 +68,7 @@ class Statistics:
     nodes_lost: int  # node agents that died; a new one took over and their tasks ran again
     offers_taken: int  # tasks submitted alone that a spinning M took from node memory (gmpd.offer)
     memory_grants: int  # Ps with queued Gs granted in node memory with the M's wake (hand-offs)
+    spin_repairs: int  # spinning counts no spinning M held, taken back (should stay 0; see docs/design.md)
     yields: int  # gmpd.checkpoint() calls that gave a flagged P's queue away
     sysmon_pid: int  # this node's sysmon process (it is restarted if it dies)
     gtab_resident_bytes: int  # memory the G table segment holds now
@@ -120,6 +121,7 @@ def snapshot(nm: NodeMemory, submitted: int, completed: int, duplicates: int = 0
         nodes_lost=c[Counter.NODESLOST],
         offers_taken=c[Counter.OFFERS],
         memory_grants=c[Counter.MEMGRANTS],
+        spin_repairs=c[Counter.SPINFIXES],
         yields=c[Counter.YIELDS],
         sysmon_pid=node.m_info(node.nms - 1)[3],
         gtab_resident_bytes=nm.gtab.path.stat().st_blocks * 512,

@@ -1295,6 +1295,18 @@ static PyObject *node_sched_add(NodeObject *self, PyObject *args)
     return PyLong_FromLong((int32_t)gmpd_sched_add(self->nd, i, delta));
 }
 
+static PyObject *node_sched_dec(NodeObject *self, PyObject *args)
+{
+    unsigned int i;
+    if (!node_ok(self) || !PyArg_ParseTuple(args, "I:sched_dec", &i))
+        return NULL;
+    if (i >= GMPD_SC__COUNT) {
+        PyErr_Format(PyExc_IndexError, "scheduler counter %u out of range", i);
+        return NULL;
+    }
+    return PyLong_FromUnsignedLong(gmpd_sched_dec(self->nd, i));
+}
+
 static PyObject *node_sched(NodeObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (!node_ok(self))
@@ -1390,6 +1402,7 @@ static PyMethodDef node_methods[] = {
      "offer_cas(slot, (seq, m, state), (seq, m, state)) -> bool: CAS the slot's state word"},
     {"stress", (PyCFunction)node_stress, METH_VARARGS, "stress(role, ctl, p, m, seed) -> int (C-level loop)"},
     {"sched_add", (PyCFunction)node_sched_add, METH_VARARGS, "sched_add(i, delta) -> new value of counter i"},
+    {"sched_dec", (PyCFunction)node_sched_dec, METH_VARARGS, "sched_dec(i) -> counter i less 1, never below 0"},
     {"sched", (PyCFunction)node_sched, METH_NOARGS, "sched() -> tuple of every scheduler counter"},
     {"attach_gtab", (PyCFunction)node_attach_gtab, METH_O, "attach_gtab(buffer): map the node's G table"},
     {"g_new", (PyCFunction)(void (*)(void))node_g_new, METH_VARARGS | METH_KEYWORDS,

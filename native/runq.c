@@ -763,6 +763,18 @@ uint32_t gmpd_sched_add(gmpd_node *nd, uint32_t i, int32_t delta)
     return v;
 }
 
+uint32_t gmpd_sched_dec(gmpd_node *nd, uint32_t i)
+{
+    /* A gauge's decrement that never wraps below 0: two parties may give
+     * back one count (an M and the coordinator's repair, gmpd/coordinator.py
+     * repair_spinning), and a wrapped gauge would read as huge for good.
+     * acq_rel on success, as gmpd_sched_add. */
+    uint32_t v = __atomic_load_n(&nd->sched[i], __ATOMIC_RELAXED);
+    while (v > 0 && !__atomic_compare_exchange_n(&nd->sched[i], &v, v - 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        ;
+    return v > 0 ? v - 1 : 0;
+}
+
 uint32_t gmpd_sched_load(gmpd_node *nd, uint32_t i)
 {
     return __atomic_load_n(&nd->sched[i], __ATOMIC_ACQUIRE); /* acquire: pairs with the adds */

@@ -218,6 +218,7 @@ enum gmpd_sched_counter {
     GMPD_SC_NODESLOST,      /* node agents that died and were replaced (carried to the new node) */
     GMPD_SC_OFFERS,         /* offered root tasks Ms took from node memory (gmpd/offer.py) */
     GMPD_SC_MEMGRANTS,      /* Ps granted in the M's slot with its wake, no Grant message */
+    GMPD_SC_SPINFIXES,      /* spinning counts the coordinator took back: no spinner held them */
     GMPD_SC__COUNT
 };
 
@@ -282,6 +283,7 @@ int gmpd_exitsyscall(gmpd_node *nd, uint32_t p, uint32_t mid, uint32_t epoch);
 int64_t gmpd_retake(gmpd_node *nd, uint32_t p, uint64_t seen);
 
 uint32_t gmpd_sched_add(gmpd_node *nd, uint32_t i, int32_t delta);
+uint32_t gmpd_sched_dec(gmpd_node *nd, uint32_t i);
 uint32_t gmpd_sched_load(gmpd_node *nd, uint32_t i);
 
 /* ---- parking: futex on a shared word (not FUTEX_PRIVATE) ------------- */
