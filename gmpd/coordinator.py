@@ -539,6 +539,8 @@ class Coordinator:
             lease.m = info.m
             info.p = lease.p
             self.stats.grants += 1
+            if info.m in self.want_p:  # (granted on its own request: a P freed later must not wake it)
+                self.want_p.remove(info.m)
         else:
             if has_g and info.m not in self.want_p:
                 self.want_p.append(info.m)  # woken first when a P is freed

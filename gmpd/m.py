@@ -308,8 +308,10 @@ class M:
     def recv(self, timeout_ms: int) -> wire.Message:
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
-            left = int((deadline - time.monotonic()) * 1000)
-            if left < 0 or not self.sock.poll(max(left, 0)):
+            # (Never below 0: recv(0) preempted for a millisecond between the
+            # two clock reads raised Shutdown with a message waiting.)
+            left = max(0, int((deadline - time.monotonic()) * 1000))
+            if not self.sock.poll(left):
                 raise Shutdown("the coordinator stopped answering")
             try:
                 msg = wire.decode(self.sock.recv())
@@ -488,6 +490,11 @@ class M:
         # Our record first: an M's p never names a P that is not its own
         # (statistics, tests); recovery goes by the P's word, not by this.
         self.node.m_set(self.m, p=-1)
+        if self.marked_p():
+            # sysmon marked us asleep as our last G ended and moved the P
+            # to SYSCALL after check_lease looked: it is still ours (retake
+            # leaves a P whose M is IDLE alone), and releasep needs RUNNING.
+            self.node.exitsyscall(self.p, self.m, self.epoch)
         self.node.releasep(self.p, self.m, self.epoch)
         self.send(wire.Release(self.m, self.p, self.epoch))
         self.p, self.runq = -1, None
@@ -668,8 +675,8 @@ class M:
             return 0
         finally:
             # State first: killed in between, we leave the count high (the
-            # coordinator gives back a SPINNING M's count), never low; and
-            # never below 0 (its repair may have taken it back already).
+            # coordinator's repair_spinning takes it back), never low; and
+            # never below 0 (the repair may have taken it back already).
             self.node.m_set(self.m, state=MState.IDLE)
             self.node.sched_dec(Counter.NMSPINNING)
 

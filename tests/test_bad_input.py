@@ -182,7 +182,9 @@ def test_base_exceptions_fail_only_their_task() -> None:
 
 
 def test_a_task_that_closes_its_stdio_leaves_the_m_working() -> None:
-    with gmpd.Executor(1) as ex:
+    # spin_ms: the M keeps its P between tasks, so the next ones are its
+    # own (with the default 2 ms it may park, and the other M run them all).
+    with gmpd.Executor(1, spin_ms=2000) as ex:
         pid = ex.submit(closes_stdio).result(timeout=30)
         results = [ex.submit(prints).result(timeout=30) for _ in range(3)]
         assert pid in results  # the same M printed again

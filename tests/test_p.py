@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import collections
+import functools
 import os
 import subprocess
 import sys
 import textwrap
 import time
+import types
 
+from gmpd import wire
+from gmpd.coordinator import Coordinator, MInfo, PLease
 from gmpd.runq import PStatus
 from gmpd.shm import NodeMemory
 
@@ -105,3 +110,28 @@ def test_park_across_processes_wakes_fast_and_burns_no_cpu(nm: NodeMemory) -> No
     assert proc.returncode == 0
     # Python start-up costs CPU; half a second of spinning would cost ~0.5 s more.
     assert usage.ru_utime + usage.ru_stime < 0.4, "a parked M must not burn CPU"
+
+
+def test_an_m_granted_on_its_own_request_leaves_the_line_for_freed_ps(nm: NodeMemory) -> None:
+    """An M back from a syscall with a G and no P to get waits in want_p,
+    woken first when a P frees; granted on a later request of its own, it
+    leaves that line (else a P freed afterwards woke it for nothing)."""
+    sent: list[wire.Message] = []
+    c = types.SimpleNamespace(
+        nm=nm,
+        ps=[PLease(p) for p in range(nm.node.nprocs)],
+        idle_ps=collections.deque(),
+        want_p=collections.deque(),
+        stats=types.SimpleNamespace(grants=0),
+        lease_ttl=5.0,
+        send=lambda _ident, msg: sent.append(msg),
+        batch_for=lambda _info, _limit: (0, [], []),
+    )
+    c.next_epoch = functools.partial(Coordinator.next_epoch, c)  # type: ignore[arg-type]
+    grant = functools.partial(Coordinator.grant, c)  # type: ignore[arg-type]
+    info = MInfo(2, b"m2", 123)
+    grant(info, True)
+    assert sent[-1] == wire.Grant(-1, 0, 0, 0, [], []) and list(c.want_p) == [2]
+    c.idle_ps.append(1)
+    grant(info, True)  # (it asked again after its park: a P was idle by then)
+    assert isinstance(sent[-1], wire.Grant) and sent[-1].p == 1 and not c.want_p

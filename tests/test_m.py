@@ -1,0 +1,60 @@
+"""An M's own steps, run on stand-ins for its sockets around real node memory."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import time
+import types
+
+import pytest
+
+from gmpd import m as m_module
+from gmpd import wire
+from gmpd.m import M
+from gmpd.runq import PStatus
+from gmpd.shm import NodeMemory
+
+
+class OneMessage:
+    """A DEALER socket with one message waiting."""
+
+    def __init__(self, msg: wire.Message) -> None:
+        self.frames = [wire.encode(msg)]
+
+    def poll(self, _timeout_ms: int) -> bool:
+        return bool(self.frames)
+
+    def recv(self) -> bytes:
+        return self.frames.pop()
+
+
+def test_a_recv_that_may_not_wait_still_reads_a_waiting_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """stopm's recv(0): preempted for 2 ms between its two clock reads, it
+    raised Shutdown ("the coordinator stopped answering") with the message
+    there, and the M exited, counted lost."""
+    clock = itertools.count(0, 0.002)
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))  # (gmpd.m reads time.monotonic)
+    fake = types.SimpleNamespace(sock=OneMessage(wire.Revoke(0, 3)))
+    assert M.recv(fake, 0) == wire.Revoke(0, 3)  # type: ignore[arg-type]
+    with pytest.raises(m_module.Shutdown):  # (and with none there, it does not wait)
+        M.recv(fake, 0)  # type: ignore[arg-type]
+
+
+def test_a_p_marked_after_its_last_g_is_released_for_real(nm: NodeMemory) -> None:
+    """sysmon may move the P to SYSCALL for a mark as the M's last G ends,
+    after check_lease looked: drop_p takes it back and releases it (a failed
+    releasep left the word SYSCALL under an M that had told the coordinator
+    the P was idle)."""
+    node = nm.node
+    sent: list[wire.Message] = []
+    assert node.acquirep(0, 1, 4)
+    assert node.p_cas(0, (PStatus.RUNNING, 1, 4), (PStatus.SYSCALL, 1, 4))  # (mark_asleep's move)
+    fake = types.SimpleNamespace(
+        nm=nm, node=node, m=1, p=0, epoch=4, runq=None, in_syscall=False, send=sent.append
+    )
+    fake.finish_wait = fake.flush = lambda: None
+    fake.marked_p = functools.partial(M.marked_p, fake)  # type: ignore[arg-type]
+    M.drop_p(fake)  # type: ignore[arg-type]
+    assert node.p_state(0) == (PStatus.IDLE, -1, 4)
+    assert sent == [wire.Release(1, 0, 4)] and fake.p == -1
