@@ -1082,6 +1082,7 @@ class Coordinator:
         counters of a lost node carry over, so statistics() adds up."""
         old = getattr(self, "nm", None)
         self.nm = nm
+        self.spin_excess = 0  # (repair_spinning's last look was at the lost node's gauge)
         if old is not None:
             before, now = old.node.sched(), nm.node.sched()
             for c in Counter:

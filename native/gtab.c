@@ -16,6 +16,10 @@
  *   The new block is BUILDING; the caller fills it and sets RUNNABLE
  *   (release) before its handle goes anywhere.  A process killed between
  *   the two leaves one BUILDING block: gmpd_gtab_sweep_building() frees it.
+ *   A process killed anywhere in galloc leaves the blocks tiling [1, top)
+ *   (crash order, below): a header with units 0 inside it would stop every
+ *   later walk for good (galloc looped on one, holding the GIL: an M hung in
+ *   g_new after SIGKILLs of the P's previous owner, and a task was lost).
  *   trim: lower `top` past trailing FREE blocks and punch the pages above
  *     it out of the tmpfs file, so an idle node gives memory back.
  *
@@ -25,6 +29,7 @@
 #define _GNU_SOURCE
 #include "gtab.h"
 
+#include <stddef.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -50,11 +55,16 @@ static int is_free(gmpd_grec *r)
     return __atomic_load_n(&r->state, __ATOMIC_ACQUIRE) == GMPD_G_FREE;
 }
 
+/* A header no allocator can have left (crash order, above): the walks stop
+ * there rather than loop on it for good, holding the GIL. */
+static int torn(gmpd_grec *r, uint32_t u, uint32_t top) { return r->units == 0 || r->units > top - u; }
+
 /* Absorb the FREE blocks that follow the FREE block at u. */
 static void coalesce(void *gtab, uint32_t p, uint32_t u, uint32_t top)
 {
     gmpd_grec *r = unit_at(gtab, p, u);
-    while (u + r->units < top && is_free(unit_at(gtab, p, u + r->units)))
+    while (u + r->units < top && is_free(unit_at(gtab, p, u + r->units)) &&
+           !torn(unit_at(gtab, p, u + r->units), u + r->units, top))
         r->units += unit_at(gtab, p, u + r->units)->units;
 }
 
@@ -65,6 +75,10 @@ uint32_t gmpd_greclaim(gmpd_node *nd, void *gtab, uint32_t p)
     uint32_t u = 1, last_live_end = 1, n = 0;
     while (u < pp->arena_top) {
         gmpd_grec *r = unit_at(gtab, p, u);
+        if (torn(r, u, pp->arena_top)) {
+            last_live_end = pp->arena_top; /* (keep all: what lies past it is unknown) */
+            break;
+        }
         if (is_free(r)) {
             coalesce(gtab, p, u, pp->arena_top);
             n++;
@@ -80,22 +94,47 @@ uint32_t gmpd_greclaim(gmpd_node *nd, void *gtab, uint32_t p)
     return n;
 }
 
+/* Crash order: the stores below are made in program order (each a relaxed
+ * atomic; a compiler barrier between the steps), so a process killed
+ * between any two leaves a tiling: first the split-off rest's header (still
+ * inside the free block, which no walk enters), then the block's new size
+ * (the rest becomes a FREE block of its own), then the other fields, the
+ * state last (BUILDING: swept if we die now).  The old code zeroed the
+ * whole header first: a kill right after it left units 0. */
 static uint32_t take(void *gtab, uint32_t p, uint32_t at, uint32_t need, uint32_t have)
 {
     gmpd_grec *r = unit_at(gtab, p, at);
     if (have > need) { /* split: the rest stays a FREE block */
         gmpd_grec *rest = unit_at(gtab, p, at + need);
-        rest->units = have - need;
-        __atomic_store_n(&rest->state, GMPD_G_FREE, __ATOMIC_RELAXED); /* relaxed: owner-only until handed out */
+        /* relaxed (all here): owner-only until handed out; the order is for a crash. */
+        __atomic_store_n(&rest->state, GMPD_G_FREE, __ATOMIC_RELAXED);
+        __atomic_store_n(&rest->units, have - need, __ATOMIC_RELAXED);
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        GMPD_CRASH_POINT(GMPD_CRASH_GALLOC_RESTED);
     }
+    __atomic_store_n(&r->units, need, __ATOMIC_RELAXED);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    GMPD_CRASH_POINT(GMPD_CRASH_GALLOC_SIZED);
     uint32_t gen = r->gen + 1u;
-    memset(r, 0, sizeof(*r));
-    r->units = need;
+    memset((char *)r + offsetof(gmpd_grec, gen), 0, sizeof(*r) - offsetof(gmpd_grec, gen));
     r->gen = gen;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    GMPD_CRASH_POINT(GMPD_CRASH_GALLOC_CLEARED);
     /* relaxed: nobody can reach this record until its handle is published
      * through a run queue (release) or a message. */
     __atomic_store_n(&r->state, GMPD_G_BUILDING, __ATOMIC_RELAXED);
     return (p << 22) | at;
+}
+
+/* A new block at `top`, past every walk until `top` moves over it. */
+static uint32_t take_at_top(gmpd_p *pp, void *gtab, uint32_t p, uint32_t need)
+{
+    uint32_t h = take(gtab, p, pp->arena_top, need, need);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST); /* (crash order: the header, then top) */
+    GMPD_CRASH_POINT(GMPD_CRASH_GALLOC_AT_TOP);
+    /* release: pairs with gmpd_gtab_scan's acquire of top (a racy snapshot). */
+    __atomic_store_n(&pp->arena_top, pp->arena_top + need, __ATOMIC_RELEASE);
+    return h;
 }
 
 uint32_t gmpd_galloc(gmpd_node *nd, void *gtab, uint32_t p, uint32_t nbytes)
@@ -108,6 +147,8 @@ uint32_t gmpd_galloc(gmpd_node *nd, void *gtab, uint32_t p, uint32_t nbytes)
     for (int pass = 0; pass < 2 && h == 0; pass++) {
         while (u < pp->arena_top) {
             gmpd_grec *r = unit_at(gtab, p, u);
+            if (torn(r, u, pp->arena_top))
+                break; /* (then a new block at top) */
             if (is_free(r)) {
                 coalesce(gtab, p, u, pp->arena_top);
                 if (r->units >= need) {
@@ -119,8 +160,7 @@ uint32_t gmpd_galloc(gmpd_node *nd, void *gtab, uint32_t p, uint32_t nbytes)
         }
         if (h == 0 && pp->arena_top + need <= GMPD_ARENA_SOFT_UNITS) {
             u = pp->arena_top; /* still small: grow rather than scan again */
-            pp->arena_top += need;
-            h = take(gtab, p, u, need, need);
+            h = take_at_top(pp, gtab, p, need);
         }
         if (h == 0)
             u = 1; /* second pass: from the front */
@@ -129,8 +169,7 @@ uint32_t gmpd_galloc(gmpd_node *nd, void *gtab, uint32_t p, uint32_t nbytes)
         if ((uint64_t)pp->arena_top + need > GMPD_ARENA_UNITS)
             return 0;
         u = pp->arena_top; /* nothing free fits anywhere: grow past the soft size */
-        pp->arena_top += need;
-        h = take(gtab, p, u, need, need);
+        h = take_at_top(pp, gtab, p, need);
     }
     gmpd_grec *r = gmpd_grec_at(gtab, h);
     r->len = nbytes;

@@ -90,9 +90,19 @@ enum gmpd_crashpoint {
     GMPD_CRASH_STEALNEXT_TAKEN,   /* victim runnext taken, own tail not stored */
     GMPD_CRASH_DRAINNEXT_TAKEN,   /* runnext taken into batch, ring not yet */
     GMPD_CRASH_DRAIN_TAKEN,       /* ring taken, not held */
+    GMPD_CRASH_GALLOC_RESTED,     /* gtab.c take(): the split-off rest's header written */
+    GMPD_CRASH_GALLOC_SIZED,      /* take(): the block's new size written */
+    GMPD_CRASH_GALLOC_CLEARED,    /* take(): its other fields cleared, state not BUILDING */
+    GMPD_CRASH_GALLOC_AT_TOP,     /* a new block's header past top, top not moved */
     GMPD_CRASH__COUNT
 };
 extern int gmpd_crash_at;
+void gmpd_crash(void);
+#define GMPD_CRASH_POINT(n)                                   \
+    do {                                                      \
+        if (__builtin_expect(gmpd_crash_at == (n), 0))       \
+            gmpd_crash();                                     \
+    } while (0)
 
 /* Result codes of the C layer (never Python exceptions here). */
 enum {

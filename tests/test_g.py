@@ -13,6 +13,8 @@ import pytest
 
 from gmpd.g import GState, dumps, handle_p
 from gmpd.shm import NodeMemory
+from tests.conftest import run_child
+from tests.test_runq_crash import point as crash_point
 
 
 def test_g_new_payload_and_info(nm: NodeMemory) -> None:
@@ -141,6 +143,45 @@ def test_g_sweep_frees_records_of_a_dead_allocator(nm: NodeMemory) -> None:
     assert node.g_sweep(3) == 1
     assert node.g_info(keep)[0] == GState.FREE
     assert node.g_info(done)[0] == GState.RUNNABLE
+
+
+@pytest.mark.parametrize("point", ["GALLOC_RESTED", "GALLOC_SIZED", "GALLOC_CLEARED", "GALLOC_AT_TOP"])
+def test_g_an_allocator_killed_anywhere_leaves_an_arena_the_next_one_can_walk(
+    nm: NodeMemory, point: str
+) -> None:
+    """A child, as P0's owner, is SIGKILLed at each step of g_new: the
+    P's next owner sweeps it and allocates at once, and every G before and
+    after the dead one is intact (its header was zeroed first, and a kill
+    right after left units 0: g_new then walked that block forever,
+    holding the GIL, and the M's task was lost)."""
+    node = nm.node
+    live = {node.g_new(0, bytes([i]) * 300): bytes([i]) * 300 for i in range(4)}
+    gap = next(iter(live))
+    node.g_free(gap)  # a free block ahead of the rover's next pass: split by the child's g_new
+    del live[gap]
+    node.g_reclaim(0)  # (the rover back to the front)
+    size = 100 if point != "GALLOC_AT_TOP" else 4000  # (too big for the gap: a new block at top)
+    code = f"""
+        from gmpd.native import _native
+        from gmpd.shm import NodeMemory
+        nm = NodeMemory.attach({nm.name!r})
+        _native._set_crash_point({crash_point(point)})
+        nm.node.g_new(0, b"x" * {size})
+        raise SystemExit(3)  # (the crash point was not reached)
+    """
+    assert run_child(code).returncode == -9
+    assert node.g_sweep(0) == 0  # (killed before the state said BUILDING: nothing to free)
+    code = f"""
+        from gmpd.shm import NodeMemory
+        nm = NodeMemory.attach({nm.name!r})
+        for i in range(50):
+            h = nm.node.g_new(0, bytes([i]) * (37 * i + 1))
+            assert nm.node.g_payload(h) == bytes([i]) * (37 * i + 1)
+    """
+    assert run_child(code, timeout=20).returncode == 0  # (hung before: a walk that never ends)
+    for h, data in live.items():
+        assert node.g_payload(h) == data
+    assert set(live) <= set(node.g_scan(0))  # (a scan walks past the dead one's block too)
 
 
 def test_g_result_wakes_a_waiter_in_another_process(nm: NodeMemory) -> None:

@@ -56,6 +56,10 @@ POINTS = [
     "STEALNEXT_TAKEN",
     "DRAINNEXT_TAKEN",
     "DRAIN_TAKEN",
+    "GALLOC_RESTED",  # (gtab.c: tests/test_g.py)
+    "GALLOC_SIZED",
+    "GALLOC_CLEARED",
+    "GALLOC_AT_TOP",
 ]
 
 
