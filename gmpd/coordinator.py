@@ -603,12 +603,13 @@ class Coordinator:
         back right after leaving the state, so only an M stopped in those
         few instructions on both looks would be miscounted: its own give-back
         then stops at 0 (sched_dec), and the gauge is right again once it
-        is done."""
+        is done.  An M counts itself only while it holds a P, so after its
+        Hello: the Ms we know are all the spinners."""
         node = self.nm.node
         spinning = 0
-        for m in range(node.nms - 1):
-            state, _curg, _p, pid, *_ = node.m_info(m)
-            spinning += pid > 0 and state == MState.SPINNING
+        for info in self.ms.values():  # (a dead M's slot may still read SPINNING: not these)
+            state, _curg, _p, pid, *_ = node.m_info(info.m)
+            spinning += pid == info.pid and state == MState.SPINNING
         excess = max(0, node.sched()[Counter.NMSPINNING] - spinning)
         leaked = min(excess, self.spin_excess)
         for _ in range(leaked):

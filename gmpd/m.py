@@ -486,15 +486,20 @@ class M:
             return
         self.finish_wait()  # (a batch in its answer is stashed: stopm gets a P for it)
         self.flush()
+        if self.marked_p():
+            # sysmon marked us asleep as our last G ended and moved the P
+            # to SYSCALL after check_lease looked: it is still ours (retake
+            # leaves a P whose M is IDLE or SPINNING alone), and releasep
+            # needs RUNNING.
+            self.node.exitsyscall(self.p, self.m, self.epoch)
+        if not self.owns_p():  # retaken meanwhile: its arena is another M's now (no trim)
+            self.node.m_set(self.m, p=-1)
+            self.p, self.runq = -1, None
+            return
         self.node.g_trim(self.p)  # going idle: give the arena's unused pages back
         # Our record first: an M's p never names a P that is not its own
         # (statistics, tests); recovery goes by the P's word, not by this.
         self.node.m_set(self.m, p=-1)
-        if self.marked_p():
-            # sysmon marked us asleep as our last G ended and moved the P
-            # to SYSCALL after check_lease looked: it is still ours (retake
-            # leaves a P whose M is IDLE alone), and releasep needs RUNNING.
-            self.node.exitsyscall(self.p, self.m, self.epoch)
         self.node.releasep(self.p, self.m, self.epoch)
         self.send(wire.Release(self.m, self.p, self.epoch))
         self.p, self.runq = -1, None

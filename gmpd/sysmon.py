@@ -167,10 +167,11 @@ class Sysmon:
             idle_help = sched[Counter.NMSPINNING] + sched[Counter.NPIDLE] > 0
             if node.runq_empty(p) and idle_help and now - pd.syscallwhen < self.grace_s:
                 continue
-            if node.m_info(owner)[0] in (MState.RUNNING, MState.IDLE):
+            if node.m_info(owner)[0] in (MState.RUNNING, MState.IDLE, MState.SPINNING):
                 # Its M claimed our mark before we moved the P (mark_asleep)
-                # and runs on it: leave it; the M takes the P word back to
-                # RUNNING at its next look (check_lease, entersyscall).  If
+                # and runs on it, or spins on it: leave it; the M takes the P
+                # word back to RUNNING at its next look (check_lease,
+                # entersyscall, drop_p).  If
                 # it blocks unmarked before that look, it is marked again
                 # like any M (the P is in SYSCALL already), and retaken.
                 self.detect_blocked(p, pd, owner, epoch, now)

@@ -112,7 +112,9 @@ static uint32_t take(void *gtab, uint32_t p, uint32_t at, uint32_t need, uint32_
         __atomic_signal_fence(__ATOMIC_SEQ_CST);
         GMPD_CRASH_POINT(GMPD_CRASH_GALLOC_RESTED);
     }
-    __atomic_store_n(&r->units, need, __ATOMIC_RELAXED);
+    /* release: a concurrent gmpd_gtab_scan that reads the new size (acquire)
+     * also sees the rest's header (the crash order needs no more). */
+    __atomic_store_n(&r->units, need, __ATOMIC_RELEASE);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     GMPD_CRASH_POINT(GMPD_CRASH_GALLOC_SIZED);
     uint32_t gen = r->gen + 1u;
@@ -162,8 +164,16 @@ uint32_t gmpd_galloc(gmpd_node *nd, void *gtab, uint32_t p, uint32_t nbytes)
             u = pp->arena_top; /* still small: grow rather than scan again */
             h = take_at_top(pp, gtab, p, need);
         }
-        if (h == 0)
-            u = 1; /* second pass: from the front */
+        if (h == 0) {
+            /* Second pass: from the front.  Its coalescing may absorb the
+             * block the rover is on: the rover goes to the front first, so
+             * that a kill (or no fit) in this pass never leaves it on a stale
+             * header inside a bigger free block (the next owner would hand
+             * out units that block also holds). */
+            u = 1;
+            pp->arena_rover = 1;
+            __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        }
     }
     if (h == 0) {
         if ((uint64_t)pp->arena_top + need > GMPD_ARENA_UNITS)
@@ -302,8 +312,8 @@ uint32_t gmpd_gtab_sweep_building(gmpd_node *nd, void *gtab, uint32_t p)
     uint32_t n = 0;
     for (uint32_t u = 1; u < pp->arena_top;) {
         gmpd_grec *r = unit_at(gtab, p, u);
-        if (r->units == 0)
-            break; /* torn header: nothing past it was handed out */
+        if (torn(r, u, pp->arena_top))
+            break; /* (see torn(): none is left by a crash now) */
         /* acquire: as in is_free(). */
         if (__atomic_load_n(&r->state, __ATOMIC_ACQUIRE) == GMPD_G_BUILDING) {
             gmpd_gfree(nd, gtab, (p << 22) | u);
@@ -351,7 +361,7 @@ uint32_t gmpd_gtab_scan(gmpd_node *nd, void *gtab, uint32_t p, uint32_t *out, ui
     uint32_t n = 0, top = __atomic_load_n(&pp->arena_top, __ATOMIC_ACQUIRE); /* acquire: racy snapshot */
     for (uint32_t u = 1; u < top && n < cap;) {
         gmpd_grec *r = unit_at(gtab, p, u);
-        uint32_t units = __atomic_load_n(&r->units, __ATOMIC_RELAXED); /* relaxed: validated below */
+        uint32_t units = __atomic_load_n(&r->units, __ATOMIC_ACQUIRE); /* acquire: pairs with take()'s size */
         if (units == 0 || units > top - u)
             break;
         /* acquire: as in is_free(). */

@@ -184,6 +184,35 @@ def test_g_an_allocator_killed_anywhere_leaves_an_arena_the_next_one_can_walk(
     assert set(live) <= set(node.g_scan(0))  # (a scan walks past the dead one's block too)
 
 
+@pytest.mark.parametrize("point", ["GALLOC_RESTED", "GALLOC_SIZED", "GALLOC_CLEARED"])
+def test_g_an_allocator_killed_in_its_second_pass_leaves_no_block_handed_out_twice(
+    nm: NodeMemory, point: str
+) -> None:
+    """Past the arena's soft size galloc scans again from the front, and
+    coalescing there may absorb the block its rover is on: killed then, it
+    left the rover on that stale header, and the next owner handed out units
+    the bigger free block also held (two live Gs overlapping)."""
+    node, block = nm.node, 60_000  # (939 units: 70 of them pass the 4 MiB soft size)
+    live = [node.g_new(0, bytes([i]) * block) for i in range(70)]
+    node.g_free(live.pop(0))  # A, at the front
+    node.g_free(live.pop(0))  # B, after it
+    node.g_free(node.g_new(0, b"a" * block))  # A again, taken in a second pass: the rover is on B now
+    code = f"""
+        from gmpd.native import _native
+        from gmpd.shm import NodeMemory
+        nm = NodeMemory.attach({nm.name!r})
+        _native._set_crash_point({crash_point(point)})
+        nm.node.g_new(0, b"y" * 100_000)  # (fits only A and B together: found in the second pass)
+        raise SystemExit(3)  # (the crash point was not reached)
+    """
+    assert run_child(code).returncode == -9
+    x = node.g_new(0, b"x" * 1000)
+    y = node.g_new(0, b"y" * 89_000)
+    assert node.g_payload(x) == b"x" * 1000 and node.g_payload(y) == b"y" * 89_000
+    for i, h in enumerate(live, 2):
+        assert node.g_payload(h) == bytes([i]) * block
+
+
 def test_g_result_wakes_a_waiter_in_another_process(nm: NodeMemory) -> None:
     node = nm.node
     h = node.g_new(0, b"child")

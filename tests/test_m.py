@@ -41,6 +41,16 @@ def test_a_recv_that_may_not_wait_still_reads_a_waiting_message(monkeypatch: pyt
         M.recv(fake, 0)  # type: ignore[arg-type]
 
 
+def dropping(nm: NodeMemory, sent: list[wire.Message]) -> types.SimpleNamespace:
+    """M 1 holding P 0 at epoch 4, as drop_p reads it."""
+    fake = types.SimpleNamespace(nm=nm, node=nm.node, m=1, p=0, epoch=4, runq=None, in_syscall=False)
+    fake.send = sent.append
+    fake.finish_wait = fake.flush = lambda: None
+    for name in ("marked_p", "owns_p"):
+        setattr(fake, name, functools.partial(getattr(M, name), fake))
+    return fake
+
+
 def test_a_p_marked_after_its_last_g_is_released_for_real(nm: NodeMemory) -> None:
     """sysmon may move the P to SYSCALL for a mark as the M's last G ends,
     after check_lease looked: drop_p takes it back and releases it (a failed
@@ -50,11 +60,23 @@ def test_a_p_marked_after_its_last_g_is_released_for_real(nm: NodeMemory) -> Non
     sent: list[wire.Message] = []
     assert node.acquirep(0, 1, 4)
     assert node.p_cas(0, (PStatus.RUNNING, 1, 4), (PStatus.SYSCALL, 1, 4))  # (mark_asleep's move)
-    fake = types.SimpleNamespace(
-        nm=nm, node=node, m=1, p=0, epoch=4, runq=None, in_syscall=False, send=sent.append
-    )
-    fake.finish_wait = fake.flush = lambda: None
-    fake.marked_p = functools.partial(M.marked_p, fake)  # type: ignore[arg-type]
+    fake = dropping(nm, sent)
     M.drop_p(fake)  # type: ignore[arg-type]
     assert node.p_state(0) == (PStatus.IDLE, -1, 4)
     assert sent == [wire.Release(1, 0, 4)] and fake.p == -1
+
+
+def test_a_p_retaken_before_drop_p_is_left_alone(nm: NodeMemory) -> None:
+    """Retaken meanwhile (its epoch moved), the P and its arena are another
+    M's: drop_p neither trims the arena (its top and pages are the new
+    owner's) nor releases the P."""
+    node = nm.node
+    sent: list[wire.Message] = []
+    assert node.acquirep(0, 1, 4)
+    assert node.p_cas(0, (PStatus.RUNNING, 1, 4), (PStatus.RUNNING, 2, 5))  # (retaken, granted to M 2)
+    h = node.g_new(0, b"x" * 5000)
+    node.g_free(node.g_new(0, b"y" * 5000))  # (a trim would lower top past this one)
+    top = node.g_arena(0)[2]
+    M.drop_p(dropping(nm, sent))  # type: ignore[arg-type]
+    assert node.p_state(0) == (PStatus.RUNNING, 2, 5) and not sent
+    assert node.g_arena(0)[2] == top and node.g_payload(h) == b"x" * 5000

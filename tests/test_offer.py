@@ -24,7 +24,7 @@ import pytest
 import gmpd
 from gmpd import offer, runq
 from gmpd.chaos import m_pids
-from gmpd.coordinator import Coordinator
+from gmpd.coordinator import Coordinator, MInfo
 from gmpd.g import GState
 from gmpd.native import OFFER_BYTES, OFFER_SLOTS, REPLY_BYTES
 from gmpd.offer import Offer
@@ -244,9 +244,12 @@ def test_a_task_alone_in_flight_is_offered_to_a_spinning_m() -> None:
 def test_a_spinning_count_no_spinner_holds_is_taken_back_on_the_second_look() -> None:
     with NodeMemory.create(2, 4) as nm:
         node = nm.node
-        repair = coordinator(nm).repair_spinning
+        c = coordinator(nm)
+        repair = c.repair_spinning
+        node.m_set(1, pid=os.getppid(), state=MState.SPINNING)  # a dead M's slot: it hides no leak
         node.sched_add(Counter.NMSPINNING, 1)  # an M between counting itself and its state store...
         repair()
+        c.ms[0] = MInfo(0, b"m0", os.getpid())
         node.m_set(0, pid=os.getpid(), state=MState.SPINNING)  # ...that made it: nothing to take back
         repair()
         assert node.sched()[Counter.NMSPINNING] == 1 and node.sched()[Counter.SPINFIXES] == 0
@@ -273,7 +276,7 @@ def test_a_leaked_spinning_count_is_taken_back_and_offers_go_on() -> None:
         assert nm is not None
         nm.node.sched_add(Counter.NMSPINNING, 1)  # as the leak left it
         offers_go_on(ex)
-        assert ex.statistics().spin_repairs == 1
+        assert ex.statistics().spin_repairs >= 1  # (a spinner caught in its window on two looks adds one)
 
 
 def test_offers_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:

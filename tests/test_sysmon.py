@@ -430,3 +430,23 @@ def test_a_p_sysmon_marked_asleep_gets_the_grace_of_a_new_syscall(nm: NodeMemory
         assert mon.retake(time.monotonic() + mon.grace_s + 0.001) == 1, "and is retaken after it"
     finally:
         mon.close()
+
+
+def test_a_spinning_m_whose_p_was_marked_after_its_last_g_keeps_it(nm: NodeMemory) -> None:
+    """sysmon's move of a P to SYSCALL can land after its M's last G ended
+    and its M checked the lease; the M then spins on it (its state SPINNING,
+    no G): a retake then gave the P, and the arena the M still uses until
+    drop_p, to a second M."""
+    node = nm.node
+    mon = Sysmon(nm, "ipc:///nonexistent/gmpd-test")  # (its messages only queue)
+    try:
+        assert node.acquirep(0, 0, 1)
+        node.m_set(0, pid=os.getpid(), p=0, curg=0, state=MState.SPINNING)
+        assert node.p_cas(0, (PStatus.RUNNING, 0, 1), (PStatus.SYSCALL, 0, 1))  # the late move
+        now = time.monotonic()
+        for _ in range(5):
+            mon.retake(now)
+            now += 2 * UNMARKED_MIN_S + mon.grace_s
+        assert node.p_state(0) == (PStatus.SYSCALL, 0, 1)  # (the M takes it back to RUNNING itself)
+    finally:
+        mon.close()
