@@ -486,15 +486,13 @@ class M:
             return
         self.finish_wait()  # (a batch in its answer is stashed: stopm gets a P for it)
         self.flush()
-        if self.marked_p():
-            # sysmon marked us asleep as our last G ended and moved the P
-            # to SYSCALL after check_lease looked: it is still ours (retake
-            # leaves a P whose M is IDLE or SPINNING alone), and releasep
-            # needs RUNNING.
-            self.node.exitsyscall(self.p, self.m, self.epoch)
-        if not self.owns_p():  # retaken meanwhile: its arena is another M's now (no trim)
-            self.node.m_set(self.m, p=-1)
-            self.p, self.runq = -1, None
+        # Again: sysmon may have marked us asleep as our last G ended and
+        # moved the P to SYSCALL after the last look (retake leaves a P
+        # whose M is IDLE or SPINNING alone: it is ours, back to RUNNING,
+        # which releasep needs); or retaken it while we spun (its arena is
+        # another M's then: no trim, no release).
+        self.check_lease()
+        if self.p < 0:
             return
         self.node.g_trim(self.p)  # going idle: give the arena's unused pages back
         # Our record first: an M's p never names a P that is not its own

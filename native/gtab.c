@@ -63,9 +63,12 @@ static int torn(gmpd_grec *r, uint32_t u, uint32_t top) { return r->units == 0 |
 static void coalesce(void *gtab, uint32_t p, uint32_t u, uint32_t top)
 {
     gmpd_grec *r = unit_at(gtab, p, u);
-    while (u + r->units < top && is_free(unit_at(gtab, p, u + r->units)) &&
-           !torn(unit_at(gtab, p, u + r->units), u + r->units, top))
-        r->units += unit_at(gtab, p, u + r->units)->units;
+    for (uint32_t v = u + r->units; v < top; v = u + r->units) {
+        gmpd_grec *next = unit_at(gtab, p, v);
+        if (!is_free(next) || torn(next, v, top))
+            return;
+        r->units += next->units;
+    }
 }
 
 uint32_t gmpd_greclaim(gmpd_node *nd, void *gtab, uint32_t p)

@@ -46,7 +46,7 @@ def dropping(nm: NodeMemory, sent: list[wire.Message]) -> types.SimpleNamespace:
     fake = types.SimpleNamespace(nm=nm, node=nm.node, m=1, p=0, epoch=4, runq=None, in_syscall=False)
     fake.send = sent.append
     fake.finish_wait = fake.flush = lambda: None
-    for name in ("marked_p", "owns_p"):
+    for name in ("marked_p", "check_lease"):
         setattr(fake, name, functools.partial(getattr(M, name), fake))
     return fake
 
