@@ -1,8 +1,9 @@
 """The work of examples/primes.py, in an importable module.
 
 Task functions that live in a module travel to the Ms by name (pickled once,
-cached on both sides); functions defined in ``__main__`` must be pickled by
-value, with cloudpickle, on every submit and every ``gmpd.go``.
+cached on both sides); functions defined in ``__main__`` travel by value,
+with cloudpickle, and are cached only while all they name is immutable or
+importable (README: Functions in an importable module...).
 """
 
 from __future__ import annotations
