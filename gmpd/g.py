@@ -13,7 +13,6 @@ the P it holds) and free it.  Life of a G:
 from __future__ import annotations
 
 import enum
-import operator
 import os
 import pickle
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 import cloudpickle
 import cloudpickle.cloudpickle as _cloudpickle_impl
 
+from gmpd import seal
 from gmpd.errors import GmpdError
 
 UNIT_BITS = 22
@@ -51,50 +51,19 @@ def handle_p(handle: int) -> int:
 # b"R" + 4-byte length + a function's pickle + dumps() of (args, kwargs).
 #   The function part is the same bytes every time, so the client caches it
 #   per function and the M caches the unpickled function per bytes.  It is
-#   either the function's name (a plain importable function), or
-#   cloudpickle's by-value pickle of a *sealed* function: one defined in
-#   __main__, a lambda or a closure whose pickle cannot change while it and
-#   everything it names stay the same objects (see _seal).
-# b"V" + cloudpickle of (fn, args, kwargs): everything else, pickled anew at
-#   every call, because cloudpickle captures globals and closure values as
-#   they are at that moment and any of them could have changed in place.
-#
-# A script's functions are the common case: pickling one by value cost the
-# client ~30 us a submit and the M as much to load it (a 10,000-task flood
-# of a __main__ no-op ran at 17-20 k/s, the same function imported at
-# 30-50 k/s).
+#   either the function's name (a plain importable function), or the
+#   by-value pickle of a sealed function with where its code was written
+#   (gmpd.seal: a script's function, a lambda or a closure that carries
+#   nothing mutable).
+# b"V" + cloudpickle of (fn, args, kwargs, where fn's code was written):
+#   everything else, pickled anew at every call, because cloudpickle
+#   captures globals and closure values as they are at that moment.
 
 _BY_REF: dict[Any, bytes] = {}  # function -> its by-reference pickle (small, bounded below)
-# function -> (its by-value pickle, what it carries, the state it was pickled in)
-_BY_VALUE: dict[Any, tuple[bytes, tuple[tuple[Any, tuple[str, ...]], ...], list[Any]]] = {}
-_LOADED: dict[bytes, Any] = {}  # function pickle -> function, in the M
-_LOADED_BYTES = [0]  # what _LOADED's keys hold, bounded by _LOADED_MAX_BYTES
+_LOADED: dict[bytes, Any] = {}  # function pickle -> function, in the M (oldest evicted first)
+_LOADED_BYTES = [0]  # what _LOADED's keys hold
 _CACHE_MAX = 4096
 _LOADED_MAX_BYTES = 64 << 20
-_MISSING = object()  # a name the function's globals do not hold (a builtin)
-_SEAL_DEPTH = 4  # helpers within helpers, and tuples within tuples, this deep at most
-
-
-def _by_value_module(name: str | None) -> bool:
-    """The user registered module ``name`` (or a package of it) with
-    cloudpickle.register_pickle_by_value: its objects travel by value."""
-    mods = _cloudpickle_impl._PICKLE_BY_VALUE_MODULES
-    return bool(mods) and name is not None and any(name == m or name.startswith(m + ".") for m in mods)
-
-
-def _importable(obj: Any) -> bool:
-    """``obj`` is what its module and qualified name lead to in an
-    importable module: pickle sends it by name, whatever it holds."""
-    name = getattr(obj, "__module__", None)
-    qualname = getattr(obj, "__qualname__", None)
-    if not name or name == "__main__" or not isinstance(qualname, str) or "<" in qualname:
-        return False
-    if _by_value_module(name):
-        return False
-    found: Any = sys.modules.get(name)
-    for part in qualname.split("."):
-        found = getattr(found, part, _MISSING)
-    return found is obj
 
 
 def _by_reference(fn: Any) -> bytes | None:
@@ -102,11 +71,11 @@ def _by_reference(fn: Any) -> bytes | None:
     if not isinstance(fn, types.FunctionType):
         return None
     cached = _BY_REF.get(fn)
-    if cached is not None:
+    if cached is not None and not seal.by_value_module(fn.__module__):  # (registered since)
         return cached
     if fn.__module__ in (None, "__main__") or fn.__closure__ or "<" in fn.__qualname__:
         return None  # lambdas, closures and __main__ functions travel by value
-    if _by_value_module(fn.__module__):
+    if seal.by_value_module(fn.__module__):
         return None
     try:
         data = pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
@@ -117,88 +86,23 @@ def _by_reference(fn: Any) -> bytes | None:
     return data
 
 
-def _code_names(code: types.CodeType) -> set[str]:
-    """Every name ``code`` and the code nested in it could look up as a
-    global (a superset: attribute names are among co_names too)."""
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _code_names(const)
-    return names
-
-
-def _seal(fn: types.FunctionType, plan: list[tuple[Any, tuple[str, ...]]], depth: int = 0) -> bool:
-    """Can ``fn``'s by-value pickle be reused while every object _state
-    reads stays the same?  Yes when all it carries is immutable or goes by
-    name.  ``plan`` gets (function, the global names its code uses) for fn
-    and for each by-value function it names (sealed the same way)."""
-    if fn.__kwdefaults__ or fn.__dict__ or depth > _SEAL_DEPTH:
-        return False  # (both are mutable dicts; rare in task functions)
-    names = tuple(sorted(_code_names(fn.__code__)))
-    plan.append((fn, names))
-    cells = tuple(_cell(c) for c in fn.__closure__ or ())
-    values = [fn.__globals__.get(n, _MISSING) for n in names]
-    return all(_sealed_value(v, plan, depth) for v in (*(fn.__defaults__ or ()), *cells, *values))
-
-
-def _sealed_value(v: Any, plan: list[tuple[Any, tuple[str, ...]]], depth: int) -> bool:
-    if v is _MISSING or v is None or v is Ellipsis or type(v) in (bool, int, float, complex, str, bytes):
-        return True
-    if type(v) in (tuple, frozenset):
-        return depth < _SEAL_DEPTH and all(_sealed_value(x, plan, depth + 1) for x in v)
-    if isinstance(v, types.ModuleType):
-        name = v.__name__
-        return sys.modules.get(name) is v and name != "__main__" and not _by_value_module(name)
-    if isinstance(v, (types.FunctionType, types.BuiltinFunctionType, type)) and _importable(v):
-        return True
-    if isinstance(v, types.FunctionType):
-        # A by-value helper travels inside fn's pickle: seal it too, once
-        # (recursion names fn itself).
-        return any(v is f for f, _ in plan) or _seal(v, plan, depth + 1)
-    return False  # a mutable or unknown object: it could change in place
-
-
-def _cell(cell: Any) -> Any:
-    try:
-        return cell.cell_contents
-    except ValueError:  # not yet bound
-        return _MISSING
-
-
-def _state(plan: tuple[tuple[Any, tuple[str, ...]], ...]) -> list[Any]:
-    """The objects a sealed function's pickle was made from: code,
-    defaults, names, cell contents and the globals the code names, of the
-    function and the helpers it carries."""
-    out: list[Any] = []
-    for f, names in plan:
-        out += (f.__code__, f.__defaults__, f.__kwdefaults__, not f.__dict__, f.__name__, f.__qualname__)
-        if f.__closure__:
-            out += [_cell(c) for c in f.__closure__]
-        get = f.__globals__.get
-        out += [get(n, _MISSING) for n in names]
-    return out
-
-
-def _by_value(fn: Any) -> bytes | None:
-    """fn's by-value pickle, made once while fn stays sealed (see _seal)."""
-    if not isinstance(fn, types.FunctionType):
-        return None
-    entry = _BY_VALUE.get(fn)
-    if entry is not None:
-        data, plan, state = entry
-        now = _state(plan)
-        if len(now) == len(state) and all(map(operator.is_, now, state)):
-            return data
-    found: list[tuple[Any, tuple[str, ...]]] = []
-    if not _seal(fn, found):
-        _BY_VALUE.pop(fn, None)
-        return None
-    data = bytes(cloudpickle.dumps(fn))
-    if len(_BY_VALUE) >= _CACHE_MAX:
-        _BY_VALUE.clear()  # (functions made per call, each submitted once)
-    plan = tuple(found)
-    _BY_VALUE[fn] = (data, plan, _state(plan))
-    return data
+def _load(ref: bytes) -> Any:
+    """The function an R payload names, loaded once per M."""
+    fn = _LOADED.get(ref)
+    if fn is not None:
+        return fn
+    fn = pickle.loads(ref)
+    if type(fn) is tuple:  # (a by-value function, where its code was written)
+        fn, files = fn
+        seal.relocate(fn, files)
+    if len(ref) <= _LOADED_MAX_BYTES // 8:
+        while _LOADED and (len(_LOADED) >= _CACHE_MAX or _LOADED_BYTES[0] + len(ref) > _LOADED_MAX_BYTES):
+            oldest = next(iter(_LOADED))
+            del _LOADED[oldest]
+            _LOADED_BYTES[0] -= len(oldest)
+        _LOADED[ref] = fn
+        _LOADED_BYTES[0] += len(ref)
+    return fn
 
 
 def dumps(obj: Any) -> bytes:
@@ -223,9 +127,9 @@ def dumps(obj: Any) -> bytes:
 
 def encode_task(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """The payload of a G that calls ``fn(*args, **kwargs)``."""
-    ref = _by_reference(fn) or _by_value(fn)
+    ref = _by_reference(fn) or seal.by_value(fn)
     if ref is None:
-        return b"V" + bytes(cloudpickle.dumps((fn, args, kwargs)))
+        return b"V" + bytes(cloudpickle.dumps((fn, args, kwargs, seal.code_files(fn))))
     return b"R" + len(ref).to_bytes(4, "little") + ref + dumps((args, kwargs))
 
 
@@ -273,16 +177,11 @@ def hint_imports(before: int) -> None:
 def decode_task(payload: bytes) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     """(fn, args, kwargs) from a payload made by :func:`encode_task`."""
     if payload[:1] == b"V":
-        fn, args, kwargs = cloudpickle.loads(payload[1:])
+        fn, args, kwargs, files = cloudpickle.loads(payload[1:])
+        seal.relocate(fn, files)
         return fn, args, kwargs
     n = int.from_bytes(payload[1:5], "little")
-    ref = payload[5 : 5 + n]
-    fn = _LOADED.get(ref)
-    if fn is None:
-        fn = pickle.loads(ref)
-        if len(_LOADED) < _CACHE_MAX and _LOADED_BYTES[0] + len(ref) <= _LOADED_MAX_BYTES:
-            _LOADED[ref] = fn
-            _LOADED_BYTES[0] += len(ref)
+    fn = _load(payload[5 : 5 + n])
     args, kwargs = cloudpickle.loads(payload[5 + n :])
     return fn, args, kwargs
 
