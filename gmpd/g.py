@@ -16,7 +16,6 @@ import enum
 import os
 import pickle
 import sys
-import traceback
 import types
 from collections.abc import Callable
 from typing import Any
@@ -60,7 +59,7 @@ def handle_p(handle: int) -> int:
 #   captures globals and closure values as they are at that moment.
 
 _BY_REF: dict[Any, bytes] = {}  # function -> its by-reference pickle (small, bounded below)
-_LOADED: dict[bytes, Any] = {}  # function pickle -> function, in the M (oldest evicted first)
+_LOADED: dict[bytes, tuple[Any, seal.Files | None]] = {}  # function pickle -> (function, files), in the M
 _LOADED_BYTES = [0]  # what _LOADED's keys hold
 _CACHE_MAX = 4096
 _LOADED_MAX_BYTES = 64 << 20
@@ -86,23 +85,25 @@ def _by_reference(fn: Any) -> bytes | None:
     return data
 
 
-def _load(ref: bytes) -> Any:
-    """The function an R payload names, loaded once per M."""
-    fn = _LOADED.get(ref)
-    if fn is not None:
-        return fn
-    fn = pickle.loads(ref)
-    if type(fn) is tuple:  # (a by-value function, where its code was written)
-        fn, files = fn
-        seal.relocate(fn, files)
-    if len(ref) <= _LOADED_MAX_BYTES // 8:
+def _load(ref: bytes) -> tuple[Any, seal.Files | None]:
+    """The function an R payload names, and where its by-value code was
+    written; loaded once per M (least recently used evicted first)."""
+    got = _LOADED.pop(ref, None)
+    if got is None:
+        fn, files = pickle.loads(ref), None
+        if type(fn) is tuple:  # (a by-value function, where its code was written)
+            fn, files = fn
+            seal.relocate(fn, files)
+        got = (fn, files)
         while _LOADED and (len(_LOADED) >= _CACHE_MAX or _LOADED_BYTES[0] + len(ref) > _LOADED_MAX_BYTES):
             oldest = next(iter(_LOADED))
             del _LOADED[oldest]
             _LOADED_BYTES[0] -= len(oldest)
-        _LOADED[ref] = fn
+        if len(ref) > _LOADED_MAX_BYTES // 8:
+            return got
         _LOADED_BYTES[0] += len(ref)
-    return fn
+    _LOADED[ref] = got  # (at the end: the most recently used)
+    return got
 
 
 def dumps(obj: Any) -> bytes:
@@ -174,21 +175,22 @@ def hint_imports(before: int) -> None:
         text = text[cut:]
 
 
-def decode_task(payload: bytes) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
-    """(fn, args, kwargs) from a payload made by :func:`encode_task`."""
+def decode_task(payload: bytes) -> tuple[Any, tuple[Any, ...], dict[str, Any], seal.Files | None]:
+    """(fn, args, kwargs, where fn's by-value code was written) from a
+    payload made by :func:`encode_task` (the last for error_payload)."""
     if payload[:1] == b"V":
         fn, args, kwargs, files = cloudpickle.loads(payload[1:])
-        seal.relocate(fn, files)
-        return fn, args, kwargs
+        return fn, args, kwargs, files  # (not relocated: error_payload names the files, if it comes to that)
     n = int.from_bytes(payload[1:5], "little")
-    fn = _load(payload[5 : 5 + n])
+    fn, files = _load(payload[5 : 5 + n])
     args, kwargs = cloudpickle.loads(payload[5 + n :])
-    return fn, args, kwargs
+    return fn, args, kwargs, files
 
 
-def error_payload(exc: BaseException, where: str = "") -> bytes:
-    """An exception as a RAISED result: (exc, its traceback as text), pickled."""
-    tb = "".join(traceback.format_exception(exc))
+def error_payload(exc: BaseException, where: str = "", files: seal.Files | None = None) -> bytes:
+    """An exception as a RAISED result: (exc, its traceback as text), pickled;
+    ``files`` names the files of by-value code (decode_task)."""
+    tb = seal.format_exception(exc, files)
     text = f'\n"""\nTraceback in gmpd M {os.getpid()}{where}:\n{tb}"""'
     try:
         return bytes(cloudpickle.dumps((exc, text)))

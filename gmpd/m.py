@@ -115,7 +115,7 @@ def run_payload(payload: bytes, watch: ImportWatch | None = None) -> tuple[int, 
     if watch is not None:
         sys.meta_path.insert(0, watch)
     try:
-        fn, args, kwargs = decode_task(payload)
+        fn, args, kwargs, files = decode_task(payload)
     except BaseException as exc:
         return wire.RAISED, error_payload(exc, " while unpickling the task")
     finally:
@@ -131,7 +131,7 @@ def run_payload(payload: bytes, watch: ImportWatch | None = None) -> tuple[int, 
     except Shutdown:
         raise  # the cluster is going away while the task waited (a join, a syscall's exit)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task, not the M
-        return wire.RAISED, error_payload(exc)
+        return wire.RAISED, error_payload(exc, files=files)
     finally:
         try:  # cheap on the hot path; a task may close or replace them
             intact = not (sys.stdout.closed or sys.stderr.closed or sys.stdin.closed)

@@ -22,10 +22,18 @@ cache by function alone and then send stale globals).  A function is
 sealed from its second submit on: a lambda made per call is pickled with
 its arguments, once, as before.
 
+A function rebound at every submit (it names a loop variable of the
+script) would be judged and pickled twice a submit and fill the M's cache:
+after CHURN_LIMIT judgements in a row with fewer than two hits between
+them, its next CHURN_SKIP submits go by value at each call unjudged.
+
 cloudpickle also names all code it sends by value ``<dynamic-code>``, so a
 remote traceback gave neither the file nor the line's text: the payload
-carries each code object's file (:func:`code_files`) and the M puts it
-back (:func:`relocate`).
+carries each code object's file (:func:`code_files`, keyed by
+:func:`code_key`), the M puts it back in a sealed function it loads
+(:func:`relocate`, once: warnings and logging name the file too), and
+:func:`format_exception` names the rest when a task fails (a task sent by
+value at each call pays nothing unless it fails).
 
 Runs in: the client and the Ms (encode_task, for ``gmpd.go``), and the Ms
 (relocate).
@@ -36,8 +44,10 @@ from __future__ import annotations
 import operator
 import sys
 import threading
+import traceback
 import types
 import weakref
+import zlib
 from typing import Any
 
 import cloudpickle
@@ -50,23 +60,42 @@ SEALS_MAX_BYTES = 64 << 20  # and the pickles they hold
 DYNAMIC_FILE = "<dynamic-code>"  # cloudpickle's co_filename for code sent by value
 
 Plan = tuple[tuple[types.FunctionType, tuple[str, ...]], ...]
+Files = dict[tuple[str, int, int], str]  # code_key -> co_filename
 
 
 class Seal:
     """What we know of one function: its pickle (None: not sealed, or seen
-    once), the helpers it carries, and the state it was judged in."""
+    once), the helpers it carries, the state it was judged in, and how it
+    has been going: cache hits since the last judgement, and judgements in
+    a row that few hits followed (a global rebound at every submit)."""
 
-    __slots__ = ("data", "helpers", "state", "version")
+    __slots__ = ("churn", "data", "helpers", "hits", "skip", "state", "version")
 
-    def __init__(self, data: bytes | None, helpers: Plan, state: list[Any], version: tuple[Any, ...]) -> None:
-        self.data, self.helpers, self.state, self.version = data, helpers, state, version
+    def __init__(
+        self,
+        data: bytes | None = None,
+        helpers: Plan = (),
+        state: list[Any] | None = None,
+        version: tuple[Any, ...] = (),
+        *,
+        churn: int = 0,
+        skip: int = 0,
+    ) -> None:
+        self.data, self.helpers, self.state, self.version = data, helpers, state or [], version
+        self.hits, self.churn, self.skip = 0, churn, skip
 
 
-# function -> its Seal.  Weak: a lambda made per call goes with its seal.
+# function -> its Seal.  Weak: a lambda made per call goes with its seal
+# (and a Seal holds no reference to its own function: see _state).
 _SEALS: weakref.WeakKeyDictionary[types.FunctionType, Seal] = weakref.WeakKeyDictionary()
 _SEALED_BYTES = [0]
-_FILES: weakref.WeakKeyDictionary[types.CodeType, dict[tuple[str, int], str]] = weakref.WeakKeyDictionary()
+_FILES: weakref.WeakKeyDictionary[types.CodeType, Files] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()  # (the byte count only: a seal is made outside it)
+_SELF = object()  # stands for the function itself in its state
+_PLAIN = (bool, int, float, complex, str, bytes)
+_CONSTANTS = (MISSING, None, Ellipsis, NotImplemented, type(None))
+CHURN_LIMIT = 3  # judgements in a row with fewer than 2 hits between them: then
+CHURN_SKIP = 64  # this many submits go by value at each call without a judgement
 
 
 def by_value_module(name: str | None) -> bool:
@@ -100,33 +129,61 @@ def global_names(code: types.CodeType) -> tuple[str, ...]:
 def by_value(fn: Any) -> bytes | None:
     """fn's by-value pickle, made once while fn stays sealed; None: pickle
     it with its arguments at this call (not a plain function, first seen,
-    or carrying something mutable)."""
-    if not isinstance(fn, types.FunctionType):
+    carrying something mutable, or rebound at every submit)."""
+    if type(fn) is not types.FunctionType:
         return None
     seal = _SEALS.get(fn)
     if seal is None:
-        _remember(fn, Seal(None, (), [], ()))  # seen once: sealed from the next submit
+        _remember(fn, Seal())  # seen once: judged from the next submit
         return None
-    if seal.version and seal.version == _version() and _same(_state(fn, seal.helpers), seal.state):
+    if seal.skip:
+        seal.skip -= 1
+        return None
+    if (
+        seal.version
+        and seal.version == _version(seal.version)
+        and _same(_state(fn, seal.helpers), seal.state)
+    ):
+        seal.hits += 1
         return seal.data  # (None: not sealable, and nothing it names has changed)
-    return _make(fn)
+    return _make(fn, seal)
 
 
-def _make(fn: types.FunctionType) -> bytes | None:
+def _make(fn: types.FunctionType, old: Seal) -> bytes | None:
+    churn = old.churn + 1 if old.version and old.hits < 2 else 0
+    if churn >= CHURN_LIMIT:
+        _remember(fn, Seal(skip=CHURN_SKIP))
+        return None
     plan: list[tuple[types.FunctionType, tuple[str, ...]]] = []
-    try:
-        sealed = _seal(fn, plan, 0)
-    except Exception:  # a global that fails isinstance (a lazy proxy): as before, by value at each call
-        sealed = False
+    sealed = _judge(fn, plan)
     helpers = tuple(plan[1:])  # (plan[0] is fn: a Seal must not hold its own key)
-    version, state = _version(), _state(fn, helpers)
+    packages = any(type(v) is types.ModuleType and hasattr(v, "__path__") for v in _globals(fn, helpers))
+    version, state = _version((packages,)), _state(fn, helpers)
     if not sealed:
-        _remember(fn, Seal(None, helpers, state, version))
+        _remember(fn, Seal(None, helpers, state, version, churn=churn))
         return None
     data = bytes(cloudpickle.dumps((fn, code_files(fn))))
-    if version == _version() and _same(_state(fn, helpers), state):
-        _remember(fn, Seal(data, helpers, state, version))  # (not if another thread changed it meanwhile)
+    # Judged, recorded and pickled one after the other: another thread may
+    # have rebound something in between.  Keep the pickle only if the
+    # state still holds and is still sealed.
+    if _judge(fn, []) and version == _version(version) and _same(_state(fn, helpers), state):
+        _remember(fn, Seal(data, helpers, state, version, churn=churn))
     return data
+
+
+def _judge(fn: types.FunctionType, plan: list[tuple[types.FunctionType, tuple[str, ...]]]) -> bool:
+    try:
+        return _seal(fn, plan, 0)
+    except Exception:  # a global that fails isinstance (a lazy proxy): as before, by value at each call
+        return False
+
+
+def _globals(fn: types.FunctionType, helpers: Plan) -> list[Any]:
+    out = []
+    for f, names in ((fn, global_names(fn.__code__)), *helpers):
+        get = f.__globals__.get
+        out += [get(n) for n in names]
+    return out
 
 
 def _remember(fn: types.FunctionType, seal: Seal) -> None:
@@ -151,14 +208,15 @@ def _seal(fn: types.FunctionType, plan: list[tuple[types.FunctionType, tuple[str
         return False  # (mutable dicts; rare in task functions)
     cells = [_cell(c) for c in fn.__closure__ or ()]
     values = [fn.__globals__.get(n, MISSING) for n in names]
-    # (Annotations travel too, but only introspection reads them: _state
-    # watches them by identity, and a class there may be mutable.)
-    return all(_sealed_value(v, plan, depth) for v in (*(fn.__defaults__ or ()), *cells, *values))
+    carried = (*(fn.__defaults__ or ()), *cells, *values, *fn.__annotations__.values())
+    return all(_sealed_value(v, plan, depth) for v in carried)
 
 
 def _sealed_value(v: Any, plan: list[tuple[types.FunctionType, tuple[str, ...]]], depth: int) -> bool:
-    if v is MISSING or v is None or v is Ellipsis or type(v) in (bool, int, float, complex, str, bytes):
+    if type(v) in _PLAIN or any(v is x for x in _CONSTANTS):
         return True
+    if type(v) in (types.GenericAlias, types.UnionType):  # annotations: list[int], int | None
+        v = (getattr(v, "__origin__", None), *v.__args__)
     if type(v) in (tuple, frozenset):
         return depth < SEAL_DEPTH and all(_sealed_value(x, plan, depth + 1) for x in v)
     if isinstance(v, types.ModuleType):
@@ -192,57 +250,80 @@ def _state(fn: types.FunctionType, helpers: Plan) -> list[Any]:
             out += [_cell(c) for c in f.__closure__]
         get = f.__globals__.get
         out += [get(n, MISSING) for n in (global_names(f.__code__) if names is None else names)]
-    return out
+    # A recursive closure holds itself in a cell: a Seal must not hold it.
+    return [_SELF if x is fn else x for x in out]
 
 
 def _same(now: list[Any], then: list[Any]) -> bool:
     return len(now) == len(then) and all(map(operator.is_, now, then))
 
 
-def _version() -> tuple[Any, ...]:
+def _version(how: tuple[Any, ...]) -> tuple[Any, ...]:
     """What a pickle also depends on beyond _state, compared by value: the
-    modules registered to travel by value, and (cloudpickle sends the
-    submodules of a package a function names that are imported when it
-    pickles) how many modules are imported."""
+    modules registered to travel by value and, if the function names a
+    package (``how[0]``: cloudpickle sends the package's submodules that
+    are imported when it pickles), the imported modules' count and the
+    last one imported."""
     mods = _cloudpickle_impl._PICKLE_BY_VALUE_MODULES
-    return (True, frozenset(mods) if mods else None, len(sys.modules))
+    imported = (len(sys.modules), next(reversed(sys.modules))) if how[0] else None
+    return (how[0], frozenset(mods) if mods else None, imported)
 
 
-def code_files(fn: Any) -> dict[tuple[str, int], str]:
-    """(co_qualname, co_firstlineno) -> co_filename of the code ``fn``
-    carries by value: its own, nested, and its by-value helpers'.  Kept
-    per code object: a lambda made per call is the same code each time
-    (a helper rebound since only loses its file name in a traceback)."""
-    code = getattr(fn, "__code__", None)
-    if type(code) is not types.CodeType:
+def code_key(code: types.CodeType) -> tuple[str, int, int]:
+    """A code object, the same on the client and on the M (the bytecode's
+    CRC tells apart two lambdas on line 1 of two notebook cells)."""
+    return code.co_qualname, code.co_firstlineno, zlib.crc32(code.co_code)
+
+
+def code_files(fn: Any) -> Files:
+    """code_key -> co_filename of the code ``fn`` carries by value: its
+    own, nested, and that of the by-value functions and classes it reaches
+    (globals, cells, defaults, tuples, class dicts).  Kept per code object:
+    a lambda made per call is the same code each time (a helper rebound
+    since would only lose its file name in a traceback)."""
+    if type(fn) is not types.FunctionType:
         return {}
-    files = _FILES.get(code)
+    files = _FILES.get(fn.__code__)
     if files is None:
-        files = _FILES[code] = _find_files(fn)
+        files = _FILES[fn.__code__] = _find_files(fn)
     return files
 
 
-def _find_files(fn: Any) -> dict[tuple[str, int], str]:
-    files: dict[tuple[str, int], str] = {}
-    todo, seen = [fn], set()
+def _find_files(fn: types.FunctionType) -> Files:
+    files: Files = {}
+    todo: list[Any] = [fn]
+    seen: set[int] = set()
     while todo:
-        f = todo.pop()
-        if type(f) is not types.FunctionType or id(f) in seen or importable(f):
-            continue  # (type(), not isinstance: a lazy proxy's __class__ may raise)
-        seen.add(id(f))
-        codes = [f.__code__]
-        while codes:
-            code = codes.pop()
-            files[code.co_qualname, code.co_firstlineno] = code.co_filename
-            codes += (c for c in code.co_consts if isinstance(c, types.CodeType))
-        todo += (f.__globals__.get(n) for n in global_names(f.__code__))
-        todo += (_cell(c) for c in f.__closure__ or ())
+        v = todo.pop()
+        kind = type(v)  # (type(), not isinstance: a lazy proxy's __class__ may raise)
+        if id(v) in seen or not (kind is types.FunctionType or kind is tuple or isinstance(kind, type)):
+            continue
+        seen.add(id(v))
+        if kind is tuple:
+            todo += v
+        elif kind is types.FunctionType:
+            if importable(v):
+                continue
+            codes = [v.__code__]
+            while codes:
+                code = codes.pop()
+                files[code_key(code)] = code.co_filename
+                codes += (c for c in code.co_consts if isinstance(c, types.CodeType))
+            todo += (v.__globals__.get(n) for n in global_names(v.__code__))
+            todo += (_cell(c) for c in v.__closure__ or ())
+            todo += v.__defaults__ or ()
+        elif kind is type and v is not type and not importable(v) and v.__module__ == "__main__":
+            for member in vars(v).values():  # a script's class: its methods
+                todo.append(getattr(member, "__func__", member))
+                todo.append(getattr(member, "fget", None))
     return files
 
 
-def relocate(fn: Any, files: dict[tuple[str, int], str]) -> None:
+def relocate(fn: Any, files: Files) -> None:
     """Give the by-value functions reachable from ``fn`` (helpers in its
-    globals, closures) their code's file names back (see code_files)."""
+    globals, closures) their code's file names back (see code_files): once
+    per sealed function an M loads, so that warnings and logging name the
+    file too.  What it does not reach, format_exception names."""
     todo, seen = [fn], set()
     while files and todo:
         f = todo.pop()
@@ -254,9 +335,38 @@ def relocate(fn: Any, files: dict[tuple[str, int], str]) -> None:
         f.__code__ = _relocated(f.__code__, files)
         todo += f.__globals__.values()
         todo += (_cell(c) for c in f.__closure__ or ())
+        todo += f.__defaults__ or ()
 
 
-def _relocated(code: types.CodeType, files: dict[tuple[str, int], str]) -> types.CodeType:
+def _relocated(code: types.CodeType, files: Files) -> types.CodeType:
     consts = tuple(_relocated(c, files) if isinstance(c, types.CodeType) else c for c in code.co_consts)
-    name = files.get((code.co_qualname, code.co_firstlineno), code.co_filename)
+    name = files.get(code_key(code), code.co_filename)
     return code.replace(co_filename=name, co_consts=consts)
+
+
+def format_exception(exc: BaseException, files: Files | None) -> str:
+    """``traceback.format_exception(exc)``, with the file of every frame in
+    by-value code (``<dynamic-code>``) named from ``files``; the source
+    line is then read from that file, if this host has it."""
+    te = traceback.TracebackException.from_exception(exc, lookup_lines=False, compact=True)
+    if files:
+        _refile(te, exc, files, set())
+    return "".join(te.format())
+
+
+def _refile(
+    te: traceback.TracebackException | None, exc: BaseException | None, files: Files, seen: set[int]
+) -> None:
+    if te is None or exc is None or id(exc) in seen:
+        return
+    seen.add(id(exc))
+    codes = (frame.f_code for frame, _line in traceback.walk_tb(exc.__traceback__))
+    for summary, code in zip(te.stack, codes, strict=False):
+        if summary.filename == DYNAMIC_FILE:
+            summary.filename = files.get(code_key(code), DYNAMIC_FILE)
+    _refile(te.__cause__, exc.__cause__, files, seen)
+    _refile(te.__context__, exc.__context__, files, seen)
+    for sub_te, sub in zip(
+        getattr(te, "exceptions", None) or (), getattr(exc, "exceptions", ()), strict=False
+    ):
+        _refile(sub_te, sub, files, seen)

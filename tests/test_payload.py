@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -69,7 +70,7 @@ def pickles(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 def run(fn: Callable[..., Any], *args: Any) -> Any:
     """What an M computes for the payload (a fresh decode, as in an M)."""
-    f, a, kw = g.decode_task(g.encode_task(fn, args, {}))
+    f, a, kw, _files = g.decode_task(g.encode_task(fn, args, {}))
     return f(*a, **kw)
 
 
@@ -80,8 +81,8 @@ def test_a_scripts_function_is_pickled_once_while_nothing_it_names_changes(pickl
     assert [obj[0] for obj in pickles] == [ns["add_k"]] * 2, "then pickled by value once, its helper inside"
     assert len({p[: 5 + int.from_bytes(p[1:5], "little")] for p in payloads[1:]}) == 1
     assert run(ns["add_k"], 4) == 5
-    fn, _, _ = g.decode_task(g.encode_task(ns["add_k"], (1,), {}))
-    again, _, _ = g.decode_task(g.encode_task(ns["add_k"], (2,), {}))
+    fn, *_ = g.decode_task(g.encode_task(ns["add_k"], (1,), {}))
+    again, *_ = g.decode_task(g.encode_task(ns["add_k"], (2,), {}))
     assert fn is again, "an M loads the function once"
 
 
@@ -168,7 +169,7 @@ def test_a_module_registered_by_value_sends_its_functions_by_value(pickles: list
     finally:
         cloudpickle.unregister_pickle_by_value(mod)
         del sys.modules[mod.__name__]
-    fn, args, _ = g.decode_task(payload)  # the module is gone, as on an M that never had it
+    fn, args, *_ = g.decode_task(payload)  # the module is gone, as on an M that never had it
     assert fn(*args) == 6
 
 
@@ -219,7 +220,7 @@ def test_a_changed_docstring_module_or_annotation_is_sent_anew(pickles: list[Any
     fn.__doc__ = "v2"
     fn.__module__ = "renamed"
     fn.__annotations__["x"] = str
-    loaded, _, _ = g.decode_task(g.encode_task(fn, (1,), {}))
+    loaded, *_ = g.decode_task(g.encode_task(fn, (1,), {}))
     assert (loaded.__doc__, loaded.__module__, loaded.__annotations__) == ("v2", "renamed", {"x": str})
 
 
@@ -229,7 +230,7 @@ def test_keyword_defaults_changed_in_place_are_sent(pickles: list[Any]) -> None:
     fn = ns["scaled"]
     fn.__kwdefaults__ = {}  # (empty, so falsy)
     for _ in range(2):
-        f, args, kwargs = g.decode_task(g.encode_task(fn, (2,), {"scale": 1}))
+        f, args, kwargs, _ = g.decode_task(g.encode_task(fn, (2,), {"scale": 1}))
         assert f(*args, **kwargs) == 2
     fn.__kwdefaults__["scale"] = 10
     assert run(fn, 2) == 20
@@ -291,7 +292,7 @@ def test_a_module_registered_by_value_after_a_submit_goes_by_value(pickles: list
             cloudpickle.unregister_pickle_by_value(mod)
     finally:
         del sys.modules[mod.__name__]
-    fn, args, _ = g.decode_task(payload)
+    fn, args, *_ = g.decode_task(payload)
     assert fn(*args) == 6
 
 
@@ -351,12 +352,153 @@ def test_an_ms_function_cache_evicts_the_oldest(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(g, "_LOADED", {})
     monkeypatch.setattr(g, "_LOADED_BYTES", [0])
     stable = script()["add_k"]
-    first, _, _ = g.decode_task(g.encode_task(stable, (1,), {}) and g.encode_task(stable, (1,), {}))
+    first, *_ = g.decode_task(g.encode_task(stable, (1,), {}) and g.encode_task(stable, (1,), {}))
     for i in range(20):
         ns = script()
         ns["K"] = i
         g.decode_task(g.encode_task(ns["add_k"], (1,), {}) and g.encode_task(ns["add_k"], (1,), {}))
-        again, _, _ = g.decode_task(g.encode_task(stable, (1,), {}))
+        again, *_ = g.decode_task(g.encode_task(stable, (1,), {}))
         assert again is first or i > 0
     assert len(g._LOADED) == 8
     assert sum(map(len, g._LOADED)) == g._LOADED_BYTES[0]
+
+
+def test_a_global_rebound_between_judging_and_recording_is_not_sealed(
+    pickles: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another thread rebinding K to a list right after fn was judged: the
+    pickle then holds the list, which may change in place."""
+    ns = script()
+    real = seal._judge
+    calls: list[bool] = []
+
+    def judge_then_rebind(*args: Any) -> bool:
+        ok = real(*args)
+        if not calls:
+            ns["K"] = [1]  # (as if another thread did it right now)
+        calls.append(ok)
+        return ok
+
+    exec("def k_of(x):\n    return K\n", ns)
+    run(ns["k_of"], 0)  # seen once
+    monkeypatch.setattr(seal, "_judge", judge_then_rebind)
+    assert run(ns["k_of"], 0) == [1]
+    ns["K"].append(2)
+    assert run(ns["k_of"], 0) == [1, 2]
+
+
+def test_a_recursive_closure_is_not_kept_alive_by_its_seal(pickles: list[Any]) -> None:
+    ns = script()
+    exec("def outer(k):\n    def rec(n):\n        return k if n < 1 else rec(n - 1)\n    return rec\n", ns)
+    refs = []
+    for k in range(20):
+        rec = ns["outer"](k)
+        assert [run(rec, 3) for _ in range(3)] == [k] * 3
+        refs.append(weakref.ref(rec))
+    del rec
+    pickles.clear()
+    gc.collect()
+    assert not any(r() for r in refs), "a seal held its own function through the function's cell"
+
+
+def test_annotations_are_judged_like_globals(pickles: list[Any]) -> None:
+    """cloudpickle sends annotations by value: a script's class there may
+    change in place; plain types and their generics are sealed."""
+    ns = script()
+    for source in (
+        "class Cfg:\n    scale = 1\ndef typed(x: Cfg) -> int:\n    return x\n",
+        "def generic(xs: list[int], y: int | None = None) -> dict[str, int]:\n    return {}\n",
+    ):  # (not under this file's `from __future__ import annotations`: real objects)
+        exec(compile(source, "<script>", "exec", dont_inherit=True), ns)
+    assert [g.encode_task(ns["typed"], (1,), {})[:1] for _ in range(3)] == [b"V"] * 3
+    assert [g.encode_task(ns["generic"], ([],), {})[:1] for _ in range(3)] == [b"V", b"R", b"R"]
+
+
+def test_a_submodule_imported_as_another_module_leaves_makes_a_new_pickle(
+    pickles: list[Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same count of imported modules, not the same modules."""
+    (tmp_path / "gmpd_test_pkg2").mkdir()
+    (tmp_path / "gmpd_test_pkg2" / "__init__.py").write_text("")
+    (tmp_path / "gmpd_test_pkg2" / "sub.py").write_text("X = 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules["gmpd_test_placeholder"] = types.ModuleType("gmpd_test_placeholder")
+    ns: dict[str, Any] = {"__name__": "__main__"}
+    exec("import gmpd_test_pkg2\ndef get():\n    return gmpd_test_pkg2.sub.X\n", ns)
+    try:
+        for _ in range(3):
+            g.encode_task(ns["get"], (), {})
+        count = len(sys.modules)
+        del sys.modules["gmpd_test_placeholder"]
+        importlib.import_module("gmpd_test_pkg2.sub")
+        assert len(sys.modules) == count
+        assert b"gmpd_test_pkg2.sub" in g.encode_task(ns["get"], (), {})
+    finally:
+        for name in ("gmpd_test_pkg2.sub", "gmpd_test_pkg2", "gmpd_test_placeholder"):
+            sys.modules.pop(name, None)
+
+
+class _AttrDict(dict[str, Any]):
+    """Callable, and every attribute lookup raises KeyError."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self[name]
+
+    def __call__(self, x: int) -> int:
+        return 3 * x
+
+
+def test_a_callable_whose_getattr_raises_is_sent_as_before(pickles: list[Any]) -> None:
+    assert run(_AttrDict(), 2) == 6
+
+
+def test_a_global_rebound_at_every_submit_goes_by_value_without_churning(pickles: list[Any]) -> None:
+    """A task reading a loop variable of the script: after a few re-seals in
+    a row it is sent by value at each call, and the M's cache stays."""
+    ns = script()
+    exec("def step(x):\n    return x + K\n", ns)
+    forms = []
+    for i in range(40):
+        ns["K"] = 1000 + i  # (a new int object each time)
+        payload = g.encode_task(ns["step"], (1,), {})
+        forms.append(payload[:1])
+        f, args, kwargs, _ = g.decode_task(payload)
+        assert f(*args, **kwargs) == 1001 + i
+    assert forms[-30:] == [b"V"] * 30, forms
+
+
+def failing_text(fn: Callable[..., Any], *args: Any) -> str:
+    """The traceback text an M sends for ``fn(*args)`` (decoded, run, failed)."""
+    f, args, kwargs, files = g.decode_task(g.encode_task(fn, args, {}))
+    try:
+        f(*args, **kwargs)
+    except Exception as exc:
+        _exc, text = cloudpickle.loads(g.error_payload(exc, files=files))
+        assert seal.DYNAMIC_FILE not in text, text
+        return str(text)
+    raise AssertionError("it did not fail")
+
+
+def test_a_v_task_is_not_relocated_unless_it_fails(tmp_path: Any) -> None:
+    """The M names by-value files only in a traceback (a task that succeeds
+    pays nothing), including code that no global reaches: a helper given
+    as a default, and a method of a script's class."""
+    ns: dict[str, Any] = {"__name__": "__main__", "BOXES": []}  # (mutable: by value at each call)
+    exec(compile("def helper(x):\n    return 1 / x\n", str(tmp_path / "cell_A.py"), "exec"), ns)
+    source = "class Box:\n    def div(self, x, h=helper):\n        return h(x)\n"
+    source += "def go(x):\n    BOXES.clear()\n    return Box().div(x)\n"
+    exec(compile(source, str(tmp_path / "cell_B.py"), "exec"), ns)
+    fn, *_ = g.decode_task(g.encode_task(ns["go"], (0,), {}))
+    assert fn.__code__.co_filename == seal.DYNAMIC_FILE
+    text = failing_text(ns["go"], 0)
+    for where in ('cell_B.py", line 6, in go', 'cell_B.py", line 3, in div', 'cell_A.py", line 2, in helper'):
+        assert where in text, text
+
+
+def test_two_lambdas_on_the_same_line_of_two_cells_keep_their_files(tmp_path: Any) -> None:
+    ns: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile("lam_b = lambda: 1 // 1\n", str(tmp_path / "cell_B.py"), "exec"), ns)
+    exec(compile("lam_c = lambda: 1 // 0\n", str(tmp_path / "cell_C.py"), "exec"), ns)
+    exec(compile("def both():\n    return lam_b() + lam_c()\n", str(tmp_path / "cell_D.py"), "exec"), ns)
+    for _ in range(2):  # by value at each call, then sealed
+        assert 'cell_C.py", line 1, in <lambda>' in failing_text(ns["both"])
