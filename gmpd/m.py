@@ -58,8 +58,13 @@ FLUSH_EVERY = 64  # results per Results message at most
 # farm takes from its tasks.  At 2 ms a 5 ms G's result went with the
 # next one; at 10 ms, three to four go together: farm efficiency 0.91 ->
 # 0.93 in A/B runs (with FINISHED_AGE 0.1 s), client CPU 65 -> 45 ms a
-# run.  A lone task is not delayed: an M whose queue runs dry flushes.
-FLUSH_AGE = 0.010
+# run; at 25 ms (issue 6, tenth session; 6 A/B pairs each) farm 0.935-0.949
+# -> 0.944-0.955, blocking_mix 1.154-1.207 -> 1.143-1.186, imbalance and
+# noop_submit unchanged.  A lone task is not delayed: an M whose queue runs
+# dry flushes; a G that ran LONG_G sends at once.  What it costs: a result
+# in a stream reaches its caller up to 25 ms after its G ended, and an M
+# killed loses up to 25 ms of results (their tasks run again).
+FLUSH_AGE = 0.025
 LONG_G = 0.01  # a G that ran this long sends its result at once (a message is < 1% of it)
 # The heartbeat thread's period: it renews the lease, and sends results
 # that wait behind a long G (the G-end check alone left them there until
