@@ -44,7 +44,7 @@ from typing import Any
 
 import zmq
 
-from gmpd import config, wire
+from gmpd import config, seal, wire
 from gmpd.errors import ClusterLost, CoordinatorLost, GmpdError
 from gmpd.future import LazyFuture, lazy_lock
 from gmpd.g import encode_task, run_chunk
@@ -787,7 +787,8 @@ class Executor(_BaseExecutor):
             fs = [self.submit(fn, *args) for args in zip(*iterables, strict=False)]
         else:
             star = len(iterables) != 1
-            fs = [self.submit(run_chunk, fn, chunk, star) for chunk in _chunks(iterables, chunksize)]
+            files = seal.code_files(fn) or None  # (fn goes as an argument: its files with it)
+            fs = [self.submit(run_chunk, fn, chunk, star, files) for chunk in _chunks(iterables, chunksize)]
         return self._map_results(fs, end, chunksize > 1)
 
     def _map_results(self, fs: list[Future[Any]], end: float | None, chunked: bool) -> Iterator[Any]:

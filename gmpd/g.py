@@ -70,8 +70,10 @@ def _by_reference(fn: Any) -> bytes | None:
     if not isinstance(fn, types.FunctionType):
         return None
     cached = _BY_REF.get(fn)
-    if cached is not None and not seal.by_value_module(fn.__module__):  # (registered since)
-        return cached
+    if cached is not None and not (
+        _cloudpickle_impl._PICKLE_BY_VALUE_MODULES and seal.by_value_module(fn.__module__)
+    ):
+        return cached  # (unless its module was registered to go by value since)
     if fn.__module__ in (None, "__main__") or fn.__closure__ or "<" in fn.__qualname__:
         return None  # lambdas, closures and __main__ functions travel by value
     if seal.by_value_module(fn.__module__):
@@ -87,22 +89,23 @@ def _by_reference(fn: Any) -> bytes | None:
 
 def _load(ref: bytes) -> tuple[Any, seal.Files | None]:
     """The function an R payload names, and where its by-value code was
-    written; loaded once per M (least recently used evicted first)."""
-    got = _LOADED.pop(ref, None)
-    if got is None:
-        fn, files = pickle.loads(ref), None
-        if type(fn) is tuple:  # (a by-value function, where its code was written)
-            fn, files = fn
-            seal.relocate(fn, files)
-        got = (fn, files)
-        while _LOADED and (len(_LOADED) >= _CACHE_MAX or _LOADED_BYTES[0] + len(ref) > _LOADED_MAX_BYTES):
-            oldest = next(iter(_LOADED))
-            del _LOADED[oldest]
-            _LOADED_BYTES[0] -= len(oldest)
-        if len(ref) > _LOADED_MAX_BYTES // 8:
-            return got
-        _LOADED_BYTES[0] += len(ref)
-    _LOADED[ref] = got  # (at the end: the most recently used)
+    written; loaded once per M (the oldest entry evicted first)."""
+    got = _LOADED.get(ref)
+    if got is not None:
+        return got
+    fn, files = pickle.loads(ref), None
+    if type(fn) is tuple:  # (a by-value function, where its code was written)
+        fn, files = fn
+        seal.relocate(fn, files)
+    got = (fn, files)
+    if len(ref) > _LOADED_MAX_BYTES // 8:
+        return got  # (too large to keep: nothing evicted for it)
+    while _LOADED and (len(_LOADED) >= _CACHE_MAX or _LOADED_BYTES[0] + len(ref) > _LOADED_MAX_BYTES):
+        oldest = next(iter(_LOADED))
+        del _LOADED[oldest]
+        _LOADED_BYTES[0] -= len(oldest)
+    _LOADED[ref] = got
+    _LOADED_BYTES[0] += len(ref)
     return got
 
 
@@ -134,10 +137,16 @@ def encode_task(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes
     return b"R" + len(ref).to_bytes(4, "little") + ref + dumps((args, kwargs))
 
 
-def run_chunk(fn: Callable[..., Any], chunk: list[Any], star: bool) -> list[Any]:
+def run_chunk(
+    fn: Callable[..., Any], chunk: list[Any], star: bool, files: seal.Files | None = None
+) -> list[Any]:
     """The task of one ``Executor.map`` chunk.  Here, not in gmpd.executor,
     which Ms never import otherwise: the first chunk on every fresh M paid
-    that import (10-25 ms here; noop_map's whole run is ~20 ms)."""
+    that import (10-25 ms here; noop_map's whole run is ~20 ms).  ``files``
+    names the files of a by-value ``fn``'s code (gmpd.seal), which travels
+    as an argument here: its tracebacks then name them."""
+    if files:
+        seal.relocate(fn, files)
     return [fn(*args) for args in chunk] if star else [fn(x) for x in chunk]
 
 

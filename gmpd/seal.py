@@ -20,7 +20,9 @@ A function that carries anything mutable is pickled at every call, as
 before, so that a change made in place reaches the next task (Dask and Ray
 cache by function alone and then send stale globals).  A function is
 sealed from its second submit on: a lambda made per call is pickled with
-its arguments, once, as before.
+its arguments, once, as before.  A closure that writes its own cells
+(``nonlocal``) is never sealed: loaded once on an M, it would carry the
+write to the next task.
 
 A function rebound at every submit (it names a loop variable of the
 script) would be judged and pickled twice a submit and fill the M's cache:
@@ -41,6 +43,7 @@ Runs in: the client and the Ms (encode_task, for ``gmpd.go``), and the Ms
 
 from __future__ import annotations
 
+import dis
 import operator
 import sys
 import threading
@@ -89,7 +92,7 @@ class Seal:
 # (and a Seal holds no reference to its own function: see _state).
 _SEALS: weakref.WeakKeyDictionary[types.FunctionType, Seal] = weakref.WeakKeyDictionary()
 _SEALED_BYTES = [0]
-_FILES: weakref.WeakKeyDictionary[types.CodeType, Files] = weakref.WeakKeyDictionary()
+_FILES: weakref.WeakKeyDictionary[types.CodeType, tuple[tuple[int, str], Files]] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()  # (the byte count only: a seal is made outside it)
 _SELF = object()  # stands for the function itself in its state
 _PLAIN = (bool, int, float, complex, str, bytes)
@@ -179,10 +182,13 @@ def _judge(fn: types.FunctionType, plan: list[tuple[types.FunctionType, tuple[st
 
 
 def _globals(fn: types.FunctionType, helpers: Plan) -> list[Any]:
+    """The globals and cell contents fn and its helpers carry: where
+    cloudpickle looks for packages whose imported submodules it sends."""
     out = []
     for f, names in ((fn, global_names(fn.__code__)), *helpers):
         get = f.__globals__.get
         out += [get(n) for n in names]
+        out += [_cell(c) for c in f.__closure__ or ()]
     return out
 
 
@@ -191,6 +197,8 @@ def _remember(fn: types.FunctionType, seal: Seal) -> None:
     with _LOCK:
         old = _SEALS.get(fn)
         _SEALED_BYTES[0] -= len(old.data or b"") if old else 0
+        if _SEALED_BYTES[0] + size > SEALS_MAX_BYTES:  # (seals of functions gone meanwhile count no more)
+            _SEALED_BYTES[0] = sum(len(s.data or b"") for s in list(_SEALS.values()))
         if len(_SEALS) >= SEALS_MAX or _SEALED_BYTES[0] + size > SEALS_MAX_BYTES:
             _SEALS.clear()  # (functions made per call, each submitted a few times)
             _SEALED_BYTES[0] = 0
@@ -204,12 +212,27 @@ def _seal(fn: types.FunctionType, plan: list[tuple[types.FunctionType, tuple[str
     and for each by-value helper it names (sealed the same way)."""
     names = global_names(fn.__code__)
     plan.append((fn, names))
-    if fn.__kwdefaults__ is not None or fn.__dict__ or depth > SEAL_DEPTH:
-        return False  # (mutable dicts; rare in task functions)
+    if fn.__kwdefaults__ is not None or fn.__dict__ or depth > SEAL_DEPTH or _stores_free(fn.__code__):
+        return False  # (mutable dicts; rare in task functions; a cell it writes: see _stores_free)
     cells = [_cell(c) for c in fn.__closure__ or ()]
     values = [fn.__globals__.get(n, MISSING) for n in names]
     carried = (*(fn.__defaults__ or ()), *cells, *values, *fn.__annotations__.values())
     return all(_sealed_value(v, plan, depth) for v in carried)
+
+
+def _stores_free(code: types.CodeType) -> bool:
+    """Does the function write a variable of its closure (``nonlocal``)?
+    Loaded once on an M, its cell would carry that write to the next task,
+    where a pickle made at each submit starts from the client's value."""
+    free = set(code.co_freevars)
+    todo = [code]
+    while free and todo:
+        c = todo.pop()
+        for ins in dis.get_instructions(c):
+            if ins.opname in ("STORE_DEREF", "DELETE_DEREF") and ins.argval in free:
+                return True
+        todo += (k for k in c.co_consts if isinstance(k, types.CodeType))
+    return False
 
 
 def _sealed_value(v: Any, plan: list[tuple[types.FunctionType, tuple[str, ...]]], depth: int) -> bool:
@@ -265,14 +288,33 @@ def _version(how: tuple[Any, ...]) -> tuple[Any, ...]:
     are imported when it pickles), the imported modules' count and the
     last one imported."""
     mods = _cloudpickle_impl._PICKLE_BY_VALUE_MODULES
-    imported = (len(sys.modules), next(reversed(sys.modules))) if how[0] else None
+    imported: Any = None
+    if how[0]:
+        try:
+            imported = (len(sys.modules), next(reversed(sys.modules)))
+        except RuntimeError:  # another thread imports right now: equal to nothing
+            imported = object()
     return (how[0], frozenset(mods) if mods else None, imported)
 
 
 def code_key(code: types.CodeType) -> tuple[str, int, int]:
-    """A code object, the same on the client and on the M (the bytecode's
-    CRC tells apart two lambdas on line 1 of two notebook cells)."""
-    return code.co_qualname, code.co_firstlineno, zlib.crc32(code.co_code)
+    """A code object, the same on the client and on the M (the CRC of its
+    bytecode and constants tells apart two lambdas on line 1 of two
+    notebook cells)."""
+    consts = repr([_const_key(c) for c in code.co_consts]).encode()
+    return code.co_qualname, code.co_firstlineno, zlib.crc32(consts, zlib.crc32(code.co_code))
+
+
+def _const_key(c: Any) -> Any:
+    """A constant, the same in every process (a frozenset's order follows
+    string hashes, which differ per process)."""
+    if isinstance(c, types.CodeType):
+        return c.co_qualname
+    if isinstance(c, frozenset):
+        return sorted(repr(_const_key(x)) for x in c)
+    if isinstance(c, tuple):
+        return tuple(_const_key(x) for x in c)
+    return repr(c)
 
 
 def code_files(fn: Any) -> Files:
@@ -283,10 +325,13 @@ def code_files(fn: Any) -> Files:
     since would only lose its file name in a traceback)."""
     if type(fn) is not types.FunctionType:
         return {}
-    files = _FILES.get(fn.__code__)
-    if files is None:
-        files = _FILES[fn.__code__] = _find_files(fn)
-    return files
+    # (Code objects compare equal across files and namespaces: the entry
+    # must be this function's, in its file, with its globals.)
+    code, where = fn.__code__, (id(fn.__globals__), fn.__code__.co_filename)
+    got = _FILES.get(code)
+    if got is None or got[0] != where:
+        got = _FILES[code] = (where, _find_files(fn))
+    return got[1]
 
 
 def _find_files(fn: types.FunctionType) -> Files:
@@ -350,23 +395,23 @@ def format_exception(exc: BaseException, files: Files | None) -> str:
     line is then read from that file, if this host has it."""
     te = traceback.TracebackException.from_exception(exc, lookup_lines=False, compact=True)
     if files:
-        _refile(te, exc, files, set())
+        _refile(te, exc, files)
     return "".join(te.format())
 
 
-def _refile(
-    te: traceback.TracebackException | None, exc: BaseException | None, files: Files, seen: set[int]
-) -> None:
-    if te is None or exc is None or id(exc) in seen:
-        return
-    seen.add(id(exc))
-    codes = (frame.f_code for frame, _line in traceback.walk_tb(exc.__traceback__))
-    for summary, code in zip(te.stack, codes, strict=False):
-        if summary.filename == DYNAMIC_FILE:
-            summary.filename = files.get(code_key(code), DYNAMIC_FILE)
-    _refile(te.__cause__, exc.__cause__, files, seen)
-    _refile(te.__context__, exc.__context__, files, seen)
-    for sub_te, sub in zip(
-        getattr(te, "exceptions", None) or (), getattr(exc, "exceptions", ()), strict=False
-    ):
-        _refile(sub_te, sub, files, seen)
+def _refile(te: traceback.TracebackException, exc: BaseException, files: Files) -> None:
+    """Name the files of ``te``'s frames, and of the exceptions chained to
+    it (cause, context, group members), from the frames' code objects."""
+    todo: list[tuple[Any, Any]] = [(te, exc)]
+    seen: set[int] = set()
+    while todo:
+        te_, exc_ = todo.pop()
+        if te_ is None or exc_ is None or id(te_) in seen:
+            continue
+        seen.add(id(te_))
+        codes = (frame.f_code for frame, _line in traceback.walk_tb(exc_.__traceback__))
+        for summary, code in zip(te_.stack, codes, strict=False):
+            if summary.filename == DYNAMIC_FILE:
+                summary.filename = files.get(code_key(code), DYNAMIC_FILE)
+        todo += ((te_.__cause__, exc_.__cause__), (te_.__context__, exc_.__context__))
+        todo += zip(getattr(te_, "exceptions", None) or (), getattr(exc_, "exceptions", ()), strict=False)

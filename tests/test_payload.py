@@ -68,6 +68,14 @@ def pickles(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return seen
 
 
+def package(where: Any, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """An importable package ``name`` with a submodule ``sub`` (X = 7), not imported yet."""
+    (where / name).mkdir()
+    (where / name / "__init__.py").write_text("")
+    (where / name / "sub.py").write_text("X = 7\n")
+    monkeypatch.syspath_prepend(str(where))
+
+
 def run(fn: Callable[..., Any], *args: Any) -> Any:
     """What an M computes for the payload (a fresh decode, as in an M)."""
     f, a, kw, _files = g.decode_task(g.encode_task(fn, args, {}))
@@ -198,6 +206,10 @@ def test_a_remote_traceback_names_the_scripts_file_and_line(tmp_path: Any) -> No
                     ex.submit(fn, 0).result(timeout=30)
                 except ZeroDivisionError as exc:
                     print(str(exc.__cause__))
+            try:
+                list(ex.map(divide, [1, 0], chunksize=2))  # (divide travels as run_chunk's argument)
+            except ZeroDivisionError as exc:
+                print(str(exc.__cause__))
         """)
     )
     out = subprocess.run([sys.executable, str(path)], check=False, capture_output=True, text=True, timeout=60)
@@ -206,7 +218,7 @@ def test_a_remote_traceback_names_the_scripts_file_and_line(tmp_path: Any) -> No
     lines = ("line 7, in divide", "line 10, in helper", "line 13, in divide_table", "line 13, in <lambda>")
     for where in lines:
         assert f'File "{path}", {where}' in out.stdout, out.stdout
-    assert out.stdout.count(f'File "{path}", line 10, in helper') == 2, "in both forms: V, then R"
+    assert out.stdout.count(f'File "{path}", line 10, in helper') == 3, "in both forms, V then R, and in map"
     assert "return 1 / x  # the failing line" in out.stdout, "the source line, read on the M's host"
     assert "1 / TABLE[i]" in out.stdout
 
@@ -260,10 +272,7 @@ def test_a_submodule_imported_since_the_seal_makes_a_new_pickle(
 ) -> None:
     """cloudpickle sends the imported submodules of a package the function
     names: one imported later must reach the M too."""
-    (tmp_path / "gmpd_test_pkg").mkdir()
-    (tmp_path / "gmpd_test_pkg" / "__init__.py").write_text("")
-    (tmp_path / "gmpd_test_pkg" / "sub.py").write_text("X = 7\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    package(tmp_path, monkeypatch, "gmpd_test_pkg")
     ns: dict[str, Any] = {"__name__": "__main__"}
     exec("import gmpd_test_pkg\ndef get():\n    return gmpd_test_pkg.sub.X\n", ns)
     try:
@@ -418,10 +427,7 @@ def test_a_submodule_imported_as_another_module_leaves_makes_a_new_pickle(
     pickles: list[Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same count of imported modules, not the same modules."""
-    (tmp_path / "gmpd_test_pkg2").mkdir()
-    (tmp_path / "gmpd_test_pkg2" / "__init__.py").write_text("")
-    (tmp_path / "gmpd_test_pkg2" / "sub.py").write_text("X = 7\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    package(tmp_path, monkeypatch, "gmpd_test_pkg2")
     sys.modules["gmpd_test_placeholder"] = types.ModuleType("gmpd_test_placeholder")
     ns: dict[str, Any] = {"__name__": "__main__"}
     exec("import gmpd_test_pkg2\ndef get():\n    return gmpd_test_pkg2.sub.X\n", ns)
@@ -502,3 +508,128 @@ def test_two_lambdas_on_the_same_line_of_two_cells_keep_their_files(tmp_path: An
     exec(compile("def both():\n    return lam_b() + lam_c()\n", str(tmp_path / "cell_D.py"), "exec"), ns)
     for _ in range(2):  # by value at each call, then sealed
         assert 'cell_C.py", line 1, in <lambda>' in failing_text(ns["both"])
+
+
+def test_a_closure_that_writes_its_cell_starts_each_task_from_the_clients_value(pickles: list[Any]) -> None:
+    ns = script()
+    source = "def make():\n    n = 0\n    def count():\n        nonlocal n\n"
+    exec(source + "        n += 1\n        return n\n    return count\n", ns)
+    count = ns["make"]()
+    assert [run(count) for _ in range(5)] == [1] * 5
+
+
+def test_a_package_in_a_closure_cell_sends_submodules_imported_since(
+    pickles: list[Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package(tmp_path, monkeypatch, "gmpd_test_pkg3")
+    pkg = importlib.import_module("gmpd_test_pkg3")
+    ns: dict[str, Any] = {"__name__": "__main__"}
+    exec("def make(pkg):\n    def get():\n        return pkg.sub.X\n    return get\n", ns)
+    get = ns["make"](pkg)
+    try:
+        for _ in range(3):
+            g.encode_task(get, (), {})
+        importlib.import_module("gmpd_test_pkg3.sub")
+        assert b"gmpd_test_pkg3.sub" in g.encode_task(get, (), {})
+    finally:
+        for name in ("gmpd_test_pkg3.sub", "gmpd_test_pkg3"):
+            sys.modules.pop(name, None)
+
+
+class _ImportingNow(dict[str, Any]):
+    """sys.modules while another thread imports: iterating it raises."""
+
+    def __reversed__(self) -> Any:
+        raise RuntimeError("dictionary changed size during iteration")
+
+
+def test_an_import_in_another_thread_does_not_fail_a_submit(
+    pickles: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ns = script()
+    exec("import xml\ndef parse(x):\n    return xml.__name__\n", ns)
+    monkeypatch.setattr(seal, "sys", types.SimpleNamespace(modules=_ImportingNow(sys.modules)))
+    assert [run(ns["parse"], 0) for _ in range(4)] == ["xml"] * 4
+    assert len(pickles) == 4, "a version that cannot be read is equal to none"
+
+
+def test_a_long_chain_of_exceptions_is_formatted() -> None:
+    """1,200 exceptions, each raised from the one before (it recursed once
+    per link: RecursionError inside the M's except clause)."""
+    err: BaseException | None = None
+    for i in range(1200):
+        try:
+            raise KeyError(i) from err
+        except KeyError as exc:
+            err = exc
+    assert err is not None
+    _exc, text = cloudpickle.loads(g.error_payload(err, files={("x", 1, 0): "x.py"}))
+    assert text.count("KeyError") >= 1200
+
+
+def test_lambdas_that_differ_in_a_constant_keep_their_files(tmp_path: Any) -> None:
+    ns: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile("lam_b = lambda x: 10 / (x - 1)\n", str(tmp_path / "cell_B.py"), "exec"), ns)
+    exec(compile("lam_c = lambda x: 10 / (x - 2)\n", str(tmp_path / "cell_C.py"), "exec"), ns)
+    exec(
+        compile("def both(x):\n    return lam_b(x + 1) + lam_c(x)\n", str(tmp_path / "cell_D.py"), "exec"), ns
+    )
+    for _ in range(2):
+        assert 'cell_C.py", line 1, in <lambda>' in failing_text(ns["both"], 2)
+
+
+def test_equal_code_in_two_files_keeps_each_its_file(tmp_path: Any) -> None:
+    fns = []
+    for name in ("a", "b"):
+        ns: dict[str, Any] = {"__name__": "__main__"}
+        exec(compile("def helper(x):\n    return 1 / x\n", str(tmp_path / f"helper_{name}.py"), "exec"), ns)
+        exec(compile("def go(x):\n    return helper(x)\n", str(tmp_path / f"go_{name}.py"), "exec"), ns)
+        fns.append(ns["go"])
+    assert fns[0].__code__ == fns[1].__code__, "(equal code objects: the point of the test)"
+    for name, fn in zip("ab", fns, strict=True):
+        text = failing_text(fn, 0)
+        assert f'go_{name}.py", line 2, in go' in text and f'helper_{name}.py", line 2' in text, text
+
+
+def test_an_exception_group_of_the_exception_it_handles_names_every_file(tmp_path: Any) -> None:
+    source = "def fail():\n    raise ValueError(1)\n"
+    source += "def task(x):\n    try:\n        fail()\n    except ValueError as e:\n"
+    source += "        raise ExceptionGroup('g', [e])\n"
+    ns: dict[str, Any] = {"__name__": "__main__", "BOX": []}
+    exec(compile(source, str(tmp_path / "grp.py"), "exec", dont_inherit=True), ns)
+    text = failing_text(ns["task"], 0)
+    assert text.count('grp.py", line 2, in fail') == 2, text  # (in the context, and in the group)
+
+
+def test_an_ms_cache_evicts_nothing_for_a_function_too_large_to_keep(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(g, "_LOADED", {})
+    monkeypatch.setattr(g, "_LOADED_BYTES", [0])
+    monkeypatch.setattr(g, "_LOADED_MAX_BYTES", 8000)
+    for i in range(10):
+        ns = script()
+        ns["K"] = i
+        g.decode_task(g.encode_task(ns["add_k"], (1,), {}) and g.encode_task(ns["add_k"], (1,), {}))
+    kept = dict(g._LOADED)
+    ns = script()
+    ns["K"] = b"x" * 2000  # (immutable, so sealed: a pickle of ~2 kB, over 8000 / 8)
+    for _ in range(3):
+        g.decode_task(g.encode_task(ns["add_k"], (1,), {}) and g.encode_task(ns["add_k"], (1,), {}))
+    assert kept == g._LOADED
+    assert sum(map(len, g._LOADED)) == g._LOADED_BYTES[0]
+
+
+def test_seals_of_functions_gone_stop_counting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The byte budget counts live seals only: a stable function stays
+    sealed while lambdas made per call come and go."""
+    seal._SEALS.clear()
+    monkeypatch.setattr(seal, "_SEALED_BYTES", [0])
+    monkeypatch.setattr(seal, "SEALS_MAX_BYTES", 200_000)
+    live = script()["add_k"]
+    for _ in range(2):
+        g.encode_task(live, (1,), {})
+    data = b"x" * 20_000
+    for _ in range(30):
+        fn = lambda: len(data)  # noqa: E731 - one per call, sealed, then dropped
+        for _ in range(2):
+            g.encode_task(fn, (), {})
+    assert seal._SEALS.get(live) is not None and seal._SEALS[live].data is not None, "still sealed"
