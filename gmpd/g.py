@@ -70,8 +70,10 @@ def _by_reference(fn: Any) -> bytes | None:
     if not isinstance(fn, types.FunctionType):
         return None
     cached = _BY_REF.get(fn)
-    if cached is not None and not (
-        _cloudpickle_impl._PICKLE_BY_VALUE_MODULES and seal.by_value_module(fn.__module__)
+    if (
+        cached is not None
+        and seal.resolve(fn) is fn
+        and not (_cloudpickle_impl._PICKLE_BY_VALUE_MODULES and seal.by_value_module(fn.__module__))
     ):
         return cached  # (unless its module was registered to go by value since)
     if fn.__module__ in (None, "__main__") or fn.__closure__ or "<" in fn.__qualname__:
@@ -94,8 +96,8 @@ def _load(ref: bytes) -> tuple[Any, seal.Files | None]:
     if got is not None:
         return got
     fn, files = pickle.loads(ref), None
-    if type(fn) is tuple:  # (a by-value function, where its code was written)
-        fn, files = fn
+    if type(fn) is tuple:  # (a by-value function, where its code was written, its seal's number)
+        fn, files, _generation = fn
         seal.relocate(fn, files)
     got = (fn, files)
     if len(ref) > _LOADED_MAX_BYTES // 8:
@@ -129,9 +131,21 @@ def dumps(obj: Any) -> bytes:
     return bytes(cloudpickle.dumps(obj))
 
 
+def _shares_globals(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """An argument is a by-value function with fn's own globals: pickled
+    together, as at each call, they share one globals dict on the M (one
+    may set what the other reads); a sealed fn would have its own."""
+    glob = getattr(fn, "__globals__", None) if type(fn) is types.FunctionType else None
+    return glob is not None and any(
+        type(a) is types.FunctionType and a.__globals__ is glob for a in (*args, *kwargs.values())
+    )
+
+
 def encode_task(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """The payload of a G that calls ``fn(*args, **kwargs)``."""
-    ref = _by_reference(fn) or seal.by_value(fn)
+    ref = _by_reference(fn)
+    if ref is None and not _shares_globals(fn, args, kwargs):
+        ref = seal.by_value(fn)
     if ref is None:
         return b"V" + bytes(cloudpickle.dumps((fn, args, kwargs, seal.code_files(fn))))
     return b"R" + len(ref).to_bytes(4, "little") + ref + dumps((args, kwargs))

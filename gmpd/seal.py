@@ -22,7 +22,19 @@ cache by function alone and then send stale globals).  A function is
 sealed from its second submit on: a lambda made per call is pickled with
 its arguments, once, as before.  A closure that writes its own cells
 (``nonlocal``) is never sealed: loaded once on an M, it would carry the
-write to the next task.
+write to the next task.  Nor is a function given a by-value function of
+its own globals as an argument (pickled together they share one globals
+dict on the M).  A by-name object it carries is watched too: once its
+module and name lead elsewhere (monkeypatched), cloudpickle would send it
+by value.
+
+What does differ from a pickle at every submit, on purpose: a sealed
+function is loaded once per M, so what a task stores in its globals
+(``global x``) or on the function objects it carries (``f.calls += 1``)
+is there for the next task on that M, as in a worker process of
+``ProcessPoolExecutor``; and its code names the script's file where
+cloudpickle says ``<dynamic-code>`` (``__code__.co_filename``, and
+``traceback.format_exc()`` inside the task).
 
 A function rebound at every submit (it names a loop variable of the
 script) would be judged and pickled twice a submit and fill the M's cache:
@@ -44,6 +56,7 @@ Runs in: the client and the Ms (encode_task, for ``gmpd.go``), and the Ms
 from __future__ import annotations
 
 import dis
+import itertools
 import operator
 import sys
 import threading
@@ -62,7 +75,10 @@ SEALS_MAX = 4096  # functions remembered at most
 SEALS_MAX_BYTES = 64 << 20  # and the pickles they hold
 DYNAMIC_FILE = "<dynamic-code>"  # cloudpickle's co_filename for code sent by value
 
-Plan = tuple[tuple[types.FunctionType, tuple[str, ...]], ...]
+Plan = tuple[
+    tuple[Any, tuple[str, ...]], ...
+]  # (a by-value helper, its global names) or (an object, BY_NAME)
+BY_NAME: tuple[str, ...] = ("<by name>",)
 Files = dict[tuple[str, int, int], str]  # code_key -> co_filename
 
 
@@ -95,6 +111,9 @@ _SEALED_BYTES = [0]
 _FILES: weakref.WeakKeyDictionary[types.CodeType, tuple[tuple[int, str], Files]] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()  # (the byte count only: a seal is made outside it)
 _SELF = object()  # stands for the function itself in its state
+# Every pickle made is new bytes: an M never takes a new seal for one it
+# loaded before (a name the pickle carries may lead elsewhere on the M since).
+_GENERATION = itertools.count()
 _PLAIN = (bool, int, float, complex, str, bytes)
 _CONSTANTS = (MISSING, None, Ellipsis, NotImplemented, type(None))
 CHURN_LIMIT = 3  # judgements in a row with fewer than 2 hits between them: then
@@ -108,6 +127,14 @@ def by_value_module(name: str | None) -> bool:
     return bool(mods) and name is not None and any(name == m or name.startswith(m + ".") for m in mods)
 
 
+def resolve(obj: Any) -> Any:
+    """What ``obj``'s module and qualified name lead to now (MISSING: nothing)."""
+    found: Any = sys.modules.get(getattr(obj, "__module__", None) or "")
+    for part in str(getattr(obj, "__qualname__", "")).split("."):
+        found = getattr(found, part, MISSING)
+    return found
+
+
 def importable(obj: Any) -> bool:
     """``obj`` is what its module and qualified name lead to in an
     importable module: pickle sends it by name, whatever it holds."""
@@ -115,12 +142,7 @@ def importable(obj: Any) -> bool:
     qualname = getattr(obj, "__qualname__", None)
     if not isinstance(name, str) or name == "__main__" or not isinstance(qualname, str) or "<" in qualname:
         return False
-    if by_value_module(name):
-        return False
-    found: Any = sys.modules.get(name)
-    for part in qualname.split("."):
-        found = getattr(found, part, MISSING)
-    return found is obj
+    return not by_value_module(name) and resolve(obj) is obj
 
 
 def global_names(code: types.CodeType) -> tuple[str, ...]:
@@ -157,7 +179,7 @@ def _make(fn: types.FunctionType, old: Seal) -> bytes | None:
     if churn >= CHURN_LIMIT:
         _remember(fn, Seal(skip=CHURN_SKIP))
         return None
-    plan: list[tuple[types.FunctionType, tuple[str, ...]]] = []
+    plan: list[tuple[Any, tuple[str, ...]]] = []
     sealed = _judge(fn, plan)
     helpers = tuple(plan[1:])  # (plan[0] is fn: a Seal must not hold its own key)
     packages = any(type(v) is types.ModuleType and hasattr(v, "__path__") for v in _globals(fn, helpers))
@@ -165,7 +187,7 @@ def _make(fn: types.FunctionType, old: Seal) -> bytes | None:
     if not sealed:
         _remember(fn, Seal(None, helpers, state, version, churn=churn))
         return None
-    data = bytes(cloudpickle.dumps((fn, code_files(fn))))
+    data = bytes(cloudpickle.dumps((fn, code_files(fn), next(_GENERATION))))
     # Judged, recorded and pickled one after the other: another thread may
     # have rebound something in between.  Keep the pickle only if the
     # state still holds and is still sealed.
@@ -174,7 +196,7 @@ def _make(fn: types.FunctionType, old: Seal) -> bytes | None:
     return data
 
 
-def _judge(fn: types.FunctionType, plan: list[tuple[types.FunctionType, tuple[str, ...]]]) -> bool:
+def _judge(fn: types.FunctionType, plan: list[tuple[Any, tuple[str, ...]]]) -> bool:
     try:
         return _seal(fn, plan, 0)
     except Exception:  # a global that fails isinstance (a lazy proxy): as before, by value at each call
@@ -186,6 +208,8 @@ def _globals(fn: types.FunctionType, helpers: Plan) -> list[Any]:
     cloudpickle looks for packages whose imported submodules it sends."""
     out = []
     for f, names in ((fn, global_names(fn.__code__)), *helpers):
+        if names is BY_NAME:
+            continue
         get = f.__globals__.get
         out += [get(n) for n in names]
         out += [_cell(c) for c in f.__closure__ or ()]
@@ -206,7 +230,7 @@ def _remember(fn: types.FunctionType, seal: Seal) -> None:
         _SEALED_BYTES[0] += size
 
 
-def _seal(fn: types.FunctionType, plan: list[tuple[types.FunctionType, tuple[str, ...]]], depth: int) -> bool:
+def _seal(fn: types.FunctionType, plan: list[tuple[Any, tuple[str, ...]]], depth: int) -> bool:
     """Can fn's pickle be reused while every object _state reads stays the
     same?  ``plan`` gets (function, the global names its code uses) for fn
     and for each by-value helper it names (sealed the same way)."""
@@ -235,7 +259,7 @@ def _stores_free(code: types.CodeType) -> bool:
     return False
 
 
-def _sealed_value(v: Any, plan: list[tuple[types.FunctionType, tuple[str, ...]]], depth: int) -> bool:
+def _sealed_value(v: Any, plan: list[tuple[Any, tuple[str, ...]]], depth: int) -> bool:
     if type(v) in _PLAIN or any(v is x for x in _CONSTANTS):
         return True
     if type(v) in (types.GenericAlias, types.UnionType):  # annotations: list[int], int | None
@@ -246,6 +270,8 @@ def _sealed_value(v: Any, plan: list[tuple[types.FunctionType, tuple[str, ...]]]
         name = v.__name__
         return sys.modules.get(name) is v and name != "__main__" and not by_value_module(name)
     if isinstance(v, (types.FunctionType, types.BuiltinFunctionType, type)) and importable(v):
+        if not any(v is f for f, _ in plan):
+            plan.append((v, BY_NAME))  # (_state checks its name still leads to it)
         return True
     if isinstance(v, types.FunctionType):
         # A by-value helper travels inside fn's pickle: seal it too, once
@@ -266,6 +292,9 @@ def _state(fn: types.FunctionType, helpers: Plan) -> list[Any]:
     cell contents and the globals the code names, of fn and its helpers."""
     out: list[Any] = []
     for f, names in ((fn, None), *helpers):
+        if names is BY_NAME:
+            out.append(resolve(f))  # (cloudpickle sends it by value once its name leads elsewhere)
+            continue
         ann = f.__annotations__
         out += (f.__code__, f.__defaults__, f.__kwdefaults__, not f.__dict__, f.__name__, f.__qualname__)
         out += (f.__module__, f.__doc__, ann, *ann.keys(), *ann.values())

@@ -633,3 +633,46 @@ def test_seals_of_functions_gone_stop_counting(monkeypatch: pytest.MonkeyPatch) 
         for _ in range(2):
             g.encode_task(fn, (), {})
     assert seal._SEALS.get(live) is not None and seal._SEALS[live].data is not None, "still sealed"
+
+
+def test_a_name_that_leads_elsewhere_since_is_sent_by_value(pickles: list[Any]) -> None:
+    """cloudpickle sends a function by name only while its module and name
+    lead to it: once monkeypatched away, by value (the M would import the
+    name anew)."""
+    mod = types.ModuleType("gmpd_test_patchme")
+    exec("def func(x):\n    return x + 1\n", mod.__dict__)
+    sys.modules[mod.__name__] = mod
+    try:
+        ns: dict[str, Any] = {"__name__": "__main__", "func": mod.__dict__["func"]}
+        exec("def task(x):\n    return func(x)\n", ns)
+        original = mod.__dict__["func"]
+        for _ in range(2):
+            assert run(ns["task"], 1) == 2
+            assert g.encode_task(original, (1,), {})[:1] == b"R"
+        made = len(pickles)
+        mod.func = lambda x: 1000 * x  # type: ignore[attr-defined]
+        assert run(ns["task"], 1) == 2
+        assert len(pickles) == made + 1, "a new pickle"
+        assert g.encode_task(original, (1,), {})[:1] == b"V", "not the cached by-name pickle"
+    finally:
+        del sys.modules[mod.__name__]
+
+
+def test_every_seal_is_new_bytes(pickles: list[Any]) -> None:
+    """An M never takes a new seal for one it loaded before."""
+    ns = script()
+    refs = []
+    for k in (1, 2, 1):
+        ns["K"] = k
+        for _ in range(2):
+            payload = g.encode_task(ns["add_k"], (0,), {})
+        refs.append(payload[: 5 + int.from_bytes(payload[1:5], "little")])
+    assert len(set(refs)) == 3
+
+
+def test_an_argument_sharing_the_functions_globals_goes_with_it(pickles: list[Any]) -> None:
+    """Pickled together, a task and a script function it is given share one
+    globals dict on the M, as at each call."""
+    ns: dict[str, Any] = {"__name__": "__main__", "X": 0}
+    exec("def set_x():\n    global X\n    X = 5\ndef task(setter):\n    setter()\n    return X\n", ns)
+    assert [run(ns["task"], ns["set_x"]) for _ in range(3)] == [5] * 3
