@@ -135,10 +135,13 @@ def _shares_globals(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> b
     """An argument is a by-value function with fn's own globals: pickled
     together, as at each call, they share one globals dict on the M (one
     may set what the other reads); a sealed fn would have its own."""
-    glob = getattr(fn, "__globals__", None) if type(fn) is types.FunctionType else None
-    return glob is not None and any(
-        type(a) is types.FunctionType and a.__globals__ is glob for a in (*args, *kwargs.values())
-    )
+    if type(fn) is not types.FunctionType:
+        return False
+    glob = fn.__globals__
+    for a in (*args, *kwargs.values()) if kwargs else args:
+        if type(a) is types.FunctionType and a.__globals__ is glob:
+            return True
+    return False
 
 
 def encode_task(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:

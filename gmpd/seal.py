@@ -88,7 +88,7 @@ class Seal:
     has been going: cache hits since the last judgement, and judgements in
     a row that few hits followed (a global rebound at every submit)."""
 
-    __slots__ = ("churn", "data", "helpers", "hits", "skip", "state", "version")
+    __slots__ = ("churn", "data", "helpers", "hits", "names", "skip", "state", "version")
 
     def __init__(
         self,
@@ -99,9 +99,11 @@ class Seal:
         *,
         churn: int = 0,
         skip: int = 0,
+        names: tuple[str, ...] = (),
     ) -> None:
         self.data, self.helpers, self.state, self.version = data, helpers, state or [], version
         self.hits, self.churn, self.skip = 0, churn, skip
+        self.names = names  # fn's own global names
 
 
 # function -> its Seal.  Weak: a lambda made per call goes with its seal
@@ -130,7 +132,12 @@ def by_value_module(name: str | None) -> bool:
 def resolve(obj: Any) -> Any:
     """What ``obj``'s module and qualified name lead to now (MISSING: nothing)."""
     found: Any = sys.modules.get(getattr(obj, "__module__", None) or "")
-    for part in str(getattr(obj, "__qualname__", "")).split("."):
+    qualname = getattr(obj, "__qualname__", None)
+    if type(qualname) is not str:
+        return MISSING
+    if "." not in qualname:
+        return getattr(found, qualname, MISSING)
+    for part in qualname.split("."):
         found = getattr(found, part, MISSING)
     return found
 
@@ -167,7 +174,7 @@ def by_value(fn: Any) -> bytes | None:
     if (
         seal.version
         and seal.version == _version(seal.version)
-        and _same(_state(fn, seal.helpers), seal.state)
+        and _same(_state(fn, seal.names, seal.helpers), seal.state)
     ):
         seal.hits += 1
         return seal.data  # (None: not sealable, and nothing it names has changed)
@@ -183,16 +190,17 @@ def _make(fn: types.FunctionType, old: Seal) -> bytes | None:
     sealed = _judge(fn, plan)
     helpers = tuple(plan[1:])  # (plan[0] is fn: a Seal must not hold its own key)
     packages = any(type(v) is types.ModuleType and hasattr(v, "__path__") for v in _globals(fn, helpers))
-    version, state = _version((packages,)), _state(fn, helpers)
+    names = plan[0][1] if plan else global_names(fn.__code__)
+    version, state = _version((packages,)), _state(fn, names, helpers)
     if not sealed:
-        _remember(fn, Seal(None, helpers, state, version, churn=churn))
+        _remember(fn, Seal(None, helpers, state, version, churn=churn, names=names))
         return None
     data = bytes(cloudpickle.dumps((fn, code_files(fn), next(_GENERATION))))
     # Judged, recorded and pickled one after the other: another thread may
     # have rebound something in between.  Keep the pickle only if the
     # state still holds and is still sealed.
-    if _judge(fn, []) and version == _version(version) and _same(_state(fn, helpers), state):
-        _remember(fn, Seal(data, helpers, state, version, churn=churn))
+    if _judge(fn, []) and version == _version(version) and _same(_state(fn, names, helpers), state):
+        _remember(fn, Seal(data, helpers, state, version, churn=churn, names=names))
     return data
 
 
@@ -287,12 +295,12 @@ def _cell(cell: Any) -> Any:
         return MISSING
 
 
-def _state(fn: types.FunctionType, helpers: Plan) -> list[Any]:
+def _state(fn: types.FunctionType, names: tuple[str, ...], helpers: Plan) -> list[Any]:
     """The objects fn's pickle is made from: code, defaults, attributes,
     cell contents and the globals the code names, of fn and its helpers."""
     out: list[Any] = []
-    for f, names in ((fn, None), *helpers):
-        if names is BY_NAME:
+    for f, f_names in ((fn, names), *helpers):
+        if f_names is BY_NAME:
             out.append(resolve(f))  # (cloudpickle sends it by value once its name leads elsewhere)
             continue
         ann = f.__annotations__
@@ -301,7 +309,7 @@ def _state(fn: types.FunctionType, helpers: Plan) -> list[Any]:
         if f.__closure__:
             out += [_cell(c) for c in f.__closure__]
         get = f.__globals__.get
-        out += [get(n, MISSING) for n in (global_names(f.__code__) if names is None else names)]
+        out += [get(n, MISSING) for n in f_names]
     # A recursive closure holds itself in a cell: a Seal must not hold it.
     return [_SELF if x is fn else x for x in out]
 
