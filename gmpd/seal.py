@@ -4,8 +4,8 @@ A function defined in ``__main__``, a lambda or a closure cannot travel by
 name (an M's ``__main__`` is not the script), so cloudpickle sends it by
 value, with the globals its code names and its closure's values as they
 are at that moment.  That cost the client ~20-40 us a submit and the M as
-much to load it; a 10,000-task flood of a ``__main__`` no-op ran at 19-22
-k/s, and runs at 31-45 k/s sealed (an imported one: 30-59 k/s).
+much to load it; a 10,000-task flood of a ``__main__`` no-op ran at 15-24
+k/s, and runs at 23-45 k/s sealed (an imported one: 30-59 k/s).
 
 :func:`by_value` makes that pickle once and reuses it while doing so
 cannot change what a task computes: the function is *sealed* when
