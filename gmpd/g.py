@@ -13,6 +13,7 @@ the P it holds) and free it.  Life of a G:
 from __future__ import annotations
 
 import enum
+import io
 import os
 import pickle
 import sys
@@ -120,38 +121,49 @@ def dumps(obj: Any) -> bytes:
     classes), it names ``__main__`` (the M's ``__main__`` is not the
     client's; cloudpickle sends those by value), or the user registered
     modules to travel by value."""
-    if not _cloudpickle_impl._PICKLE_BY_VALUE_MODULES:
-        try:
-            data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            pass
-        else:
-            if b"__main__" not in data:
-                return data
-    return bytes(cloudpickle.dumps(obj))
+    data = _plain(obj)
+    return data if data is not None else bytes(cloudpickle.dumps(obj))
 
 
-def _shares_globals(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """An argument is a by-value function with fn's own globals: pickled
-    together, as at each call, they share one globals dict on the M (one
-    may set what the other reads); a sealed fn would have its own."""
-    if type(fn) is not types.FunctionType:
-        return False
-    glob = fn.__globals__
-    for a in (*args, *kwargs.values()) if kwargs else args:
-        if type(a) is types.FunctionType and a.__globals__ is glob:
-            return True
-    return False
+def _plain(obj: Any) -> bytes | None:
+    """obj by the C pickler, if an M can load that (see dumps)."""
+    if _cloudpickle_impl._PICKLE_BY_VALUE_MODULES:
+        return None
+    try:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return None
+    return None if b"__main__" in data else data
+
+
+def _dumps_args(obj: Any) -> tuple[bytes, set[int]]:
+    """dumps(obj), and the ids of the globals dicts of the by-value
+    functions it carried (classes' methods included): what shares a
+    globals dict with them on the M when pickled together."""
+    data = _plain(obj)
+    if data is not None:
+        return data, set()
+    out = io.BytesIO()
+    pickler = cloudpickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dump(obj)
+    return out.getvalue(), set(getattr(pickler, "globals_ref", {}))
 
 
 def encode_task(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """The payload of a G that calls ``fn(*args, **kwargs)``."""
     ref = _by_reference(fn)
-    if ref is None and not _shares_globals(fn, args, kwargs):
-        ref = seal.by_value(fn)
-    if ref is None:
-        return b"V" + bytes(cloudpickle.dumps((fn, args, kwargs, seal.code_files(fn))))
-    return b"R" + len(ref).to_bytes(4, "little") + ref + dumps((args, kwargs))
+    if ref is not None:
+        return b"R" + len(ref).to_bytes(4, "little") + ref + dumps((args, kwargs))
+    ref = seal.by_value(fn)
+    if ref is not None:
+        data, shared = _dumps_args((args, kwargs))
+        # An argument carrying a by-value function of fn's globals (or of a
+        # helper's) shares that globals dict with fn when pickled together,
+        # as at each call: one may set what the other reads.  Sealed, fn
+        # would have its own.
+        if not (shared and shared & seal.globals_ids(fn)):
+            return b"R" + len(ref).to_bytes(4, "little") + ref + data
+    return b"V" + bytes(cloudpickle.dumps((fn, args, kwargs, seal.code_files(fn))))
 
 
 def run_chunk(

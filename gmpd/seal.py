@@ -22,9 +22,10 @@ cache by function alone and then send stale globals).  A function is
 sealed from its second submit on: a lambda made per call is pickled with
 its arguments, once, as before.  A closure that writes its own cells
 (``nonlocal``) is never sealed: loaded once on an M, it would carry the
-write to the next task.  Nor is a function given a by-value function of
-its own globals as an argument (pickled together they share one globals
-dict on the M).  A by-name object it carries is watched too: once its
+write to the next task.  Nor is a task whose arguments carry a by-value
+function of its globals or its helpers' (a script's function, or a method
+of a script's class: pickled together they share one globals dict on the
+M; encode_task sends those by value each call).  A by-name object it carries is watched too: once its
 module and name lead elsewhere (monkeypatched), cloudpickle would send it
 by value.
 
@@ -79,6 +80,7 @@ Plan = tuple[
     tuple[Any, tuple[str, ...]], ...
 ]  # (a by-value helper, its global names) or (an object, BY_NAME)
 BY_NAME: tuple[str, ...] = ("<by name>",)
+BY_MODULE: tuple[str, ...] = ("<module>",)  # (a module, sent by name while sys.modules has it)
 Files = dict[tuple[str, int, int], str]  # code_key -> co_filename
 
 
@@ -181,6 +183,18 @@ def by_value(fn: Any) -> bytes | None:
     return _make(fn, seal)
 
 
+def globals_ids(fn: Any) -> set[int]:
+    """The ids of the globals dicts fn's seal carries: fn's and its
+    by-value helpers' (encode_task: an argument sharing one goes with fn)."""
+    if type(fn) is not types.FunctionType:
+        return set()
+    seal = _SEALS.get(fn)
+    helpers = seal.helpers if seal is not None else ()
+    return {id(fn.__globals__)} | {
+        id(f.__globals__) for f, names in helpers if names not in (BY_NAME, BY_MODULE)
+    }
+
+
 def _make(fn: types.FunctionType, old: Seal) -> bytes | None:
     churn = old.churn + 1 if old.version and old.hits < 2 else 0
     if churn >= CHURN_LIMIT:
@@ -216,7 +230,7 @@ def _globals(fn: types.FunctionType, helpers: Plan) -> list[Any]:
     cloudpickle looks for packages whose imported submodules it sends."""
     out = []
     for f, names in ((fn, global_names(fn.__code__)), *helpers):
-        if names is BY_NAME:
+        if names is BY_NAME or names is BY_MODULE:
             continue
         get = f.__globals__.get
         out += [get(n) for n in names]
@@ -276,6 +290,8 @@ def _sealed_value(v: Any, plan: list[tuple[Any, tuple[str, ...]]], depth: int) -
         return depth < SEAL_DEPTH and all(_sealed_value(x, plan, depth + 1) for x in v)
     if isinstance(v, types.ModuleType):
         name = v.__name__
+        if not any(v is f for f, _ in plan):
+            plan.append((v, BY_MODULE))  # (_state checks sys.modules still has it)
         return sys.modules.get(name) is v and name != "__main__" and not by_value_module(name)
     if isinstance(v, (types.FunctionType, types.BuiltinFunctionType, type)) and importable(v):
         if not any(v is f for f, _ in plan):
@@ -302,6 +318,9 @@ def _state(fn: types.FunctionType, names: tuple[str, ...], helpers: Plan) -> lis
     for f, f_names in ((fn, names), *helpers):
         if f_names is BY_NAME:
             out.append(resolve(f))  # (cloudpickle sends it by value once its name leads elsewhere)
+            continue
+        if f_names is BY_MODULE:
+            out.append(sys.modules.get(f.__name__))  # (and a module once sys.modules lost it)
             continue
         ann = f.__annotations__
         out += (f.__code__, f.__defaults__, f.__kwdefaults__, not f.__dict__, f.__name__, f.__qualname__)

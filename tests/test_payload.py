@@ -3,6 +3,7 @@ to send, and that a cached pickle never sends a stale function."""
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib
 import subprocess
@@ -676,3 +677,39 @@ def test_an_argument_sharing_the_functions_globals_goes_with_it(pickles: list[An
     ns: dict[str, Any] = {"__name__": "__main__", "X": 0}
     exec("def set_x():\n    global X\n    X = 5\ndef task(setter):\n    setter()\n    return X\n", ns)
     assert [run(ns["task"], ns["set_x"]) for _ in range(3)] == [5] * 3
+
+
+def test_arguments_carrying_the_functions_globals_go_with_it(pickles: list[Any]) -> None:
+    """Nested in a list, a partial, a bound method or an instance of a
+    script's class, or through a helper's namespace: pickled together they
+    share a globals dict on the M, so the task goes by value each call."""
+    ns = script()
+    other: dict[str, Any] = {"__name__": "__main__"}
+    exec("def task(x):\n    return helper(0)\nclass Box:\n    def get(self):\n        return K\n", ns)
+    exec("def reader():\n    return 0\n", other)
+    ns["helper"] = other["reader"]
+    for arg in (
+        [ns["add_k"]],
+        functools.partial(ns["add_k"], 1),
+        ns["Box"]().get,
+        ns["Box"](),
+        other["reader"],
+    ):
+        assert [g.encode_task(ns["task"], (arg,), {})[:1] for _ in range(3)] == [b"V"] * 3, arg
+    plain = [g.encode_task(ns["task"], ([1, "x"],), {})[:1] for _ in range(3)]
+    assert plain == [b"R"] * 3, "plain data: sealed"
+
+
+def test_a_module_gone_from_sys_modules_is_sent_by_value_again(pickles: list[Any]) -> None:
+    """cloudpickle sends a module by name while sys.modules has it."""
+    mod = types.ModuleType("gmpd_test_leaving")
+    mod.K = 1  # type: ignore[attr-defined]
+    sys.modules[mod.__name__] = mod
+    ns: dict[str, Any] = {"__name__": "__main__", "leaving": mod}
+    exec("def get():\n    return leaving.K\n", ns)
+    try:
+        assert [g.encode_task(ns["get"], (), {})[:1] for _ in range(3)] == [b"V", b"R", b"R"]
+    finally:
+        del sys.modules[mod.__name__]
+    mod.K = 5  # type: ignore[attr-defined]
+    assert run(ns["get"]) == 5, "by value now, as cloudpickle sends it"
