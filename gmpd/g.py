@@ -12,6 +12,7 @@ the P it holds) and free it.  Life of a G:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import io
 import os
@@ -136,17 +137,28 @@ def _plain(obj: Any) -> bytes | None:
     return None if b"__main__" in data else data
 
 
-def _dumps_args(obj: Any) -> tuple[bytes, set[int]]:
-    """dumps(obj), and the ids of the globals dicts of the by-value
-    functions it carried (classes' methods included): what shares a
-    globals dict with them on the M when pickled together."""
-    data = _plain(obj)
-    if data is not None:
-        return data, set()
+def _dumps_args(obj: Any, watch: frozenset[int]) -> tuple[bytes, set[int], bool]:
+    """dumps(obj); the ids of the globals dicts of the by-value functions
+    it carried (classes' methods included), which share a globals dict
+    with fn's on the M when pickled together; and whether it holds one of
+    the objects ``watch`` names (then one object with fn's on the M)."""
+    if not watch:
+        data = _plain(obj)
+        if data is not None:
+            return data, set(), False
+    elif not _cloudpickle_impl._PICKLE_BY_VALUE_MODULES:
+        out = io.BytesIO()
+        plain = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+        with contextlib.suppress(Exception):
+            plain.dump(obj)
+            data = out.getvalue()
+            if b"__main__" not in data:
+                return data, set(), bool(watch & plain.memo.copy().keys())
     out = io.BytesIO()
     pickler = cloudpickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
     pickler.dump(obj)
-    return out.getvalue(), set(getattr(pickler, "globals_ref", {}))
+    shared = bool(watch) and bool(watch & pickler.memo.copy().keys())
+    return out.getvalue(), set(getattr(pickler, "globals_ref", {})), shared
 
 
 def encode_task(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
@@ -156,12 +168,13 @@ def encode_task(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes
         return b"R" + len(ref).to_bytes(4, "little") + ref + dumps((args, kwargs))
     ref = seal.by_value(fn)
     if ref is not None:
-        data, shared = _dumps_args((args, kwargs))
-        # An argument carrying a by-value function of fn's globals (or of a
-        # helper's) shares that globals dict with fn when pickled together,
-        # as at each call: one may set what the other reads.  Sealed, fn
-        # would have its own.
-        if not (shared and shared & seal.globals_ids(fn)):
+        data, shared, same = _dumps_args((args, kwargs), seal.carried_ids(fn))
+        # Pickled together, as at each call, fn and its arguments share on
+        # the M the globals dict of a by-value function both carry (one may
+        # set what the other reads), and any object both hold (``x is
+        # DEFAULT``).  Sealed, fn would have its own: such a task goes by
+        # value.
+        if not same and not (shared and shared & seal.globals_ids(fn)):
             return b"R" + len(ref).to_bytes(4, "little") + ref + data
     return b"V" + bytes(cloudpickle.dumps((fn, args, kwargs, seal.code_files(fn))))
 

@@ -25,9 +25,11 @@ its arguments, once, as before.  A closure that writes its own cells
 write to the next task.  Nor is a task whose arguments carry a by-value
 function of its globals or its helpers' (a script's function, or a method
 of a script's class: pickled together they share one globals dict on the
-M; encode_task sends those by value each call).  A by-name object it carries is watched too: once its
-module and name lead elsewhere (monkeypatched), cloudpickle would send it
-by value.
+M; encode_task sends those by value each call), nor one whose arguments
+hold the very string, bytes, tuple or frozenset object it carries (one
+object on the M when pickled together: ``default is UNSET``).  A by-name
+object it carries is watched too: once its module and name lead
+elsewhere (monkeypatched), cloudpickle would send it by value.
 
 What does differ from a pickle at every submit, on purpose: a sealed
 function is loaded once per M, so what a task stores in its globals
@@ -90,7 +92,7 @@ class Seal:
     has been going: cache hits since the last judgement, and judgements in
     a row that few hits followed (a global rebound at every submit)."""
 
-    __slots__ = ("churn", "data", "helpers", "hits", "names", "skip", "state", "version")
+    __slots__ = ("carried", "churn", "data", "helpers", "hits", "names", "skip", "state", "version")
 
     def __init__(
         self,
@@ -106,6 +108,9 @@ class Seal:
         self.data, self.helpers, self.state, self.version = data, helpers, state or [], version
         self.hits, self.churn, self.skip = 0, churn, skip
         self.names = names  # fn's own global names
+        # The ids of what a pickler memoizes among what the pickle carries
+        # (strings, bytes, tuples, frozensets: kept alive by ``state``).
+        self.carried: frozenset[int] = frozenset()
 
 
 # function -> its Seal.  Weak: a lambda made per call goes with its seal
@@ -183,6 +188,26 @@ def by_value(fn: Any) -> bytes | None:
     return _make(fn, seal)
 
 
+def _memoized(values: list[Any]) -> frozenset[int]:
+    ids: set[int] = set()
+    todo = list(values)
+    while todo:
+        v = todo.pop()
+        if type(v) in (str, bytes) or (type(v) in (tuple, frozenset) and v and id(v) not in ids):
+            ids.add(id(v))
+            if type(v) in (tuple, frozenset):
+                todo += v
+    return frozenset(ids)
+
+
+def carried_ids(fn: Any) -> frozenset[int]:
+    """The objects fn's seal carries that a pickle of fn and its arguments
+    together would share with the arguments (one object on the M, as
+    ``x is DEFAULT`` sees it): an argument holding one goes with fn."""
+    seal = _SEALS.get(fn) if type(fn) is types.FunctionType else None
+    return seal.carried if seal is not None else frozenset()
+
+
 def globals_ids(fn: Any) -> set[int]:
     """The ids of the globals dicts fn's seal carries: fn's and its
     by-value helpers' (encode_task: an argument sharing one goes with fn)."""
@@ -203,7 +228,8 @@ def _make(fn: types.FunctionType, old: Seal) -> bytes | None:
     plan: list[tuple[Any, tuple[str, ...]]] = []
     sealed = _judge(fn, plan)
     helpers = tuple(plan[1:])  # (plan[0] is fn: a Seal must not hold its own key)
-    packages = any(type(v) is types.ModuleType and hasattr(v, "__path__") for v in _globals(fn, helpers))
+    carried = _globals(fn, helpers)
+    packages = any(type(v) is types.ModuleType and hasattr(v, "__path__") for v in carried)
     names = plan[0][1] if plan else global_names(fn.__code__)
     version, state = _version((packages,)), _state(fn, names, helpers)
     if not sealed:
@@ -214,7 +240,9 @@ def _make(fn: types.FunctionType, old: Seal) -> bytes | None:
     # have rebound something in between.  Keep the pickle only if the
     # state still holds and is still sealed.
     if _judge(fn, []) and version == _version(version) and _same(_state(fn, names, helpers), state):
-        _remember(fn, Seal(data, helpers, state, version, churn=churn, names=names))
+        made = Seal(data, helpers, state, version, churn=churn, names=names)
+        made.carried = _memoized(carried)  # (kept alive by state: fn's globals, cells and defaults)
+        _remember(fn, made)
     return data
 
 
@@ -226,8 +254,9 @@ def _judge(fn: types.FunctionType, plan: list[tuple[Any, tuple[str, ...]]]) -> b
 
 
 def _globals(fn: types.FunctionType, helpers: Plan) -> list[Any]:
-    """The globals and cell contents fn and its helpers carry: where
-    cloudpickle looks for packages whose imported submodules it sends."""
+    """The globals, cell contents and defaults fn and its helpers carry
+    (where cloudpickle looks for packages whose imported submodules it
+    sends, and what a pickle with the arguments could share with them)."""
     out = []
     for f, names in ((fn, global_names(fn.__code__)), *helpers):
         if names is BY_NAME or names is BY_MODULE:
@@ -235,6 +264,7 @@ def _globals(fn: types.FunctionType, helpers: Plan) -> list[Any]:
         get = f.__globals__.get
         out += [get(n) for n in names]
         out += [_cell(c) for c in f.__closure__ or ()]
+        out += f.__defaults__ or ()
     return out
 
 

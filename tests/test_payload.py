@@ -713,3 +713,18 @@ def test_a_module_gone_from_sys_modules_is_sent_by_value_again(pickles: list[Any
         del sys.modules[mod.__name__]
     mod.K = 5  # type: ignore[attr-defined]
     assert run(ns["get"]) == 5, "by value now, as cloudpickle sends it"
+
+
+def test_an_argument_that_is_an_object_the_function_carries_goes_with_it(pickles: list[Any]) -> None:
+    """Pickled together, a global (or default) and an argument that are one
+    object stay one object on the M (``x is UNSET``); a sealed pickle
+    would make them two."""
+    ns: dict[str, Any] = {"__name__": "__main__", "UNSET": ("unset",), "NAME": "fast " + "mode"}
+    exec(
+        "def get(key, default=UNSET):\n    return default is UNSET\ndef named(y):\n    return y is NAME\n", ns
+    )
+    for _ in range(3):
+        assert g.encode_task(ns["get"], ("k", ns["UNSET"]), {})[:1] == b"V"
+        assert g.encode_task(ns["named"], (), {"y": ns["NAME"]})[:1] == b"V"
+    equal = ("".join(["un", "set"]),)  # (made now: a literal would be the same constant, its string interned)
+    assert g.encode_task(ns["get"], ("k", equal), {})[:1] == b"R", "an equal object is not the same"
