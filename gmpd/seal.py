@@ -78,9 +78,8 @@ SEALS_MAX = 4096  # functions remembered at most
 SEALS_MAX_BYTES = 64 << 20  # and the pickles they hold
 DYNAMIC_FILE = "<dynamic-code>"  # cloudpickle's co_filename for code sent by value
 
-Plan = tuple[
-    tuple[Any, tuple[str, ...]], ...
-]  # (a by-value helper, its global names) or (an object, BY_NAME)
+# (a by-value helper, its global names), or (an object, BY_NAME or BY_MODULE)
+Plan = tuple[tuple[Any, tuple[str, ...]], ...]
 BY_NAME: tuple[str, ...] = ("<by name>",)
 BY_MODULE: tuple[str, ...] = ("<module>",)  # (a module, sent by name while sys.modules has it)
 Files = dict[tuple[str, int, int], str]  # code_key -> co_filename
@@ -104,13 +103,14 @@ class Seal:
         churn: int = 0,
         skip: int = 0,
         names: tuple[str, ...] = (),
+        carried: frozenset[int] = frozenset(),
     ) -> None:
         self.data, self.helpers, self.state, self.version = data, helpers, state or [], version
         self.hits, self.churn, self.skip = 0, churn, skip
         self.names = names  # fn's own global names
         # The ids of what a pickler memoizes among what the pickle carries
         # (strings, bytes, tuples, frozensets: kept alive by ``state``).
-        self.carried: frozenset[int] = frozenset()
+        self.carried = carried
 
 
 # function -> its Seal.  Weak: a lambda made per call goes with its seal
@@ -216,7 +216,7 @@ def globals_ids(fn: Any) -> set[int]:
     seal = _SEALS.get(fn)
     helpers = seal.helpers if seal is not None else ()
     return {id(fn.__globals__)} | {
-        id(f.__globals__) for f, names in helpers if names not in (BY_NAME, BY_MODULE)
+        id(f.__globals__) for f, names in helpers if names is not BY_NAME and names is not BY_MODULE
     }
 
 
@@ -228,9 +228,9 @@ def _make(fn: types.FunctionType, old: Seal) -> bytes | None:
     plan: list[tuple[Any, tuple[str, ...]]] = []
     sealed = _judge(fn, plan)
     helpers = tuple(plan[1:])  # (plan[0] is fn: a Seal must not hold its own key)
-    carried = _globals(fn, helpers)
+    names = global_names(fn.__code__)
+    carried = _globals(fn, names, helpers)
     packages = any(type(v) is types.ModuleType and hasattr(v, "__path__") for v in carried)
-    names = plan[0][1] if plan else global_names(fn.__code__)
     version, state = _version((packages,)), _state(fn, names, helpers)
     if not sealed:
         _remember(fn, Seal(None, helpers, state, version, churn=churn, names=names))
@@ -240,9 +240,10 @@ def _make(fn: types.FunctionType, old: Seal) -> bytes | None:
     # have rebound something in between.  Keep the pickle only if the
     # state still holds and is still sealed.
     if _judge(fn, []) and version == _version(version) and _same(_state(fn, names, helpers), state):
-        made = Seal(data, helpers, state, version, churn=churn, names=names)
-        made.carried = _memoized(carried)  # (kept alive by state: fn's globals, cells and defaults)
-        _remember(fn, made)
+        # (what ``carried`` names is kept alive by state: fn's globals, cells and defaults)
+        _remember(
+            fn, Seal(data, helpers, state, version, churn=churn, names=names, carried=_memoized(carried))
+        )
     return data
 
 
@@ -253,16 +254,16 @@ def _judge(fn: types.FunctionType, plan: list[tuple[Any, tuple[str, ...]]]) -> b
         return False
 
 
-def _globals(fn: types.FunctionType, helpers: Plan) -> list[Any]:
+def _globals(fn: types.FunctionType, names: tuple[str, ...], helpers: Plan) -> list[Any]:
     """The globals, cell contents and defaults fn and its helpers carry
     (where cloudpickle looks for packages whose imported submodules it
     sends, and what a pickle with the arguments could share with them)."""
     out = []
-    for f, names in ((fn, global_names(fn.__code__)), *helpers):
-        if names is BY_NAME or names is BY_MODULE:
+    for f, f_names in ((fn, names), *helpers):
+        if f_names is BY_NAME or f_names is BY_MODULE:
             continue
         get = f.__globals__.get
-        out += [get(n) for n in names]
+        out += [get(n) for n in f_names]
         out += [_cell(c) for c in f.__closure__ or ()]
         out += f.__defaults__ or ()
     return out
