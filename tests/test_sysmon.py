@@ -16,9 +16,9 @@ import pytest
 import gmpd
 from gmpd import sched as gmpd_sched
 from gmpd.runq import PStatus
-from gmpd.sched import MState
+from gmpd.sched import FORCE_PREEMPT_S, Doom, MState
 from gmpd.shm import NodeMemory
-from gmpd.sysmon import UNMARKED_MIN_S, Sysmon
+from gmpd.sysmon import CHECKDEAD_S, UNMARKED_MIN_S, Quiet, Sysmon
 from tests.test_executor import fib  # recursive fan-out with a threshold (n < 10)
 
 pytestmark = pytest.mark.timeout(90)
@@ -450,3 +450,76 @@ def test_a_spinning_m_whose_p_was_marked_after_its_last_g_keeps_it(nm: NodeMemor
         assert node.p_state(0) == (PStatus.SYSCALL, 0, 1)  # (the M takes it back to RUNNING itself)
     finally:
         mon.close()
+
+
+def test_quiet_rounds_return_for_what_the_python_round_acts_on(nm: NodeMemory) -> None:
+    """native/sysmon.c naps and looks while nothing needs sysmon's Python
+    round; each look that finds work for it must end the quiet run (a look
+    that missed one would leave a syscall unretaken, an unmarked block
+    undetected or a timeout unenforced), and nothing else may."""
+    node = nm.node
+    mon = Sysmon(nm, "ipc:///nonexistent/gmpd-test")  # (its messages only queue)
+    lifeline = os.pidfd_open(os.getpid())  # never readable: we are alive
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+
+        def quiet(for_s: float = 0.05) -> Quiet:
+            mon.last_checkdead = time.monotonic() + for_s - CHECKDEAD_S  # return by then
+            t = time.monotonic()
+            why, nap_us = mon.quiet(1000, lifeline)
+            assert time.monotonic() - t < for_s + 0.5 and 1000 <= nap_us <= mon.max_us
+            return why
+
+        assert quiet() == Quiet.IDLE, "every P idle: the deep sleep"
+        assert node.acquirep(0, 0, 1)
+        g = node.g_new(0, b"x")
+        node.m_set(0, pid=os.getpid(), p=0, curg=g, state=MState.RUNNING)  # our main thread runs (R)
+        assert quiet() == Quiet.NOFD, "its /proc file is opened by the Python round"
+        assert mon.thread_state(os.getpid()) is not None  # (as detect_blocked does)
+        node.set_preempt(0, True)  # (a G past its slice that has its flag already)
+        assert quiet(0.05) == Quiet.TIME, "nothing to do: the loop runs until checkdead is due"
+        assert (
+            mon.watch[0].schedtick == node.p_ticks(0)[0]
+            and time.monotonic() - mon.watch[0].running_when < 0.06
+        )
+        node.set_preempt(0, False)
+        mon.watch[0].schedwhen = time.monotonic()
+        t = time.monotonic()
+        assert quiet(1.0) == Quiet.PREEMPT, "a G that has had its P for 10 ms"
+        assert time.monotonic() - t >= FORCE_PREEMPT_S * 0.9
+        node.schedtick(0)  # a new G: its slice starts at the next look
+        assert quiet(0.005) == Quiet.TIME and node.p_ticks(0)[0] == mon.watch[0].schedtick
+        node.set_preempt(0, True)
+
+        node.m_set_deadline(1, time.monotonic_ns() - 1)
+        node.m_set_doom(1, Doom.TIMEOUT)  # killed for it already: not the watchdog's any more
+        assert quiet(0.05) == Quiet.TIME
+        node.m_set_doom(1, Doom.NONE)
+        assert quiet(1.0) == Quiet.DEADLINE, "a task past its deadline"
+        node.m_set_deadline(1, 0)
+
+        node.m_set(0, pid=sleeper.pid)
+        time.sleep(0.2)  # the sleeper's main thread is asleep (S)
+        assert mon.thread_state(sleeper.pid) is not None
+        assert quiet(1.0) == Quiet.ASLEEP, "a running M asleep: unmarked blocking?"
+        node.m_set(0, pid=os.getpid())
+
+        assert node.entersyscall(0, 0, 1)
+        assert quiet(1.0) == Quiet.SYSCALL, "a P in a syscall: retake"
+        assert node.exitsyscall(0, 0, 1)
+
+        sleeper.kill()
+        sleeper.wait()
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone = os.pidfd_open(dead.pid)
+        dead.wait()
+        try:
+            mon.last_checkdead = time.monotonic()
+            assert mon.quiet(1000, gone)[0] == Quiet.LIFELINE, "the node agent exited"
+        finally:
+            os.close(gone)
+    finally:
+        os.close(lifeline)
+        mon.close()
+        sleeper.kill()
+        sleeper.wait()

@@ -1,0 +1,181 @@
+/*
+ * sysmon.c -- sysmon's quiet rounds (gmpd/sysmon.py has the whole loop).
+ *
+ * While every P runs Gs and nothing needs it, sysmon naps its backed-off
+ * delay (up to 10 ms), looks, and naps again: ~100 rounds a second, each a
+ * handful of loads from node memory and one read of /proc per running M.
+ * In Python such a round cost 100-200 us of CPU, because each of its lines
+ * ran cold after the Ms' tasks had evicted the caches: 1.5-2% of a 2-core
+ * node in a farm of 5 ms tasks, taken from those tasks.  Here a round costs
+ * a few us.  The loop only looks: it returns to the Python round as soon as
+ * a look finds something that round acts on (a P in a syscall, a G past
+ * its time slice, an M whose main thread sleeps, a passed deadline, every P
+ * idle, the node agent gone) or until_ns comes (checkdead and the other
+ * periodic checks).  Every decision and every store other than its own
+ * watch records stays in Python.
+ */
+#include <poll.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sysmon.h"
+
+#define NOTHING (-1)
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int any_syscall(gmpd_node *nd)
+{
+    for (uint32_t p = 0; p < nd->nprocs; p++)
+        if (gmpd_pstate_status(gmpd_p_load(nd, p)) == GMPD_PSYSCALL)
+            return 1;
+    return 0;
+}
+
+static int all_idle(gmpd_node *nd)
+{
+    for (uint32_t p = 0; p < nd->nprocs; p++)
+        if (gmpd_pstate_status(gmpd_p_load(nd, p)) != GMPD_PIDLE)
+            return 0;
+    return 1;
+}
+
+/* The backed-off sleep of gmpd/sysmon.py (wakeable_sleep, how = 1): an M
+ * entering a syscall wakes it while SYSMONWAIT says we sleep; the P states
+ * are read after saying so, which catches an M that entered its syscall
+ * before it could see the flag.  Returns 1 if a P is in a syscall. */
+static int nap(gmpd_node *nd, const gmpd_quiet *q, int64_t ns)
+{
+    uint32_t *word = &gmpd_node_m(nd, q->slot)->park;
+    /* acquire: as node_m_info's read of the park word. */
+    uint32_t seen = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    gmpd_sched_add(nd, GMPD_SC_SYSMONWAIT, 1);
+    int busy = any_syscall(nd);
+    if (!busy)
+        gmpd_futex_wait(word, seen, ns);
+    gmpd_sched_add(nd, GMPD_SC_SYSMONWAIT, -1);
+    return busy;
+}
+
+static int gone(int pidfd)
+{
+    struct pollfd pfd = {.fd = pidfd, .events = POLLIN};
+    return pidfd >= 0 && poll(&pfd, 1, 0) > 0;
+}
+
+static int deadline_passed(gmpd_node *nd, const gmpd_quiet *q, int64_t now, int32_t *arg)
+{
+    for (uint32_t m = 0; m + 1 < nd->nms; m++) {
+        gmpd_m *mp = gmpd_node_m(nd, m);
+        /* acquire: pairs with the M's release store (node_m_set_deadline). */
+        uint64_t deadline = __atomic_load_n(&mp->deadline_ns, __ATOMIC_ACQUIRE);
+        if (deadline == 0 || (uint64_t)now <= deadline)
+            continue;
+        uint32_t doom = __atomic_load_n(&mp->doom, __ATOMIC_ACQUIRE);
+        if (doom < 32 && (q->doom_watch >> doom & 1)) {
+            *arg = (int32_t)m;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int procfd(const gmpd_quiet *q, int32_t pid)
+{
+    for (uint32_t i = 0; i < q->nprocfds; i++)
+        if (q->procfds[2 * i] == pid)
+            return q->procfds[2 * i + 1];
+    return -1;
+}
+
+/* The state letter of a thread's /proc stat file, 0 if unreadable. */
+static char thread_state(int fd)
+{
+    char buf[1024];
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    char *close = strrchr(buf, ')'); /* the name may hold anything, even ')' */
+    if (close == NULL || close[1] != ' ')
+        return 0;
+    return close[2];
+}
+
+/* One P's look: gmpd/sysmon.py's retake and detect_blocked for a P that
+ * needs nothing (NOTHING), or why the Python round is needed. */
+static int look(gmpd_node *nd, const gmpd_quiet *q, uint32_t p, int64_t now, int32_t *arg)
+{
+    uint64_t s = gmpd_p_load(nd, p);
+    uint32_t status = gmpd_pstate_status(s);
+    *arg = (int32_t)p;
+    if (status == GMPD_PSYSCALL)
+        return GMPD_QUIET_SYSCALL;
+    if (status != GMPD_PRUNNING)
+        return NOTHING;
+    gmpd_p *pp = gmpd_node_p(nd, p);
+    gmpd_pwatch *w = &q->watch[p];
+    /* relaxed: as node_p_ticks (owner-only counters sysmon samples). */
+    uint32_t tick = __atomic_load_n(&pp->schedtick, __ATOMIC_RELAXED);
+    uint32_t preempt = __atomic_load_n(&pp->preempt, __ATOMIC_RELAXED);
+    w->running_when_ns = now;
+    if (w->schedtick != (int64_t)tick) {
+        w->schedtick = tick;
+        w->schedwhen_ns = now;
+    } else if (now - w->schedwhen_ns >= q->preempt_ns && !preempt) {
+        return GMPD_QUIET_PREEMPT;
+    }
+    int32_t owner = gmpd_pstate_owner(s);
+    if (owner < 0 || (uint32_t)owner >= nd->nms)
+        return NOTHING;
+    gmpd_m *mp = gmpd_node_m(nd, (uint32_t)owner);
+    /* acquire: as node_m_info. */
+    uint32_t state = __atomic_load_n(&mp->state, __ATOMIC_ACQUIRE);
+    uint32_t curg = __atomic_load_n(&mp->curg, __ATOMIC_ACQUIRE);
+    int32_t pid = __atomic_load_n(&mp->pid, __ATOMIC_ACQUIRE);
+    if (state != q->m_running || curg == 0 || pid <= 0)
+        return NOTHING;
+    int fd = procfd(q, pid);
+    char letter = fd < 0 ? 0 : thread_state(fd);
+    if (letter == 0) {
+        *arg = pid;
+        return GMPD_QUIET_NOFD; /* Python opens it, or finds the M gone */
+    }
+    if (strchr("SDTt", letter) != NULL)
+        return GMPD_QUIET_ASLEEP; /* asleep, or stopped (SIGSTOP, a debugger) */
+    return NOTHING;
+}
+
+int gmpd_sysmon_quiet(gmpd_node *nd, const gmpd_quiet *q, int64_t *nap_ns, int32_t *arg)
+{
+    int64_t ns = q->nap_ns;
+    *arg = -1;
+    for (;; ns = ns < q->max_ns / 2 ? 2 * ns : q->max_ns) {
+        *nap_ns = ns;
+        int64_t now = now_ns();
+        if (now >= q->until_ns)
+            return GMPD_QUIET_TIME;
+        int busy = nap(nd, q, ns < q->until_ns - now ? ns : q->until_ns - now);
+        if (busy)
+            return GMPD_QUIET_SYSCALL;
+        if (gone(q->lifeline))
+            return GMPD_QUIET_LIFELINE;
+        now = now_ns();
+        if (deadline_passed(nd, q, now, arg))
+            return GMPD_QUIET_DEADLINE;
+        if (all_idle(nd))
+            return GMPD_QUIET_IDLE;
+        for (uint32_t p = 0; p < nd->nprocs; p++) {
+            int why = look(nd, q, p, now, arg);
+            if (why != NOTHING)
+                return why;
+        }
+        *arg = -1;
+    }
+}
