@@ -83,6 +83,7 @@ class Node:
         lifeline: int,
         nap_s: float,
         max_s: float,
+        busy_s: float,
         until_s: float,
         preempt_s: float,
         watch: Buffer,

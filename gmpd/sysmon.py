@@ -418,8 +418,8 @@ class Sysmon:
             watch.extend((pd.schedtick, round(pd.schedwhen * 1e9), round(pd.running_when * 1e9)))
         fds = array.array("i", [x for pid_fd in self.procfds.items() for x in pid_fd])
         why, _arg, nap_s = self.node.sysmon_quiet(
-            self.slot, MState.RUNNING, QUIET_DOOMS, lifeline, delay_us / 1e6, self.max_us / 1e6, until,
-            FORCE_PREEMPT_S, watch, fds,
+            self.slot, MState.RUNNING, QUIET_DOOMS, lifeline, delay_us / 1e6, self.max_us / 1e6,
+            self.syscall_us / 1e6, until, FORCE_PREEMPT_S, watch, fds,
         )  # fmt: skip
         for p, pd in enumerate(self.watch):
             pd.schedtick, pd.schedwhen, pd.running_when = (

@@ -22,6 +22,7 @@
 #include "offer.h"
 #include "runq.h"
 #include "stress.h"
+#include "sysmon.h"
 
 typedef struct {
     PyObject_HEAD
@@ -1280,6 +1281,45 @@ static PyObject *node_offer_poke(NodeObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* -- sysmon's quiet rounds (sysmon.c) -- */
+
+static PyObject *node_sysmon_quiet(NodeObject *self, PyObject *args)
+{
+    gmpd_quiet q;
+    double nap_s, max_s, busy_s, until_s, preempt_s;
+    Py_buffer watch, fds;
+    if (!node_ok(self) ||
+        !PyArg_ParseTuple(args, "IIIidddddw*y*:sysmon_quiet", &q.slot, &q.m_running, &q.doom_watch, &q.lifeline,
+                          &nap_s, &max_s, &busy_s, &until_s, &preempt_s, &watch, &fds))
+        return NULL;
+    PyObject *ret = NULL;
+    if (!check_m(self, q.slot))
+        goto out;
+    if (watch.len != (Py_ssize_t)(self->nd->nprocs * sizeof(gmpd_pwatch)) || fds.len % (2 * sizeof(int32_t))) {
+        PyErr_SetString(PyExc_ValueError, "sysmon_quiet: watch is 3 int64 per P, procfds (pid, fd) int32 pairs");
+        goto out;
+    }
+    q.nap_ns = (int64_t)(nap_s * 1e9);
+    q.max_ns = (int64_t)(max_s * 1e9);
+    q.busy_ns = (int64_t)(busy_s * 1e9);
+    q.until_ns = (int64_t)(until_s * 1e9);
+    q.preempt_ns = (int64_t)(preempt_s * 1e9);
+    q.watch = watch.buf;
+    q.procfds = fds.buf;
+    q.nprocfds = (uint32_t)(fds.len / (2 * sizeof(int32_t)));
+    int64_t next_ns;
+    int32_t arg;
+    int why;
+    Py_BEGIN_ALLOW_THREADS
+    why = gmpd_sysmon_quiet(self->nd, &q, &next_ns, &arg);
+    Py_END_ALLOW_THREADS
+    ret = Py_BuildValue("(iid)", why, arg, (double)next_ns / 1e9);
+out:
+    PyBuffer_Release(&watch);
+    PyBuffer_Release(&fds);
+    return ret;
+}
+
 /* -- scheduler counters -- */
 
 static PyObject *node_sched_add(NodeObject *self, PyObject *args)
@@ -1376,6 +1416,9 @@ static PyMethodDef node_methods[] = {
     {"heartbeat", (PyCFunction)node_heartbeat, METH_O, "heartbeat(m) -> ns: store CLOCK_MONOTONIC now"},
     {"start_heartbeat", (PyCFunction)node_start_heartbeat, METH_VARARGS,
      "start_heartbeat(m, period_ms): a native thread stamps M m's heartbeat until the process exits"},
+    {"sysmon_quiet", (PyCFunction)node_sysmon_quiet, METH_VARARGS,
+     "sysmon_quiet(slot, m_running, doom_watch, lifeline, nap_s, max_s, busy_s, until_s, preempt_s, watch, procfds)"
+     " -> (reason, arg, last_nap_s): sysmon's quiet rounds until one needs Python (native/sysmon.h)"},
     {"park", (PyCFunction)node_park, METH_VARARGS,
      "park(m, seen, timeout=-1) -> bool: futex-sleep while M m's park word == seen; False on timeout"},
     {"wake", (PyCFunction)node_wake, METH_O, "wake(m) -> int: bump M m's park word and wake it"},

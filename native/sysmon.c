@@ -60,6 +60,11 @@ static int nap(gmpd_node *nd, const gmpd_quiet *q, int64_t ns)
     if (!busy)
         gmpd_futex_wait(word, seen, ns);
     gmpd_sched_add(nd, GMPD_SC_SYSMONWAIT, -1);
+    if (busy) { /* as the Python nap: a short sleep, then the round (a call that
+                 * ends meanwhile is no reason for a round at once) */
+        struct timespec ts = {.tv_sec = q->busy_ns / 1000000000, .tv_nsec = q->busy_ns % 1000000000};
+        nanosleep(&ts, NULL);
+    }
     return busy;
 }
 

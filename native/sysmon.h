@@ -18,6 +18,7 @@ typedef struct gmpd_quiet {
     uint32_t doom_watch;      /* bit d set: a passed deadline under doom d is the watchdog's */
     int lifeline;             /* pidfd of the node agent (readable once it exited) */
     int64_t nap_ns, max_ns;   /* the first nap, doubled after each round up to max_ns */
+    int64_t busy_ns;          /* the sleep instead of a nap that finds a P in a syscall */
     int64_t until_ns;         /* return by then */
     int64_t preempt_ns;       /* Go's forcePreemptNS */
     const int32_t *procfds;   /* (pid, fd) pairs: M main threads' /proc/PID/task/PID/stat */
