@@ -894,22 +894,21 @@ class M:
             self.runq.release()
             return  # a waiting parent ran it inline; its queue entry was stale
         if not inherit:
-            node.schedtick(self.p)
             self.slice_start = time.monotonic()
-            if node.p_ticks(self.p)[2]:
-                node.set_preempt(self.p, False)  # a new slice: the flag was for the G before
         outer = self.curg
-        node.g_set_owner(h, self.m, outer)  # recovery follows curg -> outer after a crash
         self.curg = h
-        if outer:  # (running already; a mark sysmon set meanwhile stays for resync to claim)
-            node.m_set(self.m, curg=h)
-        else:
-            node.m_set(self.m, curg=h, state=MState.RUNNING)
-        self.runq.release()  # recorded as curg: the queue no longer needs to hold it
-        info = node.g_info(h)
-        if not outer:  # an M counts once, however deep it nests inline runs
-            node.sched_add(Counter.RUNNING, 1)
-        payload, deadline = node.g_payload(h), self.deadline
+        # In one call (node.g_begin): a new slice unless inherited (schedtick
+        # + 1, the preempt flag was for the G before); the G's owner and
+        # outer G (recovery follows curg -> outer after a crash); our state
+        # RUNNING unless nested (running already; a mark sysmon set
+        # meanwhile stays for resync to claim), then curg; the op record
+        # released (recorded as curg: the queue no longer needs to hold
+        # it); the RUNNING count + 1 unless nested (an M counts once,
+        # however deep it nests inline runs).
+        payload, parent, root_id = node.g_begin(
+            h, self.m, self.p, outer, not inherit, -1 if outer else MState.RUNNING
+        )
+        deadline = self.deadline
         watch = None
         if payload[:1] in TIMED:  # a task with a timeout: sysmon kills us past the deadline
             ms = int.from_bytes(payload[1:5], "little")
@@ -947,7 +946,6 @@ class M:
                 self.deadline = deadline
                 node.m_set_deadline(self.m, deadline)
         node.m_ran(self.m)
-        parent, root_id = info[2], info[3]
         if parent == 0 and root_id:
             if len(data) > self.max_message:
                 too_big = GmpdError(config.too_large("the task's result", len(data), self.max_message))
@@ -960,10 +958,7 @@ class M:
                 err = error_payload(GmpdError(f"result too large for the node's G arena: {exc}"))
                 node.g_set_result(h, self.p, err, wire.RAISED)
         self.curg = outer
-        if outer:
-            node.m_set(self.m, curg=outer)
-        else:
-            node.m_set(self.m, curg=0, state=MState.IDLE)
+        node.m_run(self.m, outer, -1 if outer else MState.IDLE)
 
     def in_task(self, call: Callable[..., T], *args: Any) -> T:
         """Run a gmpd call made by task code: it needs the P in RUNNING, so

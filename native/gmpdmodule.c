@@ -1103,6 +1103,61 @@ static PyObject *node_g_claim(NodeObject *self, PyObject *arg)
     return PyBool_FromLong(gmpd_gclaim(self->gtab, h));
 }
 
+/* M.execute's prologue (gmpd/m.py), in its order, one call instead of
+ * nine (a no-op flood spent ~3 us a task on their call sites): a new slice
+ * (schedtick + 1, the preempt flag cleared) if asked; G h's owner m and
+ * outer G; M m's state (unless < 0) then curg; the op record released;
+ * the RUNNING count + 1 unless nested.  Returns (payload, parent, root_id). */
+static PyObject *node_g_begin(NodeObject *self, PyObject *args)
+{
+    PyObject *ho;
+    long m, p;
+    unsigned int outer;
+    int new_slice, state;
+    uint32_t h;
+    if (!PyArg_ParseTuple(args, "OllIpi:g_begin", &ho, &m, &p, &outer, &new_slice, &state) ||
+        !parse_handle(self, ho, &h) || !check_m(self, m) || !check_p(self, p))
+        return NULL;
+    gmpd_grec *r = gmpd_grec_at(self->gtab, h);
+    /* acquire: pairs with the release that published the record. */
+    if (__atomic_load_n(&r->state, __ATOMIC_ACQUIRE) == GMPD_G_FREE) {
+        PyErr_Format(PyExc_ValueError, "G %#x is free", h);
+        return NULL;
+    }
+    if (new_slice) {
+        gmpd_p *pp = gmpd_node_p(self->nd, (uint32_t)p);
+        __atomic_add_fetch(&pp->schedtick, 1, __ATOMIC_RELAXED); /* as node_schedtick */
+        if (__atomic_load_n(&pp->preempt, __ATOMIC_RELAXED))
+            __atomic_store_n(&pp->preempt, 0, __ATOMIC_RELEASE); /* as node_set_preempt */
+    }
+    __atomic_store_n(&r->outer, outer, __ATOMIC_RELAXED); /* as node_g_set_owner */
+    __atomic_store_n(&r->owner, (uint32_t)(m + 1), __ATOMIC_RELEASE);
+    gmpd_m *mp = gmpd_node_m(self->nd, (uint32_t)m);
+    if (state >= 0) /* release, as node_m_set: state, then curg */
+        __atomic_store_n(&mp->state, (uint32_t)state, __ATOMIC_RELEASE);
+    __atomic_store_n(&mp->curg, h, __ATOMIC_RELEASE);
+    gmpd_release(self->nd, (uint32_t)m);
+    if (!outer)
+        gmpd_sched_add(self->nd, GMPD_SC_RUNNING, 1);
+    return Py_BuildValue("(y#IK)", (const char *)(r + 1), (Py_ssize_t)r->len, r->parent,
+                         (unsigned long long)r->root_id);
+}
+
+/* M m's state (unless < 0) then its curg, as m_set(m, state=, curg=). */
+static PyObject *node_m_run(NodeObject *self, PyObject *args)
+{
+    long m;
+    unsigned int curg;
+    int state;
+    if (!PyArg_ParseTuple(args, "lIi:m_run", &m, &curg, &state) || !check_m(self, m))
+        return NULL;
+    gmpd_m *mp = gmpd_node_m(self->nd, (uint32_t)m);
+    if (state >= 0) /* release: as node_m_set */
+        __atomic_store_n(&mp->state, (uint32_t)state, __ATOMIC_RELEASE);
+    __atomic_store_n(&mp->curg, curg, __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
 static PyObject *node_g_take(NodeObject *self, PyObject *arg)
 {
     uint32_t h;
@@ -1451,6 +1506,9 @@ static PyMethodDef node_methods[] = {
     {"g_new", (PyCFunction)(void (*)(void))node_g_new, METH_VARARGS | METH_KEYWORDS,
      "g_new(p, payload, *, parent=0, root_id=0) -> handle: a RUNNABLE G in P p's arena (owner of p only)"},
     {"g_payload", (PyCFunction)node_g_payload, METH_O, "g_payload(h) -> bytes"},
+    {"g_begin", (PyCFunction)node_g_begin, METH_VARARGS,
+     "g_begin(h, m, p, outer, new_slice, state) -> (payload, parent, root_id): M.execute's prologue"},
+    {"m_run", (PyCFunction)node_m_run, METH_VARARGS, "m_run(m, curg, state): state (unless < 0), then curg"},
     {"g_info", (PyCFunction)node_g_info, METH_O,
      "g_info(h) -> (state, gen, parent, root_id, len, result, status, waiter, owner, outer, attempts, refs)"},
     {"g_cas_state", (PyCFunction)node_g_cas_state, METH_VARARGS, "g_cas_state(h, old, new) -> bool"},
