@@ -473,7 +473,7 @@ class M:
         """After a G: if the P was retaken meanwhile (epoch moved), never
         touch its queue or arena again; the coordinator already re-leased it.
         A P marked_p is ours: back to RUNNING."""
-        if self.p < 0:
+        if self.p < 0 or self.node.p_held(self.p, self.m, self.epoch):
             return
         word = self.node.p_state(self.p)
         if self.marked_p(word):
@@ -508,7 +508,7 @@ class M:
         self.p, self.runq = -1, None
 
     def owns_p(self) -> bool:
-        return self.p >= 0 and self.node.p_state(self.p) == (PStatus.RUNNING, self.m, self.epoch)
+        return self.p >= 0 and self.node.p_held(self.p, self.m, self.epoch)
 
     def take_work(self, seq: int, roots: list[tuple[int, bytes]], locals_: list[int]) -> bool:
         """Queue a global batch in our P's queue, its first G in runnext so
@@ -928,24 +928,29 @@ class M:
             watch = ImportWatch(lambda: set_deadline(grace), lambda: set_deadline(ms))
             set_deadline(ms)
         started = time.monotonic()
+        left = False  # out of RUNNING, the count given back and the G counted (g_leave)
         try:
             status, data = run_payload(payload, watch)
-            self.resync()  # the G may have ended asleep-detected: the count and the P come back
-            if not outer and self.in_syscall:
-                self.exitsyscall()  # the task returned inside a gmpd.syscall() it never left
-            # Out of task code: leave RUNNING by CAS, so sysmon cannot count us out twice.
-            while not outer and not node.m_cas_state(self.m, MState.RUNNING, MState.IDLE):
-                if node.m_info(self.m)[0] != MState.ASLEEP:
-                    node.m_set(self.m, state=MState.IDLE)  # not sysmon's doing: nothing to give back
-                    break
-                self.resync()
+            # Out of task code: leave RUNNING by CAS, so sysmon cannot count
+            # us out twice; in one call when nothing happened meanwhile.
+            left = not outer and not self.in_syscall and node.g_leave(self.m, MState.RUNNING, MState.IDLE)
+            if not left:
+                self.resync()  # the G may have ended asleep-detected: the count and the P come back
+                if not outer and self.in_syscall:
+                    self.exitsyscall()  # the task returned inside a gmpd.syscall() it never left
+                while not outer and not node.m_cas_state(self.m, MState.RUNNING, MState.IDLE):
+                    if node.m_info(self.m)[0] != MState.ASLEEP:
+                        node.m_set(self.m, state=MState.IDLE)  # not sysmon's doing: nothing to give back
+                        break
+                    self.resync()
         finally:
-            if not outer:
+            if not outer and not left:
                 node.sched_add(Counter.RUNNING, -1)
             if self.deadline != deadline:
                 self.deadline = deadline
                 node.m_set_deadline(self.m, deadline)
-        node.m_ran(self.m)
+        if not left:
+            node.m_ran(self.m)
         if parent == 0 and root_id:
             if len(data) > self.max_message:
                 too_big = GmpdError(config.too_large("the task's result", len(data), self.max_message))

@@ -453,6 +453,17 @@ static PyObject *node_p_state(NodeObject *self, PyObject *arg)
     return pstate_tuple(gmpd_p_load(self->nd, p));
 }
 
+/* p_state(p) == (RUNNING, m, epoch), without the tuple (an M's check of
+ * its lease after each G). */
+static PyObject *node_p_held(NodeObject *self, PyObject *args)
+{
+    long p, m;
+    unsigned int epoch;
+    if (!PyArg_ParseTuple(args, "llI:p_held", &p, &m, &epoch) || !check_p(self, p) || !check_m(self, m))
+        return NULL;
+    return PyBool_FromLong(gmpd_p_load(self->nd, (uint32_t)p) == gmpd_pstate_make(GMPD_PRUNNING, (int32_t)m, epoch));
+}
+
 static PyObject *node_p_cas(NodeObject *self, PyObject *args)
 {
     long p;
@@ -1158,6 +1169,27 @@ static PyObject *node_m_run(NodeObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* M.execute's epilogue in the common case: M m leaves state running for
+ * idle (MState values) by CAS (so
+ * sysmon, which marks an asleep M by CAS too, cannot count it out twice),
+ * then gives the RUNNING count back and counts the G run.  False, with
+ * nothing done, if its state is not RUNNING (sysmon marked it asleep): the
+ * caller's slow path. */
+static PyObject *node_g_leave(NodeObject *self, PyObject *args)
+{
+    long m;
+    unsigned int running, idle;
+    if (!PyArg_ParseTuple(args, "lII:g_leave", &m, &running, &idle) || !check_m(self, m))
+        return NULL;
+    gmpd_m *mp = gmpd_node_m(self->nd, (uint32_t)m);
+    /* acq_rel: as node_m_cas_state. */
+    if (!__atomic_compare_exchange_n(&mp->state, &running, idle, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        Py_RETURN_FALSE;
+    gmpd_sched_add(self->nd, GMPD_SC_RUNNING, -1);
+    __atomic_add_fetch(&mp->nrun, 1, __ATOMIC_RELAXED); /* as node_m_ran */
+    Py_RETURN_TRUE;
+}
+
 static PyObject *node_g_take(NodeObject *self, PyObject *arg)
 {
     uint32_t h;
@@ -1444,6 +1476,7 @@ static PyMethodDef node_methods[] = {
     {"runq_len", (PyCFunction)node_runq_len, METH_O, "runq_len(p) -> int (runnext not counted)"},
     {"runq_empty", (PyCFunction)node_runq_empty, METH_O, "runq_empty(p) -> bool"},
     {"p_state", (PyCFunction)node_p_state, METH_O, "p_state(p) -> (status, owner, epoch)"},
+    {"p_held", (PyCFunction)node_p_held, METH_VARARGS, "p_held(p, m, epoch) -> bool: p_state(p) == (RUNNING, m, epoch)"},
     {"p_cas", (PyCFunction)node_p_cas, METH_VARARGS, "p_cas(p, expect, new) -> bool"},
     {"acquirep", (PyCFunction)node_acquirep, METH_VARARGS, "acquirep(p, m, epoch) -> bool: IDLE -> RUNNING"},
     {"releasep", (PyCFunction)node_releasep, METH_VARARGS, "releasep(p, m, epoch) -> bool: RUNNING -> IDLE"},
@@ -1509,6 +1542,8 @@ static PyMethodDef node_methods[] = {
     {"g_begin", (PyCFunction)node_g_begin, METH_VARARGS,
      "g_begin(h, m, p, outer, new_slice, state) -> (payload, parent, root_id): M.execute's prologue"},
     {"m_run", (PyCFunction)node_m_run, METH_VARARGS, "m_run(m, curg, state): state (unless < 0), then curg"},
+    {"g_leave", (PyCFunction)node_g_leave, METH_VARARGS,
+     "g_leave(m, running, idle) -> bool: M m running -> idle by CAS, the RUNNING count - 1, nrun + 1; False if not"},
     {"g_info", (PyCFunction)node_g_info, METH_O,
      "g_info(h) -> (state, gen, parent, root_id, len, result, status, waiter, owner, outer, attempts, refs)"},
     {"g_cas_state", (PyCFunction)node_g_cas_state, METH_VARARGS, "g_cas_state(h, old, new) -> bool"},
