@@ -928,7 +928,7 @@ class M:
             watch = ImportWatch(lambda: set_deadline(grace), lambda: set_deadline(ms))
             set_deadline(ms)
         started = time.monotonic()
-        left = False  # out of RUNNING, the count given back and the G counted (g_leave)
+        left = False  # out of RUNNING and the G counted (g_leave)
         try:
             status, data = run_payload(payload, watch)
             # Out of task code: leave RUNNING by CAS, so sysmon cannot count
@@ -944,7 +944,7 @@ class M:
                         break
                     self.resync()
         finally:
-            if not outer and not left:
+            if not outer:
                 node.sched_add(Counter.RUNNING, -1)
             if self.deadline != deadline:
                 self.deadline = deadline

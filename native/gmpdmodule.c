@@ -1170,11 +1170,12 @@ static PyObject *node_m_run(NodeObject *self, PyObject *args)
 }
 
 /* M.execute's epilogue in the common case: M m leaves state running for
- * idle (MState values) by CAS (so
- * sysmon, which marks an asleep M by CAS too, cannot count it out twice),
- * then gives the RUNNING count back and counts the G run.  False, with
- * nothing done, if its state is not RUNNING (sysmon marked it asleep): the
- * caller's slow path. */
+ * idle (MState values) by CAS (so sysmon, which marks an asleep M by CAS
+ * too, cannot count it out twice), and counts the G run.  False, with
+ * nothing done, if its state is not running (sysmon marked it asleep):
+ * the caller's slow path.  The RUNNING count stays the caller's to give
+ * back, in its `finally` (an exception raised between this call and the
+ * caller's next store would otherwise give it back twice: review). */
 static PyObject *node_g_leave(NodeObject *self, PyObject *args)
 {
     long m;
@@ -1185,7 +1186,6 @@ static PyObject *node_g_leave(NodeObject *self, PyObject *args)
     /* acq_rel: as node_m_cas_state. */
     if (!__atomic_compare_exchange_n(&mp->state, &running, idle, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         Py_RETURN_FALSE;
-    gmpd_sched_add(self->nd, GMPD_SC_RUNNING, -1);
     __atomic_add_fetch(&mp->nrun, 1, __ATOMIC_RELAXED); /* as node_m_ran */
     Py_RETURN_TRUE;
 }
@@ -1543,7 +1543,7 @@ static PyMethodDef node_methods[] = {
      "g_begin(h, m, p, outer, new_slice, state) -> (payload, parent, root_id): M.execute's prologue"},
     {"m_run", (PyCFunction)node_m_run, METH_VARARGS, "m_run(m, curg, state): state (unless < 0), then curg"},
     {"g_leave", (PyCFunction)node_g_leave, METH_VARARGS,
-     "g_leave(m, running, idle) -> bool: M m running -> idle by CAS, the RUNNING count - 1, nrun + 1; False if not"},
+     "g_leave(m, running, idle) -> bool: M m running -> idle by CAS, nrun + 1; False if it was not running"},
     {"g_info", (PyCFunction)node_g_info, METH_O,
      "g_info(h) -> (state, gen, parent, root_id, len, result, status, waiter, owner, outer, attempts, refs)"},
     {"g_cas_state", (PyCFunction)node_g_cas_state, METH_VARARGS, "g_cas_state(h, old, new) -> bool"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 import time
 import types
 
@@ -11,8 +12,10 @@ import pytest
 
 from gmpd import m as m_module
 from gmpd import wire
+from gmpd.g import encode_task
 from gmpd.m import M
 from gmpd.runq import PStatus
+from gmpd.sched import Counter, MState
 from gmpd.shm import NodeMemory
 
 
@@ -80,3 +83,39 @@ def test_a_p_retaken_before_drop_p_is_left_alone(nm: NodeMemory) -> None:
     M.drop_p(dropping(nm, sent))  # type: ignore[arg-type]
     assert node.p_state(0) == (PStatus.RUNNING, 2, 5) and not sent
     assert node.g_arena(0)[2] == top and node.g_payload(h) == b"x" * 5000
+
+
+def ident(x: int) -> int:
+    return x
+
+
+def test_an_exception_right_after_a_g_leaves_running_gives_the_count_back_once(nm: NodeMemory) -> None:
+    """CPython runs a raising signal handler right after a native call
+    returns (stood in for here by a profile hook on that return).  Raised
+    just after ``g_leave``, it reached execute's ``finally``, which gave the
+    RUNNING count back a second time when g_leave had given it back too:
+    the gauge then read one too low for good (found by review)."""
+    node = nm.node
+    assert node.acquirep(0, 1, 4)
+    fake = types.SimpleNamespace(
+        nm=nm, node=node, m=1, p=0, epoch=4, runq=nm.runq(0, 1), curg=0, in_syscall=False, deadline=0,
+        slice_start=0.0, max_message=1 << 30, results=[],
+    )  # fmt: skip
+    fake.add_result = lambda *a: fake.results.append(a)
+    for name in ("execute", "resync", "exitsyscall", "marked_p", "check_lease"):
+        setattr(fake, name, types.MethodType(getattr(M, name), fake))
+    h = node.g_new(0, encode_task(ident, (5,), {}), root_id=7)
+
+    def interrupt(_frame: object, event: str, arg: object) -> None:
+        if event == "c_return" and getattr(arg, "__name__", "") == "g_leave":
+            sys.setprofile(None)
+            raise KeyboardInterrupt("a signal handler that raised")
+
+    sys.setprofile(interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fake.execute(h, False)
+    finally:
+        sys.setprofile(None)
+    assert node.sched()[Counter.RUNNING] == 0, "given back exactly once"
+    assert node.m_info(1)[0] == MState.IDLE
