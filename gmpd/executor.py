@@ -250,7 +250,7 @@ class TaskFuture(LazyFuture):
     def mark_running(self) -> None:
         """The coordinator says an M has the task (again, when retried)."""
         with lazy_lock():
-            if "_condition" not in self.__dict__:  # nobody looked: no Condition to make for it
+            if self._cond is None:  # nobody looked: no Condition to make for it
                 if self._state == PENDING:
                     self._state = RUNNING
                 return
