@@ -670,6 +670,16 @@ static PyObject *node_m_ran(NodeObject *self, PyObject *arg)
     return PyLong_FromUnsignedLong(__atomic_add_fetch(&gmpd_node_m(self->nd, m)->nrun, 1, __ATOMIC_RELAXED));
 }
 
+/* M state (unless < 0), then curg (unless < 0): release, so readers
+ * (sysmon, scheddetail, recovery) see what preceded each update. */
+static void m_publish(gmpd_m *mp, long long state, long long curg)
+{
+    if (state >= 0)
+        __atomic_store_n(&mp->state, (uint32_t)state, __ATOMIC_RELEASE);
+    if (curg >= 0)
+        __atomic_store_n(&mp->curg, (uint32_t)curg, __ATOMIC_RELEASE);
+}
+
 static PyObject *node_m_set(NodeObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"m", "state", "curg", "p", "pid", NULL};
@@ -679,11 +689,8 @@ static PyObject *node_m_set(NodeObject *self, PyObject *args, PyObject *kwargs)
         !check_m(self, m))
         return NULL;
     gmpd_m *mp = gmpd_node_m(self->nd, m);
-    /* release: readers (sysmon, scheddetail) see what preceded each update. */
-    if (state >= 0)
-        __atomic_store_n(&mp->state, (uint32_t)state, __ATOMIC_RELEASE);
-    if (curg >= 0)
-        __atomic_store_n(&mp->curg, (uint32_t)curg, __ATOMIC_RELEASE);
+    m_publish(mp, state, curg);
+    /* release: as m_publish. */
     if (p >= -1)
         __atomic_store_n(&mp->p, (uint32_t)(p + 1), __ATOMIC_RELEASE);
     if (pid >= 0)
@@ -930,17 +937,32 @@ done:
     return res;
 }
 
-static PyObject *node_g_payload(NodeObject *self, PyObject *arg)
+/* G h's record, or NULL with ValueError if it is free. */
+static gmpd_grec *live_record(NodeObject *self, uint32_t h)
 {
-    uint32_t h;
-    if (!parse_handle(self, arg, &h))
-        return NULL;
     gmpd_grec *r = gmpd_grec_at(self->gtab, h);
     /* acquire: pairs with the release that published the record. */
     if (__atomic_load_n(&r->state, __ATOMIC_ACQUIRE) == GMPD_G_FREE) {
         PyErr_Format(PyExc_ValueError, "G %#x is free", h);
         return NULL;
     }
+    return r;
+}
+
+/* G r's owner M m (-1: none) and the G it runs inside (0: none). */
+static void g_own(gmpd_grec *r, int m, uint32_t outer)
+{
+    __atomic_store_n(&r->outer, outer, __ATOMIC_RELAXED); /* relaxed: published by the owner store */
+    /* release: read by sysmon and by recovery after the M dies. */
+    __atomic_store_n(&r->owner, (uint32_t)(m + 1), __ATOMIC_RELEASE);
+}
+
+static PyObject *node_g_payload(NodeObject *self, PyObject *arg)
+{
+    uint32_t h;
+    gmpd_grec *r;
+    if (!parse_handle(self, arg, &h) || (r = live_record(self, h)) == NULL)
+        return NULL;
     return PyBytes_FromStringAndSize((const char *)(r + 1), (Py_ssize_t)r->len);
 }
 
@@ -1017,10 +1039,7 @@ static PyObject *node_g_set_owner(NodeObject *self, PyObject *args)
         return NULL;
     if (m >= 0 && !check_m(self, m))
         return NULL;
-    gmpd_grec *r = gmpd_grec_at(self->gtab, h);
-    __atomic_store_n(&r->outer, outer, __ATOMIC_RELAXED); /* relaxed: published by the owner store */
-    /* release: read by sysmon and by recovery after the M dies. */
-    __atomic_store_n(&r->owner, (uint32_t)(m + 1), __ATOMIC_RELEASE);
+    g_own(gmpd_grec_at(self->gtab, h), m, outer);
     Py_RETURN_NONE;
 }
 
@@ -1126,27 +1145,18 @@ static PyObject *node_g_begin(NodeObject *self, PyObject *args)
     unsigned int outer;
     int new_slice, state;
     uint32_t h;
+    gmpd_grec *r;
     if (!PyArg_ParseTuple(args, "OllIpi:g_begin", &ho, &m, &p, &outer, &new_slice, &state) ||
-        !parse_handle(self, ho, &h) || !check_m(self, m) || !check_p(self, p))
+        !parse_handle(self, ho, &h) || !check_m(self, m) || !check_p(self, p) || (r = live_record(self, h)) == NULL)
         return NULL;
-    gmpd_grec *r = gmpd_grec_at(self->gtab, h);
-    /* acquire: pairs with the release that published the record. */
-    if (__atomic_load_n(&r->state, __ATOMIC_ACQUIRE) == GMPD_G_FREE) {
-        PyErr_Format(PyExc_ValueError, "G %#x is free", h);
-        return NULL;
-    }
     if (new_slice) {
         gmpd_p *pp = gmpd_node_p(self->nd, (uint32_t)p);
         __atomic_add_fetch(&pp->schedtick, 1, __ATOMIC_RELAXED); /* as node_schedtick */
         if (__atomic_load_n(&pp->preempt, __ATOMIC_RELAXED))
             __atomic_store_n(&pp->preempt, 0, __ATOMIC_RELEASE); /* as node_set_preempt */
     }
-    __atomic_store_n(&r->outer, outer, __ATOMIC_RELAXED); /* as node_g_set_owner */
-    __atomic_store_n(&r->owner, (uint32_t)(m + 1), __ATOMIC_RELEASE);
-    gmpd_m *mp = gmpd_node_m(self->nd, (uint32_t)m);
-    if (state >= 0) /* release, as node_m_set: state, then curg */
-        __atomic_store_n(&mp->state, (uint32_t)state, __ATOMIC_RELEASE);
-    __atomic_store_n(&mp->curg, h, __ATOMIC_RELEASE);
+    g_own(r, (int)m, outer);
+    m_publish(gmpd_node_m(self->nd, (uint32_t)m), state, h);
     gmpd_release(self->nd, (uint32_t)m);
     if (!outer)
         gmpd_sched_add(self->nd, GMPD_SC_RUNNING, 1);
@@ -1162,10 +1172,7 @@ static PyObject *node_m_run(NodeObject *self, PyObject *args)
     int state;
     if (!PyArg_ParseTuple(args, "lIi:m_run", &m, &curg, &state) || !check_m(self, m))
         return NULL;
-    gmpd_m *mp = gmpd_node_m(self->nd, (uint32_t)m);
-    if (state >= 0) /* release: as node_m_set */
-        __atomic_store_n(&mp->state, (uint32_t)state, __ATOMIC_RELEASE);
-    __atomic_store_n(&mp->curg, curg, __ATOMIC_RELEASE);
+    m_publish(gmpd_node_m(self->nd, (uint32_t)m), state, curg);
     Py_RETURN_NONE;
 }
 
