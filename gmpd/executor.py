@@ -614,7 +614,9 @@ class _ClientIO(threading.Thread):
                     return
                 self.agent = os.pidfd_open(self.cluster.proc.pid)
                 poller.register(self.agent, zmq.POLLIN)
-            while True:
+            ready = self.cluster.results in events
+            while ready or wire.readable(self.cluster.results):
+                ready = False
                 try:
                     frame = self.cluster.results.recv(zmq.NOBLOCK)
                 except zmq.Again:

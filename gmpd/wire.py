@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 import msgpack
+import zmq
 
 from gmpd.errors import GmpdError
 
@@ -344,6 +345,15 @@ def decode(frame: bytes) -> Message:
     if len(values) != len(cls.SCHEMA):
         raise WireError(f"{cls.__name__} has {len(cls.SCHEMA)} fields, the frame has {len(values)}")
     return cls(*(check(v) for check, v in zip(cls.SCHEMA, values, strict=True)))
+
+
+def readable(sock: zmq.Socket[bytes]) -> bool:
+    """A whole message waits on ``sock`` (ZMQ_EVENTS).  Drain loops ask this
+    instead of ending on the zmq.Again a NOBLOCK recv raises on an empty
+    socket: pyzmq builds that exception in Python, ~3.5 us warm and more
+    cold, once per wake-up (7-14% of the coordinator's and the client
+    thread's py-spy samples in farm and blocking_mix)."""
+    return bool(int(sock.get(zmq.EVENTS)) & zmq.POLLIN)
 
 
 def kinds() -> dict[int, type[Message]]:

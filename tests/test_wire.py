@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -88,3 +89,20 @@ def test_wire_mutated_frames_decode_or_raise_wire_error(msg: wire.Message, data:
     except wire.WireError:
         return
     assert wire.decode(wire.encode(out)) == out
+
+
+def test_readable_says_whether_a_whole_message_waits() -> None:
+    ctx = zmq.Context()
+    try:
+        pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+        pull.bind("inproc://readable")
+        push.connect("inproc://readable")
+        assert not wire.readable(pull)
+        push.send_multipart([b"a", b"b"])
+        push.send(b"c")
+        got = []
+        while wire.readable(pull):  # the drain loops' form: no zmq.Again at the end
+            got.append(pull.recv_multipart(zmq.NOBLOCK))
+        assert got == [[b"a", b"b"], [b"c"]]
+    finally:
+        ctx.destroy(0)
