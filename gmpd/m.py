@@ -290,11 +290,12 @@ class M:
         self.oldest = 0.0
         self.rng = random.Random(os.getpid())
         self.stopping = False
-        conf = config.load()["m"]
-        self.idle_exit_s, self.max_tasks = conf["idle_exit_ms"] / 1000, conf["max_tasks"]
-        self.import_grace_ms = conf["import_grace_ms"]
-        self.max_message = config.load()["wire"]["max_message_mb"] << 20
-        self.rss_limited = conf["max_rss_mb"] > 0  # sysmon may doom us to retire (memcheck)
+        conf = config.load()
+        mconf = conf["m"]
+        self.idle_exit_s, self.max_tasks = mconf["idle_exit_ms"] / 1000, mconf["max_tasks"]
+        self.import_grace_ms = mconf["import_grace_ms"]
+        self.max_message = conf["wire"]["max_message_mb"] << 20
+        self.rss_limited = mconf["max_rss_mb"] > 0  # sysmon may doom us to retire (memcheck)
         self.result_bytes = 0  # in self.results
         self.result_gs: list[int] = []  # root Gs of self.results: freed once the results are sent
         self.sent_gs: list[int] = []  # root Gs of results sent, to free (by the main thread)
