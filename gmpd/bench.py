@@ -36,6 +36,11 @@ Workloads (N and the --quick N are in WORKLOADS below):
   memory        peak RSS of all the system's processes together during   MiB (idle, and PSS, beside)
                 farm
 
+After the table it judges the targets the project set itself (issue 6, for
+2 workers on its 2-core development machine; TARGETS below): met, MISSED,
+or not judged when a system a target compares with did not run; each
+--json line carries them as ``targets``.
+
 Runs in: the client process of the ``gmpd`` command.
 """
 
@@ -465,6 +470,8 @@ def run_workload(w: Workload, systems: list[str], workers: int, reps: int, quick
         out[key] = {s: (statistics.median(e[key] for e in extras[s]) if s in ok else None) for s in systems}
     if failed:
         out["failed"] = failed
+    if w.name in TARGETS:
+        out["targets"] = judge_targets(out)
     return out
 
 
@@ -479,6 +486,107 @@ def ratio_vs_best_peer(row: dict[str, Any]) -> float | None:
         return mine / best if best else None
     best = min(others)
     return best / mine if mine else None
+
+
+# ---- the targets the project set itself (issue 6) ---------------------------
+
+TARGETS_FOR = "issue 6's targets, set for 2 workers on its 2-core development machine"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target for one workload, judged on that workload's row: (met, the
+    figure judged), met None when a system it compares with did not run."""
+
+    text: str
+    judge: Callable[[dict[str, Any]], tuple[bool | None, str]]
+
+
+def versus(peer: str, factor: float, text: str) -> Target:
+    """gmpd at least ``factor`` times ahead of ``peer`` (either unit direction)."""
+
+    def judge(row: dict[str, Any]) -> tuple[bool | None, str]:
+        mine, theirs = row["results"].get("gmpd"), row["results"].get(peer)
+        if mine is None:
+            return False, "gmpd gave no result"
+        if theirs is None:
+            return None, f"{peer} did not run"
+        ahead = mine / theirs if row["higher_is_better"] else theirs / mine
+        return ahead >= factor, f"{ahead:.2f}x {peer}"
+
+    return Target(text, judge)
+
+
+def within(limit: float, text: str) -> Target:
+    """gmpd's value at least (higher is better) or at most ``limit``."""
+
+    def judge(row: dict[str, Any]) -> tuple[bool | None, str]:
+        mine = row["results"].get("gmpd")
+        if mine is None:
+            return False, "gmpd gave no result"
+        return (mine >= limit if row["higher_is_better"] else mine <= limit), f"{mine:.3g}"
+
+    return Target(text, judge)
+
+
+def best_of_peers(text: str) -> Target:
+    def judge(row: dict[str, Any]) -> tuple[bool | None, str]:
+        if row["results"].get("gmpd") is None:
+            return False, "gmpd gave no result"
+        ratio = row["ratio_vs_best_peer"]
+        return (None, "no peer ran") if ratio is None else (ratio >= 1.0, f"{ratio:.2f}x the best peer")
+
+    return Target(text, judge)
+
+
+def gmpd_extra(key: str, want: float, text: str) -> Target:
+    """A figure beside gmpd's result (``row[key]["gmpd"]``) equal to ``want``."""
+
+    def judge(row: dict[str, Any]) -> tuple[bool | None, str]:
+        got = row.get(key, {}).get("gmpd")
+        if row["results"].get("gmpd") is None or got is None:
+            return False, "gmpd gave no result"
+        return got == want, f"{key} {got:g}"
+
+    return Target(text, judge)
+
+
+TARGETS: dict[str, list[Target]] = {
+    "noop_submit": [
+        versus("ppe", 5, ">= 5x PPE"),
+        versus("mp_pool", 1.5, ">= 1.5x mp.Pool.imap(chunksize=1)"),
+        versus("dask", 10, ">= 10x Dask"),
+        versus("ray", 5, ">= 5x Ray"),
+    ],
+    "latency": [versus("ppe", 1, "p50 <= PPE's p50")],
+    "farm": [within(0.97, ">= 0.97"), best_of_peers("never below the best peer")],
+    "fanout": [within(1.05, "<= 1.05x its lower bound")],
+    "imbalance": [best_of_peers("no worse than the best peer")],
+    "blocking_mix": [within(1.10, "within 10% of its ideal")],
+    "nested": [within(math.inf, "finishes")],
+    "startup": [within(0.3, "<= 0.3 s to the first result")],
+    "fault": [gmpd_extra("lost", 0, "0 lost")],
+}
+
+
+def judge_targets(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The row's targets: [{"target", "met", "figure"}], met null when a
+    system it compares with did not run."""
+    out = []
+    for target in TARGETS.get(row["workload"], []):
+        met, figure = target.judge(row)
+        out.append({"target": target.text, "met": met, "figure": figure})
+    return out
+
+
+def targets_report(rows: list[dict[str, Any]], quick: bool = False) -> str:
+    small = "; --quick's runs are too small to judge them by" if quick else ""
+    lines = [f"Targets ({TARGETS_FOR}{small}):"]
+    for row in rows:
+        for t in row.get("targets", []):
+            verdict = {True: "met", False: "MISSED", None: "not judged"}[t["met"]]
+            lines.append(f"  {verdict:<10}  {row['workload']} {t['target']} ({t['figure']})")
+    return "\n".join(lines)
 
 
 def best_system(row: dict[str, Any]) -> str | None:
@@ -607,6 +715,8 @@ def main(
     if not as_json:
         print(file=out)
         print(table(rows, wanted), file=out)
+        print(file=out)
+        print(targets_report(rows, quick), file=out)
     out.close()
     if plot_path:
         plot(rows, wanted, plot_path, header)

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,6 +69,15 @@ def test_bench_quick_json_lines_are_well_formed_and_every_result_verified() -> N
     # The floor with nothing blocking: measured per system, a ratio to its own ideal.
     assert all(rows["blocking_mix"]["cpu_only"][s] >= 0.9 for s in ("gmpd", "ppe", "mp_pool"))
     assert "cpu_only" not in rows["blocking_mix_unmarked"]
+    # Each targeted row judges its targets; these two hold on any machine.
+    assert {w for w, r in rows.items() if "targets" in r} == set(bench.TARGETS)
+    for name in bench.TARGETS:
+        for t in rows[name]["targets"]:
+            assert set(t) == {"target", "met", "figure"} and t["met"] in (True, False, None), t
+    assert [t["met"] for t in rows["fault"]["targets"]] == [True]
+    assert [t["met"] for t in rows["nested"]["targets"]] == [True]
+    # Dask and Ray did not run here: their targets are not judged, not missed.
+    assert [t["met"] is None for t in rows["noop_submit"]["targets"]] == [False, False, True, True]
 
 
 def test_ratio_vs_best_peer_points_the_same_way_for_both_kinds_of_unit() -> None:
@@ -118,3 +128,39 @@ def test_memory_of_an_idle_cluster_stays_flat_after_a_million_tasks() -> None:
     assert set(report["after_mib"]) >= {"coordinator", "m0", "m1"}
     assert "coordinator" in report["judged"] and len(report["judged"]) >= 2, "at least one warm M judged"
     assert report["gtab_resident_bytes"] < 1 << 20, "the G table gave its pages back"
+
+
+def test_targets_are_judged_either_way_and_not_judged_without_their_peer() -> None:
+    def row(workload: str, up: bool, results: dict[str, float | None], **extra: Any) -> dict[str, Any]:
+        r = {"workload": workload, "higher_is_better": up, "results": results, **extra}
+        r["ratio_vs_best_peer"] = bench.ratio_vs_best_peer(r)
+        return r
+
+    def met(r: dict[str, Any]) -> list[bool | None]:
+        return [t["met"] for t in bench.judge_targets(r)]
+
+    flood = {"gmpd": 60_000.0, "ppe": 8_000.0, "mp_pool": 50_000.0, "dask": 600.0, "ray": None}
+    assert met(row("noop_submit", True, flood)) == [True, False, True, None]
+    assert bench.judge_targets(row("noop_submit", True, flood))[1]["figure"] == "1.20x mp_pool"
+    assert met(row("latency", False, {"gmpd": 100.0, "ppe": 230.0})) == [True]
+    assert met(row("latency", False, {"gmpd": 300.0, "ppe": 230.0})) == [False]
+    assert met(row("farm", True, {"gmpd": 0.95, "ppe": 0.93})) == [False, True]
+    assert met(row("farm", True, {"gmpd": 0.98, "ppe": None})) == [True, None]
+    assert met(row("blocking_mix", False, {"gmpd": 1.09, "ppe": 4.3})) == [True]
+    assert met(row("blocking_mix", False, {"gmpd": 1.19, "ppe": 4.3})) == [False]
+    assert met(row("nested", False, {"gmpd": 0.08, "ppe": None})) == [True]
+    assert met(row("nested", False, {"gmpd": None, "ppe": None})) == [False]  # gmpd failed it
+    assert met(row("fault", True, {"gmpd": 2000.0}, lost={"gmpd": 0})) == [True]
+    assert met(row("fault", True, {"gmpd": 1999.0}, lost={"gmpd": 1})) == [False]
+    assert bench.judge_targets(row("noop_map", True, {"gmpd": 1.0})) == []  # no target set
+    report = bench.targets_report(
+        [
+            {
+                **row("farm", True, {"gmpd": 0.95, "ppe": 0.93}),
+                "targets": bench.judge_targets(row("farm", True, {"gmpd": 0.95, "ppe": 0.93})),
+            }
+        ]
+    )
+    assert (
+        "MISSED      farm >= 0.97 (0.95)" in report and "met         farm never below the best peer" in report
+    )
