@@ -21,7 +21,14 @@ $(STAMP): pyproject.toml $(NATIVE_SRC) | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
+# gmpd's bytecode, compiled here: every cluster starts two fresh interpreters
+# (coordinator, node agent), and where PYTHONDONTWRITEBYTECODE is set (it is
+# on the development machine) an editable install never caches it, so each
+# compiled gmpd's modules from source again: ~80 ms of a cluster's start
+# (0.29 -> 0.21 s to the first result, 6 runs each).  Up-to-date files are
+# skipped.
 build: $(STAMP)
+	$(BIN)/python -m compileall -q gmpd
 
 # The Python-free ring layer alone, warnings as errors, with its C self-test.
 native: build/runq_selftest

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import heapq
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -651,6 +652,24 @@ def plot(rows: list[dict[str, Any]], systems: list[str], path: str, title: str) 
     plt.close(fig)
 
 
+def uncompiled(here: str = os.path.dirname(os.path.abspath(__file__))) -> list[str]:
+    """gmpd's source files (in ``here``) that every new gmpd process
+    compiles again: those without an up-to-date bytecode cache, when Python
+    writes none (the peers' modules, installed by pip or with Python, have
+    theirs)."""
+    if not sys.dont_write_bytecode:
+        return []
+    stale = []
+    for name in sorted(os.listdir(here)):
+        if not name.endswith(".py"):
+            continue
+        source = os.path.join(here, name)
+        cached = importlib.util.cache_from_source(source)
+        if not os.path.exists(cached) or os.path.getmtime(cached) < os.path.getmtime(source):
+            stale.append(source)
+    return stale
+
+
 def main(
     workers: int | None,
     reps: int,
@@ -681,6 +700,13 @@ def main(
     for s in wanted:
         if why := peers.installed(s):
             print(f"# {s}: not run: {why}", file=sys.stderr)
+    if stale := uncompiled():
+        print(
+            f"# note: Python writes no bytecode here (PYTHONDONTWRITEBYTECODE) and {len(stale)} gmpd modules"
+            f" have none cached: each gmpd cluster compiles them as it starts (startup pays for it);"
+            f" python -m compileall {os.path.dirname(stale[0])} (make build does)",
+            file=sys.stderr,
+        )
     header = (
         f"gmpd bench: {workers} workers, {reps} repetitions{' (quick)' if quick else ''}, "
         f"{os.cpu_count()} CPUs, loadavg {os.getloadavg()[0]:.2f}, {time.strftime('%Y-%m-%d %H:%M')}"

@@ -5,6 +5,8 @@ adapters (with fakes where the peer is not installed), and bench/memory.py."""
 from __future__ import annotations
 
 import json
+import os
+import py_compile
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +166,19 @@ def test_targets_are_judged_either_way_and_not_judged_without_their_peer() -> No
     assert (
         "MISSED      farm >= 0.97 (0.95)" in report and "met         farm never below the best peer" in report
     )
+
+
+def test_uncompiled_names_the_sources_each_new_process_would_compile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "mod.py"
+    src.write_text("x = 1\n")
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    assert bench.uncompiled(str(tmp_path)) == []  # Python caches it at first import
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    assert bench.uncompiled(str(tmp_path)) == [str(src)]
+    py_compile.compile(str(src))
+    assert bench.uncompiled(str(tmp_path)) == []
+    later = os.path.getmtime(src) + 10
+    os.utime(src, (later, later))  # edited since: the cache is stale
+    assert bench.uncompiled(str(tmp_path)) == [str(src)]
