@@ -64,4 +64,4 @@ spin:
 	$(MAKE) -C native/model
 
 clean:
-	rm -rf build $(VENV) *.egg-info gmpd/*.so
+	rm -rf build $(VENV) *.egg-info gmpd/*.so gmpd/__pycache__

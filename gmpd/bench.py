@@ -503,6 +503,17 @@ class Target:
     judge: Callable[[dict[str, Any]], tuple[bool | None, str]]
 
 
+def shown(x: float, at_least: bool) -> str:
+    """x to 4 significant digits, rounded toward missing the target: down
+    for one x must reach, up for one x must stay under (1.4996 against
+    1.5 reads 1.499, never 1.5)."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    q = 10.0 ** (math.floor(math.log10(abs(x))) - 3)
+    steps = round(x / q, 6)  # (0.9699 / 1e-4 is 9698.999...)
+    return f"{(math.floor(steps) if at_least else math.ceil(steps)) * q:.4g}"
+
+
 def versus(peer: str, factor: float, text: str) -> Target:
     """gmpd at least ``factor`` times ahead of ``peer`` (either unit direction)."""
 
@@ -511,9 +522,9 @@ def versus(peer: str, factor: float, text: str) -> Target:
         if mine is None:
             return False, "gmpd gave no result"
         if theirs is None:
-            return None, f"{peer} did not run"
+            return None, f"{peer} gave no result"
         ahead = mine / theirs if row["higher_is_better"] else theirs / mine
-        return ahead >= factor, f"{ahead:.2f}x {peer}"
+        return ahead >= factor, f"{shown(ahead, True)}x {peer}"
 
     return Target(text, judge)
 
@@ -525,29 +536,42 @@ def within(limit: float, text: str) -> Target:
         mine = row["results"].get("gmpd")
         if mine is None:
             return False, "gmpd gave no result"
-        return (mine >= limit if row["higher_is_better"] else mine <= limit), f"{mine:.3g}"
+        up = row["higher_is_better"]
+        return (mine >= limit if up else mine <= limit), shown(mine, up)
 
     return Target(text, judge)
 
 
 def best_of_peers(text: str) -> Target:
+    """gmpd at least level with the best peer that gave a result; the
+    figure names it and the peers that gave none (not installed, not
+    chosen, or failed), which this cannot speak for."""
+
     def judge(row: dict[str, Any]) -> tuple[bool | None, str]:
         if row["results"].get("gmpd") is None:
             return False, "gmpd gave no result"
         ratio = row["ratio_vs_best_peer"]
-        return (None, "no peer ran") if ratio is None else (ratio >= 1.0, f"{ratio:.2f}x the best peer")
+        if ratio is None:
+            return None, "no peer gave a result"
+        peers_ = {s: v for s, v in row["results"].items() if s != "gmpd"}
+        best = best_system({**row, "results": {s: v for s, v in peers_.items() if v is not None}})
+        absent = sorted(s for s, v in peers_.items() if v is None)
+        return ratio >= 1.0, f"{shown(ratio, True)}x {best}" + (
+            f"; no result: {', '.join(absent)}" if absent else ""
+        )
 
     return Target(text, judge)
 
 
-def gmpd_extra(key: str, want: float, text: str) -> Target:
-    """A figure beside gmpd's result (``row[key]["gmpd"]``) equal to ``want``."""
+def every_task_delivered(text: str) -> Target:
+    """Every task completed in every repetition (the worst one, not the
+    median: one run that lost a task misses it)."""
 
     def judge(row: dict[str, Any]) -> tuple[bool | None, str]:
-        got = row.get(key, {}).get("gmpd")
-        if row["results"].get("gmpd") is None or got is None:
+        worst = row["min"].get("gmpd")
+        if row["results"].get("gmpd") is None or worst is None:
             return False, "gmpd gave no result"
-        return got == want, f"{key} {got:g}"
+        return worst == row["n"], f"{worst:g} of {row['n']} in its worst run"
 
     return Target(text, judge)
 
@@ -566,13 +590,13 @@ TARGETS: dict[str, list[Target]] = {
     "blocking_mix": [within(1.10, "within 10% of its ideal")],
     "nested": [within(math.inf, "finishes")],
     "startup": [within(0.3, "<= 0.3 s to the first result")],
-    "fault": [gmpd_extra("lost", 0, "0 lost")],
+    "fault": [every_task_delivered("0 lost (none lost or errored)")],
 }
 
 
 def judge_targets(row: dict[str, Any]) -> list[dict[str, Any]]:
     """The row's targets: [{"target", "met", "figure"}], met null when a
-    system it compares with did not run."""
+    peer it compares with gave no result."""
     out = []
     for target in TARGETS.get(row["workload"], []):
         met, figure = target.judge(row)
@@ -581,10 +605,18 @@ def judge_targets(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def targets_report(rows: list[dict[str, Any]], quick: bool = False) -> str:
-    small = "; --quick's runs are too small to judge them by" if quick else ""
-    lines = [f"Targets ({TARGETS_FOR}{small}):"]
-    for row in rows:
-        for t in row.get("targets", []):
+    """The verdicts, one line each ("" when no chosen workload has targets)."""
+    judged = [row for row in rows if row.get("targets")]
+    if not judged:
+        return ""
+    notes = [TARGETS_FOR]
+    if quick:
+        notes.append("--quick's runs are too small to judge them by")
+    if any(row["workers"] != 2 for row in judged):
+        notes.append(f"this run had {judged[0]['workers']} workers")
+    lines = [f"Targets ({'; '.join(notes)}):"]
+    for row in judged:
+        for t in row["targets"]:
             verdict = {True: "met", False: "MISSED", None: "not judged"}[t["met"]]
             lines.append(f"  {verdict:<10}  {row['workload']} {t['target']} ({t['figure']})")
     return "\n".join(lines)
@@ -652,22 +684,42 @@ def plot(rows: list[dict[str, Any]], systems: list[str], path: str, title: str) 
     plt.close(fig)
 
 
-def uncompiled(here: str = os.path.dirname(os.path.abspath(__file__))) -> list[str]:
+def uncompiled(
+    here: str = os.path.dirname(os.path.abspath(__file__)), environ: dict[str, str] | None = None
+) -> list[str]:
     """gmpd's source files (in ``here``) that every new gmpd process
-    compiles again: those without an up-to-date bytecode cache, when Python
-    writes none (the peers' modules, installed by pip or with Python, have
-    theirs)."""
-    if not sys.dont_write_bytecode:
+    compiles again: those whose bytecode cache is missing or stale, when
+    the environment its processes inherit says to write none
+    (PYTHONDONTWRITEBYTECODE).  The peers' modules, installed by pip or with
+    Python, have theirs."""
+    env = os.environ if environ is None else environ
+    if not env.get("PYTHONDONTWRITEBYTECODE"):
         return []
     stale = []
     for name in sorted(os.listdir(here)):
-        if not name.endswith(".py"):
-            continue
-        source = os.path.join(here, name)
-        cached = importlib.util.cache_from_source(source)
-        if not os.path.exists(cached) or os.path.getmtime(cached) < os.path.getmtime(source):
-            stale.append(source)
+        if name.endswith(".py"):
+            source = os.path.join(here, name)
+            # (the opt-0 cache: gmpd's processes run without -O)
+            if not _fresh_bytecode(source, importlib.util.cache_from_source(source, optimization="")):
+                stale.append(source)
     return stale
+
+
+def _fresh_bytecode(source: str, cached: str) -> bool:
+    """As the import system judges a timestamp-based .pyc: its magic, and
+    the source's mtime and size in its header (a hash-based one counts)."""
+    try:
+        with open(cached, "rb") as f:
+            head = f.read(16)
+        st = os.stat(source)
+    except OSError:
+        return False
+    if len(head) < 16 or head[:4] != importlib.util.MAGIC_NUMBER:
+        return False
+    if int.from_bytes(head[4:8], "little") != 0:
+        return True  # hash-based: checked (or trusted) by the import system, not by mtime
+    mtime, size = int.from_bytes(head[8:12], "little"), int.from_bytes(head[12:16], "little")
+    return mtime == int(st.st_mtime) & 0xFFFFFFFF and size == st.st_size & 0xFFFFFFFF
 
 
 def main(
@@ -703,8 +755,8 @@ def main(
     if stale := uncompiled():
         print(
             f"# note: Python writes no bytecode here (PYTHONDONTWRITEBYTECODE) and {len(stale)} gmpd modules"
-            f" have none cached: each gmpd cluster compiles them as it starts (startup pays for it);"
-            f" python -m compileall {os.path.dirname(stale[0])} (make build does)",
+            f" have no up-to-date cache: each gmpd cluster compiles them as it starts (startup pays for"
+            f" it); {sys.executable} -m compileall {os.path.dirname(stale[0])} (make build does)",
             file=sys.stderr,
         )
     header = (
@@ -741,8 +793,9 @@ def main(
     if not as_json:
         print(file=out)
         print(table(rows, wanted), file=out)
-        print(file=out)
-        print(targets_report(rows, quick), file=out)
+        if report := targets_report(rows, quick):
+            print(file=out)
+            print(report, file=out)
     out.close()
     if plot_path:
         plot(rows, wanted, plot_path, header)

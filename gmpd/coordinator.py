@@ -1432,11 +1432,10 @@ class Coordinator:
             events = dict(poller.poll(self.poll_timeout(time.monotonic())))
             if lifeline in events:
                 break  # the client is gone: the whole cluster goes
-            ready = self.sock in events
-            for _ in range(1000):  # drain what is there, then act on it
-                if not (ready or wire.readable(self.sock)):
+            polled = self.sock in events
+            for n in range(1000):  # drain what is there, then act on it
+                if not wire.drain_more(self.sock, n, polled):
                     break
-                ready = False
                 try:
                     ident, frame = self.sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:

@@ -614,9 +614,10 @@ class _ClientIO(threading.Thread):
                     return
                 self.agent = os.pidfd_open(self.cluster.proc.pid)
                 poller.register(self.agent, zmq.POLLIN)
-            ready = self.cluster.results in events
-            while ready or wire.readable(self.cluster.results):
-                ready = False
+            polled = self.cluster.results in events
+            for n in itertools.count():
+                if not wire.drain_more(self.cluster.results, n, polled):
+                    break
                 try:
                     frame = self.cluster.results.recv(zmq.NOBLOCK)
                 except zmq.Again:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import msgpack
 import pytest
 import zmq
@@ -91,18 +94,44 @@ def test_wire_mutated_frames_decode_or_raise_wire_error(msg: wire.Message, data:
     assert wire.decode(wire.encode(out)) == out
 
 
-def test_readable_says_whether_a_whole_message_waits() -> None:
+def test_a_drain_reads_every_message_and_poll_still_wakes_for_the_next(tmp_path: Path) -> None:
+    """The drain loops' form (wire.drain_more): one message, ZMQ_EVENTS
+    once, then until zmq.Again.  After a drain that ended on ZMQ_EVENTS
+    (which consumes the socket fd's edge), Poller.poll must still wake at
+    once for a message sent later (zmq_poll re-reads ZMQ_EVENTS)."""
     ctx = zmq.Context()
     try:
         pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
-        pull.bind("inproc://readable")
-        push.connect("inproc://readable")
+        pull.bind(f"ipc://{tmp_path}/drain")
+        push.connect(f"ipc://{tmp_path}/drain")
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+
+        def drain() -> list[list[bytes]]:
+            polled = pull in dict(poller.poll(2000))
+            got = []
+            for n in range(100):
+                if not wire.drain_more(pull, n, polled):
+                    break
+                try:
+                    got.append(pull.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            return got
+
         assert not wire.readable(pull)
-        push.send_multipart([b"a", b"b"])
-        push.send(b"c")
-        got = []
-        while wire.readable(pull):  # the drain loops' form: no zmq.Again at the end
-            got.append(pull.recv_multipart(zmq.NOBLOCK))
-        assert got == [[b"a", b"b"], [b"c"]]
+        for batch in ([[b"a", b"b"]], [[b"c"], [b"d"], [b"e"]], [[b"f"]]):
+            for frames in batch:
+                push.send_multipart(frames)
+            deadline = time.monotonic() + 2
+            got: list[list[bytes]] = []
+            while len(got) < len(batch) and time.monotonic() < deadline:
+                got += drain()
+            assert got == batch
+            assert not wire.readable(pull)
+        push.send(b"late")
+        t = time.monotonic()
+        assert dict(poller.poll(2000)) and time.monotonic() - t < 1.0, "poll did not wake for a later message"
+        assert drain() == [[b"late"]]
     finally:
         ctx.destroy(0)
