@@ -16,7 +16,7 @@ One process per cluster, one ZeroMQ ROUTER socket.  Who sends what::
       |                             |<--------------------- Spill(gs) ---| runqputslow
       |<------------------------------------------------ Results(...) ---| straight to the client
       |                             |<----------------- Finished(tids) --|
-      |                             |<-------------- Renew(p, epoch) ----| heartbeat thread
+      |                             |<-------------- Renew(p, epoch) ----| (an M we cannot see; none yet)
       |                             |<------------- Release(p, epoch) ---| stopm: no work
       |                             |<-- Retaken(p, epoch) -- sysmon     | (M in a syscall)
       |                             |-- futex wake (handoffp) ---------> | parked M
@@ -29,7 +29,9 @@ work "spins" by holding a long-poll GetWork (at most half the busy Ps spin)
 before it releases its P and parks.
 
 Leases: a grant carries an epoch (bumped on every grant of that P) and a TTL
-renewed by the M's heartbeat thread.  A message naming a stale epoch is
+renewed while the M's native heartbeat in node memory is fresh (a Renew
+message would renew it for an M on a node we cannot read; none sends one
+yet).  A message naming a stale epoch is
 answered with Revoke; an expired lease makes the P idle under a new epoch,
 which the P state word in node shared memory enforces too.
 
@@ -234,7 +236,7 @@ class Coordinator:
         )  # (tid, 0) root | (0, handle) local
         self.roots: dict[int, Root] = {}
         self.ms: dict[int, MInfo] = {}
-        self.by_ident: dict[bytes, int] = {}  # M idents (main and heartbeat sockets) -> m
+        self.by_ident: dict[bytes, int] = {}  # M idents -> m
         self.clients: dict[bytes, zmq.Socket[bytes]] = {}  # ident -> PUSH to its reply_to
         self.sysmon: bytes | None = None
         self.want_p: collections.deque[int] = collections.deque()  # Ms back from a syscall, no P
@@ -573,8 +575,9 @@ class Coordinator:
     def expire_leases(self, now: float) -> None:
         """Fence Ms that stopped living.  Ms on this node prove they live by
         the native heartbeat in node shared memory (a GIL-free thread, so a
-        task in one long C call does not lose its P); Renew messages are the
-        signal for Ms we cannot see (other hosts, later).  An M whose
+        task in one long C call does not lose its P); Renew messages would be
+        the signal for Ms we cannot see (other hosts, later: no M sends one
+        now; their heartbeat threads did until issue 6's twelfth session).  An M whose
         heartbeat is older than the lease TTL is stopped (SIGSTOP) or wedged
         (``on_stalled``)."""
         now_ns = time.monotonic_ns()
@@ -1217,8 +1220,6 @@ class Coordinator:
             if info is None or info.pid != msg.pid:
                 info = self.ms[msg.m] = MInfo(msg.m, ident, msg.pid)
             self.by_ident[ident] = msg.m
-        elif msg.role == "m-hb" and 0 <= msg.m < node.nms - 1 and node.m_info(msg.m)[3] == msg.pid:
-            self.by_ident[ident] = msg.m  # (its thread may say Hello before the M's main one)
         elif msg.role == "sysmon" and msg.pid == node.m_info(node.nms - 1)[3]:
             self.sysmon = ident  # a restarted sysmon replaces the old one
         else:

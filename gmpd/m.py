@@ -66,11 +66,11 @@ FLUSH_EVERY = 64  # results per Results message at most
 # killed loses up to 25 ms of results (their tasks run again).
 FLUSH_AGE = 0.025
 LONG_G = 0.01  # a G that ran this long sends its result at once (a message is < 1% of it)
-# The heartbeat thread's period: it renews the lease, and sends results
-# that wait behind a long G (the G-end check alone left them there until
-# that G ended).  Waking it at each batch instead cost a 1 ms-task farm
-# 30-70 us of M CPU a task (thread wake-ups, the GIL taken from the G).
-RENEW_S = 0.25
+# The heartbeat thread's period: it sends results that wait behind a long
+# G (the G-end check alone left them there until that G ended).  Waking it
+# at each batch instead cost a 1 ms-task farm 30-70 us of M CPU a task
+# (thread wake-ups, the GIL taken from the G).
+LATE_FLUSH_S = 0.25
 MAX_INLINE_DEPTH = 32  # nesting bound for join-helping
 
 CURRENT: M | None = None  # this process's M, while it runs task code
@@ -1106,25 +1106,23 @@ class M:
     # ---- lifecycle --------------------------------------------------------
 
     def heartbeat(self) -> None:
-        """Heartbeat thread: renew the lease; exit if the node agent dies."""
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.endpoint)
-        sock.send(wire.encode(wire.Hello("m-hb", os.getpid(), self.nm.name, self.m)))
+        """Heartbeat thread: send results that wait behind a long G; exit if
+        the node agent dies.  It sends no Renew: the coordinator renews a
+        lease on this node from the native heartbeat it reads in node
+        memory (start_heartbeat), so this thread has no socket of its own
+        (one connection and Hello fewer per M start; a Renew every 0.25 s
+        per M fewer for the coordinator to wake for)."""
         try:
             lifeline = os.pidfd_open(self.lifeline)
         except ProcessLookupError:
             os._exit(0)  # the node agent died as we started
         try:
             while not self.stopping:
-                if select.select([lifeline], [], [], RENEW_S)[0]:
+                if select.select([lifeline], [], [], LATE_FLUSH_S)[0]:
                     os._exit(0)  # our node agent is gone: nobody will clean up after us
-                with contextlib.suppress(zmq.ZMQError):  # (its socket closed as we exit)
+                with contextlib.suppress(zmq.ZMQError):  # (the out socket closed as we exit)
                     self.flush_late()
-                if self.p >= 0:
-                    sock.send(wire.encode(wire.Renew(self.m, self.p, self.epoch)))
         finally:
-            sock.close(0)
             os.close(lifeline)
 
     def run(self) -> int:
@@ -1153,7 +1151,8 @@ class M:
             self.node.sched_add(Counter.MEXITS, 1)
             self.node.m_set(self.m, pid=0)  # the slot is free; the node agent may reuse it
             # Results may still sit in the PUSH socket's queue: os._exit follows,
-            # so wait for them (ctx.term) once the heartbeat thread closed its socket.
+            # so wait for them (ctx.term) once the heartbeat thread is done
+            # with it (a late flush).
             self.stopping = True
             hb.join(1.0)
             self.sock.close(2000)  # Release must reach the coordinator
