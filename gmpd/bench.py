@@ -373,12 +373,22 @@ WORKLOADS = [
 
 def settle(preexisting: set[int], timeout: float = 5.0) -> None:
     """Wait for the last system's processes to be gone (Ray's and Dask's
-    take a moment), so they neither compete with nor count for the next."""
+    take a moment), so they neither compete with nor count for the next.
+    A resource tracker is not waited for: multiprocessing and loky start
+    one per process at a pool's first use and keep it (the first loky run
+    waited the whole 5 s for it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(p.pid in preexisting for p in peers.descendants()):
+        if all(p.pid in preexisting or resource_tracker(p) for p in peers.descendants()):
             return
         time.sleep(0.05)
+
+
+def resource_tracker(p: psutil.Process) -> bool:
+    try:
+        return any("resource_tracker import main" in arg for arg in p.cmdline())
+    except psutil.Error:
+        return False
 
 
 def run_once(w: Workload, system: str, workers: int, n: int) -> tuple[float, Extra]:
@@ -423,10 +433,12 @@ def run_workload(w: Workload, systems: list[str], workers: int, reps: int, quick
     failed: dict[str, str] = {}
     verified: dict[str, bool | None] = dict.fromkeys(systems)
     first = 1 if quick else 0  # round 0 is the warm-up (none in --quick)
+    spent = dict.fromkeys(systems, 0.0)  # wall seconds, starts and shutdowns included
     for rep in range(first, reps + 1):
         for system in systems:
             if system in failed:
                 continue
+            t = time.monotonic()
             try:
                 value, extra = run_once(w, system, workers, n)
             except (Unavailable, Unsupported) as exc:
@@ -445,6 +457,8 @@ def run_workload(w: Workload, systems: list[str], workers: int, reps: int, quick
                 failed[system] = f"{type(exc).__name__}: {exc}"
                 print(f"gmpd bench: {w.name} on {system} failed: {failed[system]}", file=sys.stderr)
                 continue
+            finally:
+                spent[system] += time.monotonic() - t
             verified[system] = True
             if rep:
                 samples[system].append(value)
@@ -471,6 +485,7 @@ def run_workload(w: Workload, systems: list[str], workers: int, reps: int, quick
         out[key] = {s: (statistics.median(e[key] for e in extras[s]) if s in ok else None) for s in systems}
     if failed:
         out["failed"] = failed
+    out["elapsed_s"] = {s: round(spent[s], 2) for s in systems}  # (which peer makes a run long)
     if w.name in TARGETS:
         out["targets"] = judge_targets(out)
     return out
@@ -778,7 +793,8 @@ def main(
         t = time.monotonic()
         row = run_workload(w, wanted, workers, reps, quick)
         rows.append(row)
-        print(f"# {w.name}: {time.monotonic() - t:.1f} s", file=sys.stderr, flush=True)
+        each = ", ".join(f"{s} {v:.1f}" for s, v in row["elapsed_s"].items())
+        print(f"# {w.name}: {time.monotonic() - t:.1f} s ({each})", file=sys.stderr, flush=True)
         if row["results"]["gmpd"] is None:
             status = 1
         if as_json:

@@ -9,12 +9,13 @@ import os
 import py_compile
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gmpd import bench
+from gmpd import bench, peers
 
 ALWAYS = ["gmpd", "ppe", "mp_pool"]
 
@@ -192,3 +193,26 @@ def test_uncompiled_names_the_sources_each_new_process_would_compile(tmp_path: P
     src.write_text("x = 2  # the same mtime second, another size\n")
     os.utime(src, (later, later))
     assert bench.uncompiled(str(tmp_path), off) == [str(src)]
+
+
+def test_settle_waits_for_a_systems_processes_but_not_for_resource_trackers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Proc:
+        def __init__(self, pid: int, cmd: str) -> None:
+            self.pid, self.cmd = pid, cmd
+
+        def cmdline(self) -> list[str]:
+            return ["python", "-c", self.cmd]
+
+    tracker = Proc(11, "from loky.backend.resource_tracker import main; main(3, False)")
+    worker = Proc(12, "from multiprocessing.spawn import spawn_main")
+    alive = [tracker, worker]
+    monkeypatch.setattr(peers, "descendants", lambda: list(alive))
+    t = time.monotonic()
+    bench.settle(set(), timeout=0.3)  # the worker never goes: the whole timeout
+    assert time.monotonic() - t >= 0.3
+    alive.remove(worker)
+    t = time.monotonic()
+    bench.settle(set(), timeout=5.0)  # only the tracker (it never exits): at once
+    assert time.monotonic() - t < 1.0
