@@ -387,6 +387,8 @@ def settle(preexisting: set[int], timeout: float = 5.0) -> None:
 def resource_tracker(p: psutil.Process) -> bool:
     try:
         return any("resource_tracker import main" in arg for arg in p.cmdline())
+    except psutil.NoSuchProcess:
+        return True  # gone meanwhile: nothing to wait for
     except psutil.Error:
         return False
 

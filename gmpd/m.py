@@ -1,9 +1,10 @@
 """An M: one worker process running the schedule loop of gmpd.sched.
 
-The main thread runs the loop and task code; a heartbeat thread (its own
-socket) renews the P lease and exits the process if the node agent dies, so
-a task that never returns cannot stop the lease from being renewed or keep
-an orphan M alive.
+The main thread runs the loop and task code.  A native thread (no GIL)
+stamps the M's heartbeat in node memory, from which the coordinator renews
+its P lease, so a task that never returns cannot stop the renewal; a
+Python heartbeat thread sends results that wait behind a long G and exits
+the process if the node agent dies, so no orphan M stays alive.
 
 Runs in: an M process (forked by the node agent's template process).
 """
@@ -1132,6 +1133,10 @@ class M:
         self.node.m_set_placing(self.m, 0, 0)
         self.node.m_set_deadline(self.m, 0)  # before the pid: sysmon acts on a deadline with a pid
         self.node.m_set_doom(self.m, Doom.NONE)
+        # A stamp before the pid: a reused slot holds the last M's, which a
+        # lease pass between our Hello and the native thread's first stamp
+        # would read as a stopped M.
+        self.node.heartbeat(self.m)
         self.node.m_set(self.m, pid=os.getpid(), state=MState.NEW)
         self.node.start_heartbeat(self.m, HEARTBEAT_MS)  # GIL-free: what the coordinator trusts
         self.send(wire.Hello("m", os.getpid(), self.nm.name, self.m))

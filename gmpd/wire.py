@@ -166,7 +166,7 @@ OK, RAISED, LOST = 0, 1, 2
 @_message(1, _str, U32, _str, _i32, _str)
 @dataclass(frozen=True, slots=True)
 class Hello(Message):
-    role: str  # "client", "m" or "m-hb"
+    role: str  # "client", "m" or "sysmon"
     pid: int
     node: str  # node segment name ("" for a client)
     m: int  # M index (-1 for a client)
