@@ -576,8 +576,8 @@ class Coordinator:
         """Fence Ms that stopped living.  Ms on this node prove they live by
         the native heartbeat in node shared memory (a GIL-free thread, so a
         task in one long C call does not lose its P); Renew messages would be
-        the signal for Ms we cannot see (other hosts, later: no M sends one
-        now; their heartbeat threads did until issue 6's twelfth session).  An M whose
+        the signal for Ms we cannot see (other hosts, later; no M sends one
+        now).  An M whose
         heartbeat is older than the lease TTL is stopped (SIGSTOP) or wedged
         (``on_stalled``)."""
         now_ns = time.monotonic_ns()

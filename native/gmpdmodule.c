@@ -680,6 +680,13 @@ static void m_publish(gmpd_m *mp, long long state, long long curg)
         __atomic_store_n(&mp->curg, (uint32_t)curg, __ATOMIC_RELEASE);
 }
 
+/* M state old -> new by CAS; acq_rel: M state changes hand work between
+ * the M and sysmon (which marks an asleep M by CAS too). */
+static int m_cas_state(gmpd_m *mp, uint32_t old, uint32_t new_)
+{
+    return __atomic_compare_exchange_n(&mp->state, &old, new_, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
 static PyObject *node_m_set(NodeObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"m", "state", "curg", "p", "pid", NULL};
@@ -704,10 +711,7 @@ static PyObject *node_m_cas_state(NodeObject *self, PyObject *args)
     unsigned int old, new_;
     if (!PyArg_ParseTuple(args, "lII:m_cas_state", &m, &old, &new_) || !check_m(self, m))
         return NULL;
-    gmpd_m *mp = gmpd_node_m(self->nd, m);
-    /* acq_rel: M state changes hand work between the M and sysmon. */
-    return PyBool_FromLong(
-        __atomic_compare_exchange_n(&mp->state, &old, new_, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+    return PyBool_FromLong(m_cas_state(gmpd_node_m(self->nd, m), old, new_));
 }
 
 static PyObject *node_heartbeat(NodeObject *self, PyObject *arg)
@@ -1190,8 +1194,7 @@ static PyObject *node_g_leave(NodeObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "lII:g_leave", &m, &running, &idle) || !check_m(self, m))
         return NULL;
     gmpd_m *mp = gmpd_node_m(self->nd, (uint32_t)m);
-    /* acq_rel: as node_m_cas_state. */
-    if (!__atomic_compare_exchange_n(&mp->state, &running, idle, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    if (!m_cas_state(mp, running, idle))
         Py_RETURN_FALSE;
     __atomic_add_fetch(&mp->nrun, 1, __ATOMIC_RELAXED); /* as node_m_ran */
     Py_RETURN_TRUE;
