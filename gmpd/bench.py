@@ -39,7 +39,9 @@ Workloads (N and the --quick N are in WORKLOADS below):
 After the table it judges the targets the project set itself (issue 6, for
 2 workers on its 2-core development machine; TARGETS below): met, MISSED,
 or not judged when a system a target compares with did not run; each
---json line carries them as ``targets``.
+--json line carries them as ``targets``.  Every run also reads the CPU
+each of the system's processes spent, by role (``cpu_s``), and a missed
+target says from it where its figure comes from (``why``).
 
 Runs in: the client process of the ``gmpd`` command.
 """
@@ -118,7 +120,8 @@ def check(ok: bool, what: str) -> None:
         raise WrongResult(what)
 
 
-Extra = dict[str, float]
+# A run's figures beside its value: floats, and "cpu_s" (CPU seconds by role).
+Extra = dict[str, float | dict[str, float]]
 
 
 def noop_submit(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
@@ -160,7 +163,7 @@ def farm(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
     t = time.perf_counter()
     cpu = cpu_times(s.run_all(burn, [5.0] * n, d), n, "farm")
     makespan = time.perf_counter() - t
-    return sum(cpu) / (s.workers * makespan), {}
+    return sum(cpu) / (s.workers * makespan), {"task_cpu_s": sum(cpu), "makespan_s": makespan}
 
 
 def fanout(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
@@ -230,8 +233,10 @@ def blocking(sleep_kind: str, cpu_only: bool) -> Callable[[System, int, Deadline
 
     def run(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
         items = blocking_items(n, sleep_kind)
-        ratio, makespan, ideal = mix_ratio(s, items, d)
-        extra = {"ideal_s": ideal, "makespan_s": makespan}
+        before = cpu_now(s)
+        ratio, makespan, ideal, task_cpu = mix_ratio(s, items, d)
+        extra: Extra = {"ideal_s": ideal, "makespan_s": makespan, "task_cpu_s": task_cpu}
+        extra.update(cpu_extra(s, before))  # (the mixed run's alone, not cpu_only's)
         if cpu_only:
             extra["cpu_only"] = mix_ratio(s, [it for it in items if it[0] == "cpu"], d)[0]
         return ratio, extra
@@ -239,8 +244,9 @@ def blocking(sleep_kind: str, cpu_only: bool) -> Callable[[System, int, Deadline
     return run
 
 
-def mix_ratio(s: System, items: list[tuple[str, float]], d: Deadline) -> tuple[float, float, float]:
-    """Run ``items`` (mixed) in order: makespan / ideal, makespan, ideal."""
+def mix_ratio(s: System, items: list[tuple[str, float]], d: Deadline) -> tuple[float, float, float, float]:
+    """Run ``items`` (mixed) in order: makespan / ideal, makespan, ideal,
+    and the CPU seconds the CPU tasks ran."""
     t = time.perf_counter()
     out = s.run_all(mixed, items, d)
     makespan = time.perf_counter() - t
@@ -250,7 +256,7 @@ def mix_ratio(s: System, items: list[tuple[str, float]], d: Deadline) -> tuple[f
     ]
     check(len(out) == len(items) and all(right), "blocking_mix: wrong or missing results")
     ideal = ideal_makespan([v if kind == "cpu" else None for kind, v in out], s.workers, 0.1)
-    return makespan / ideal, makespan, ideal
+    return makespan / ideal, makespan, ideal, sum(v for kind, v in out if kind == "cpu")
 
 
 NESTED_CUTOFF = 20
@@ -344,6 +350,50 @@ def memory(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
 # startup runs without a warm system: run_workload starts it inside the timing.
 
 
+# ---- where a system's CPU goes (the reasons beside a missed target) --------
+
+
+def process_cpu(p: psutil.Process) -> float:
+    """CPU seconds process ``p``'s live threads have run: to the
+    nanosecond from Linux's schedstat (its user and system times count in
+    10 ms ticks, as coarse as sysmon's whole share of a run), else those."""
+    try:
+        ns = 0
+        for tid in os.listdir(f"/proc/{p.pid}/task"):
+            with open(f"/proc/{p.pid}/task/{tid}/schedstat") as f:
+                ns += int(f.read().split()[0])
+        return ns / 1e9
+    except (OSError, ValueError, IndexError):
+        t = p.cpu_times()
+        return t.user + t.system
+
+
+def cpu_now(s: System) -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of this process, the client, and of each of the
+    system's processes, with its role."""
+    me = psutil.Process()
+    out = {me.pid: ("client", process_cpu(me))}
+    procs = [p for p in peers.descendants() if p.pid not in s.preexisting]
+    roles = s.roles(procs)
+    for p in procs:
+        try:
+            out[p.pid] = (roles.get(p.pid, "workers"), process_cpu(p))
+        except psutil.Error:
+            continue  # (gone meanwhile)
+    return out
+
+
+def cpu_extra(s: System, before: dict[int, tuple[str, float]]) -> Extra:
+    """``cpu_s``: CPU seconds each role spent since ``before``; and
+    ``processes_started`` meanwhile.  A process started meanwhile counts
+    whole; one that ended meanwhile is missing (its CPU is lost with it)."""
+    after = cpu_now(s)
+    spent: dict[str, float] = {}
+    for pid, (role, t) in after.items():
+        spent[role] = spent.get(role, 0.0) + t - before.get(pid, (role, 0.0))[1]
+    return {"cpu_s": spent, "processes_started": float(len(after.keys() - before.keys()))}
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str
@@ -421,9 +471,12 @@ def run_on(
     clean = False
     try:
         peers.wait_ready(s, d)
-        out = w.run(s, n, d)
+        before = cpu_now(s)
+        value, extra = w.run(s, n, d)
+        if "cpu_s" not in extra:  # (a workload that runs twice says which run it was)
+            extra.update(cpu_extra(s, before))
         clean = True
-        return out
+        return value, extra
     finally:
         s.close(clean)
 
@@ -484,13 +537,27 @@ def run_workload(w: Workload, systems: list[str], workers: int, reps: int, quick
         forms={s: peers.FORMS[s] for s in systems},
     )
     for key in sorted({k for s in ok for e in extras[s] for k in e}):
-        out[key] = {s: (statistics.median(e[key] for e in extras[s]) if s in ok else None) for s in systems}
+        out[key] = {
+            s: (median_of([e[key] for e in extras[s] if key in e]) if s in ok else None) for s in systems
+        }
     if failed:
         out["failed"] = failed
     out["elapsed_s"] = {s: round(spent[s], 2) for s in systems}  # (which peer makes a run long)
     if w.name in TARGETS:
         out["targets"] = judge_targets(out)
     return out
+
+
+def median_of(values: list[float | dict[str, float]]) -> float | dict[str, float] | None:
+    """The median of a figure over the repetitions; of each part, for a dict."""
+    if not values:
+        return None
+    if all(isinstance(v, dict) for v in values):
+        parts = {k for v in values if isinstance(v, dict) for k in v}
+        return {
+            k: statistics.median(v.get(k, 0.0) for v in values if isinstance(v, dict)) for k in sorted(parts)
+        }
+    return statistics.median(v for v in values if not isinstance(v, dict))
 
 
 def ratio_vs_best_peer(row: dict[str, Any]) -> float | None:
@@ -518,6 +585,9 @@ class Target:
 
     text: str
     judge: Callable[[dict[str, Any]], tuple[bool | None, str]]
+    # Where the figure comes from, from the row's CPU accounting, said
+    # beside a miss ("" when the row lacks the figures it needs).
+    why: Callable[[dict[str, Any]], str] | None = None
 
 
 def shown(x: float, at_least: bool) -> str:
@@ -531,7 +601,7 @@ def shown(x: float, at_least: bool) -> str:
     return f"{(math.floor(steps) if at_least else math.ceil(steps)) * q:.4g}"
 
 
-def versus(peer: str, factor: float, text: str) -> Target:
+def versus(peer: str, factor: float, text: str, why: Callable[[dict[str, Any]], str] | None = None) -> Target:
     """gmpd at least ``factor`` times ahead of ``peer`` (either unit direction)."""
 
     def judge(row: dict[str, Any]) -> tuple[bool | None, str]:
@@ -541,20 +611,20 @@ def versus(peer: str, factor: float, text: str) -> Target:
         ahead = mine / theirs if row["higher_is_better"] else theirs / mine
         return ahead >= factor, f"{shown(ahead, True)}x {peer}"
 
-    return Target(text, judge)
+    return Target(text, judge, why)
 
 
-def within(limit: float, text: str) -> Target:
+def within(limit: float, text: str, why: Callable[[dict[str, Any]], str] | None = None) -> Target:
     """gmpd's value at least (higher is better) or at most ``limit``."""
 
     def judge(row: dict[str, Any]) -> tuple[bool | None, str]:
         mine, up = row["results"]["gmpd"], row["higher_is_better"]
         return (mine >= limit if up else mine <= limit), shown(mine, up)
 
-    return Target(text, judge)
+    return Target(text, judge, why)
 
 
-def best_of_peers(text: str) -> Target:
+def best_of_peers(text: str, why: Callable[[dict[str, Any]], str] | None = None) -> Target:
     """gmpd at least level with the best peer that gave a result; the
     figure names it and the peers that gave none (not installed, not
     chosen, or failed), which this cannot speak for."""
@@ -570,7 +640,7 @@ def best_of_peers(text: str) -> Target:
             f"; no result: {', '.join(absent)}" if absent else ""
         )
 
-    return Target(text, judge)
+    return Target(text, judge, why)
 
 
 def every_task_delivered(text: str) -> Target:
@@ -584,18 +654,83 @@ def every_task_delivered(text: str) -> Target:
     return Target(text, judge)
 
 
+# ---- why a target was missed: the row's CPU accounting, said plainly ------
+
+ROLES = ("ms", "workers", "client", "coordinator", "sysmon", "node")  # the order they are named in
+
+
+def by_role(cpu: dict[str, float], scale: float, fmt_: str) -> str:
+    return ", ".join(f"{r} {cpu[r] * scale:{fmt_}}" for r in sorted(cpu, key=lambda r: (*ROLES, r).index(r)))
+
+
+def cpu_per_task(peer: str) -> Callable[[dict[str, Any]], str]:
+    """A throughput row: each system's CPU per task in all its processes,
+    and how many CPUs that kept busy (a system that keeps the machine's
+    CPUs busy is as fast as its CPU per task lets it be)."""
+
+    def why(row: dict[str, Any]) -> str:
+        cpu, parts = row.get("cpu_s") or {}, []
+        for s in ("gmpd", peer):
+            c, rate = cpu.get(s), row["results"].get(s)
+            if not c or not rate:
+                return ""
+            total = sum(c.values())
+            busy = total / (row["n"] / rate)
+            each = by_role(c, 1e6 / row["n"], ".2g")
+            parts.append(f"{s} {total / row['n'] * 1e6:.3g} us ({each}; {busy:.2g} CPUs busy)")
+        return "CPU per task in all of a system's processes: " + "; ".join(parts)
+
+    return why
+
+
+def core_time(row: dict[str, Any]) -> str:
+    """A CPU-bound row: the workers' core-seconds over gmpd's makespan,
+    what its tasks ran, what the ideal schedule leaves idle (``ideal_s``:
+    sleeps with no CPU task left; none without it), and how the core time
+    beyond those splits: gmpd's processes beside the tasks, and the rest."""
+    cpu = (row.get("cpu_s") or {}).get("gmpd")
+    task = (row.get("task_cpu_s") or {}).get("gmpd")
+    span = (row.get("makespan_s") or {}).get("gmpd")
+    if not cpu or not task or not span:
+        return ""
+    workers = row["workers"]
+    have = workers * span
+    ideal = (row.get("ideal_s") or {}).get("gmpd")
+    idle = workers * ideal - task if ideal else 0.0
+    own = {**cpu, "ms": cpu.get("ms", 0.0) - task}  # (an M's CPU counts its tasks' too)
+    spent = sum(own.values())
+    beyond = have - task - idle
+    return (
+        f"{workers} workers x {span:.3g} s = {have:.3g} core-s: the tasks ran {task:.3g}"
+        + (f", the ideal schedule leaves {idle:.2g} idle" if ideal else "")
+        + f"; of the {beyond:.2g} beyond, gmpd's processes beside its tasks took {spent:.2g}"
+        f" ({by_role(own, 1, '.2g')}), the rest {beyond - spent:.2g} (idle, other processes, the kernel)"
+    )
+
+
+def blocking_why(row: dict[str, Any]) -> str:
+    """blocking_mix: its floor with nothing blocking, the Ms started for
+    the sleeps, and where the core time went."""
+    base = core_time(row)
+    floor = (row.get("cpu_only") or {}).get("gmpd")
+    started = (row.get("processes_started") or {}).get("gmpd")
+    if not base or floor is None or started is None:
+        return base
+    return f"its CPU tasks alone reach {floor:.3g}; {started:g} Ms started for Gs asleep in syscalls; " + base
+
+
 TARGETS: dict[str, list[Target]] = {
     "noop_submit": [
-        versus("ppe", 5, ">= 5x PPE"),
-        versus("mp_pool", 1.5, ">= 1.5x mp.Pool.imap(chunksize=1)"),
-        versus("dask", 10, ">= 10x Dask"),
-        versus("ray", 5, ">= 5x Ray"),
+        versus("ppe", 5, ">= 5x PPE", cpu_per_task("ppe")),
+        versus("mp_pool", 1.5, ">= 1.5x mp.Pool.imap(chunksize=1)", cpu_per_task("mp_pool")),
+        versus("dask", 10, ">= 10x Dask", cpu_per_task("dask")),
+        versus("ray", 5, ">= 5x Ray", cpu_per_task("ray")),
     ],
     "latency": [versus("ppe", 1, "p50 <= PPE's p50")],
-    "farm": [within(0.97, ">= 0.97"), best_of_peers("never below the best peer")],
+    "farm": [within(0.97, ">= 0.97", core_time), best_of_peers("never below the best peer", core_time)],
     "fanout": [within(1.05, "<= 1.05x its lower bound")],
     "imbalance": [best_of_peers("no worse than the best peer")],
-    "blocking_mix": [within(1.10, "within 10% of its ideal")],
+    "blocking_mix": [within(1.10, "within 10% of its ideal", blocking_why)],
     "nested": [within(math.inf, "finishes")],
     "startup": [within(0.3, "<= 0.3 s to the first result")],
     "fault": [every_task_delivered("0 lost (none lost or errored)")],
@@ -604,14 +739,17 @@ TARGETS: dict[str, list[Target]] = {
 
 def judge_targets(row: dict[str, Any]) -> list[dict[str, Any]]:
     """The row's targets: [{"target", "met", "figure"}], met null when a
-    peer it compares with gave no result."""
+    peer it compares with gave no result; a missed one says ``why`` where
+    the row's figures tell."""
     out = []
     for target in TARGETS.get(row["workload"], []):
         # (a workload gmpd failed misses every target; the judges see a result)
-        met, figure = (
-            (False, "gmpd gave no result") if row["results"].get("gmpd") is None else target.judge(row)
-        )
-        out.append({"target": target.text, "met": met, "figure": figure})
+        failed = row["results"].get("gmpd") is None
+        met, figure = (False, "gmpd gave no result") if failed else target.judge(row)
+        verdict: dict[str, Any] = {"target": target.text, "met": met, "figure": figure}
+        if met is False and not failed and target.why is not None and (why := target.why(row)):
+            verdict["why"] = why
+        out.append(verdict)
     return out
 
 
@@ -630,6 +768,8 @@ def targets_report(rows: list[dict[str, Any]], quick: bool = False) -> str:
         for t in row["targets"]:
             verdict = {True: "met", False: "MISSED", None: "not judged"}[t["met"]]
             lines.append(f"  {verdict:<10}  {row['workload']} {t['target']} ({t['figure']})")
+            if "why" in t:
+                lines.append(f"  {'':<10}    {t['why']}")
     return "\n".join(lines)
 
 

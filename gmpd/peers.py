@@ -138,6 +138,11 @@ class System:
     def worker_pids(self) -> list[int]:
         raise NotImplementedError
 
+    def roles(self, procs: list[psutil.Process]) -> dict[int, str]:
+        """What each of the system's processes under ours is, for the bench's
+        CPU accounting (the client is ours, not listed): workers here."""
+        return {p.pid: "workers" for p in procs}
+
     def close(self, clean: bool = True) -> None:
         """Shut down; ``clean`` False after a failed run: do not wait for lost tasks."""
         raise NotImplementedError
@@ -201,6 +206,14 @@ class GmpdSystem(ExecutorSystem):
         from gmpd.chaos import m_pids  # noqa: PLC0415
 
         return m_pids(self.ex)
+
+    def roles(self, procs: list[psutil.Process]) -> dict[int, str]:
+        """Ms and sysmon as node memory names them, the coordinator; the
+        node agent and its template are "node"."""
+        stats = self.ex.statistics()
+        named = {m.pid: "ms" for m in stats.ms} | {stats.sysmon_pid: "sysmon"}
+        named[self.ex._cluster.coordinator] = "coordinator"
+        return {p.pid: named.get(p.pid, "node") for p in procs}
 
     def close(self, clean: bool = True) -> None:
         self.ex.shutdown(wait=True, cancel_futures=not clean)
