@@ -16,6 +16,7 @@ import time
 import types
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import CancelledError, as_completed, wait
+from typing import Any
 
 import psutil
 import pytest
@@ -166,6 +167,53 @@ def test_executor_batches_finished_while_tasks_are_in_flight(ex: gmpd.Executor) 
     assert tids == sorted(f._tid for f in futures), "each result reported exactly once"  # type: ignore[attr-defined]
     assert results > 10, "the tasks' results came in many frames"
     assert len(finished) <= elapsed / executor.FINISHED_AGE + 2, (len(finished), results, elapsed)
+
+
+def spin_until(path: str, limit: float) -> bool:
+    """Hold a P (CPU, no syscall for sysmon to retake) until ``path`` exists."""
+    end = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > end:
+            return False
+    return True
+
+
+def late_beside_held_flood(ex: gmpd.Executor, gate: str, looked_after: float) -> tuple[list, Any, bool]:  # type: ignore[type-arg]
+    """More tasks in flight than SUBMIT_EAGER, all sent, the Ms held on
+    the first two until ``gate`` exists (made here, after the look); then
+    one more task: (the held, the late one, whether it was still in the
+    outbox ``looked_after`` seconds later)."""
+    held = [ex.submit(spin_until, gate, 30.0) for _ in range(executor.SUBMIT_EAGER + 6)]
+    ex._io.pump_out()
+    late = ex.submit(square, 7)
+    time.sleep(looked_after)
+    waiting = late._tid in {tid for tid, _payload in ex._io.outbox}  # type: ignore[attr-defined]
+    open(gate, "w").close()
+    return held, late, waiting
+
+
+def test_a_task_submitted_beside_many_in_flight_waits_for_company_until_a_caller_waits(
+    ex: gmpd.Executor, tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the Ms' queues full, a submit is left in the outbox for the
+    submitter's next ones (a flood goes in Submits of SUBMIT_EAGER, not a
+    few tasks at each wake of the IO thread), and result() sends it."""
+    monkeypatch.setattr(executor, "SUBMIT_DELAY", 60.0)  # (the IO thread would send it after this)
+    held, late, waiting = late_beside_held_flood(ex, os.path.join(tmp_path, "go"), 0.2)
+    assert waiting, "sent alone"
+    assert late.result(timeout=20) == 49  # (not 60 s: result() sends the outbox)
+    assert all(f.result(timeout=20) for f in held)
+
+
+def test_what_a_burst_leaves_in_the_outbox_goes_within_submit_delay(
+    ex: gmpd.Executor, tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody calls result(): the IO thread sends the rest once it has waited SUBMIT_DELAY."""
+    monkeypatch.setattr(executor, "SUBMIT_DELAY", 0.5)
+    held, late, waiting = late_beside_held_flood(ex, os.path.join(tmp_path, "go"), 0.1)
+    done, _ = wait([late, *held], timeout=20)
+    assert waiting and len(done) == len(held) + 1 and late.result() == 49
+    assert not ex._io.outbox
 
 
 def _done_times(futures: list) -> list[float]:  # type: ignore[type-arg]
