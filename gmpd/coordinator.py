@@ -180,7 +180,7 @@ class MInfo:
     woken: bool = False  # we woke it and its LeaseRequest has not come yet
 
 
-@dataclass
+@dataclass(slots=True)  # (one per task in flight: ~100 ns less to make)
 class Root:
     client: bytes
     payload: bytes
