@@ -93,6 +93,11 @@ STARTING_S = 2.0  # an M that said no Hello this long after it started no longer
 NODE_WAIT_S = 30.0  # how long the coordinator waits for a node agent (first, or after one died)
 NODE_HELLO_S = 5.0  # for a connected agent's first record
 OFFER_WAIT_S = 0.001  # an offer still untaken when its Submit is read waits this long for an M between Gs
+# A prefetched batch (wire.Prefetch) not claimed this long is taken back
+# when another M wants work and the global queue is empty, or a P is idle
+# beside it: its M is in a long G or blocked, and it waits in its socket,
+# where nobody can steal it.
+PREFETCH_HOLD_S = 0.002
 MAX_DEPTH = 4096  # bounds the walks over G links in a lost node's memory (it may be torn)
 GAUGES = frozenset(
     {Counter.NMSPINNING, Counter.NPIDLE, Counter.NMIDLE, Counter.RUNNING, Counter.GRQLEN, Counter.SYSMONWAIT}
@@ -178,6 +183,7 @@ class MInfo:
     stalled: bool = False  # stopped beating; its P and task went on (on_stalled)
     stalled_tids: set[int] = field(default_factory=set)  # roots queued again when it stalled
     woken: bool = False  # we woke it and its LeaseRequest has not come yet
+    prefetched: tuple[int, float] | None = None  # (seq, when sent) of its revocable batch
 
 
 @dataclass(slots=True)  # (one per task in flight: ~100 ns less to make)
@@ -201,6 +207,7 @@ class Stats:
     wakeups: int = 0
     lost_peers: int = 0
     expired_leases: int = 0
+    prefetch_revoked: int = 0  # prefetched batches taken back (revoke_prefetch)
 
 
 @dataclass
@@ -330,6 +337,42 @@ class Coordinator:
         info.seq += 1
         info.batches[info.seq] = [(tid, 0) for tid, _payload in roots] + [(0, h) for h in locals_]
         return info.seq, roots, locals_
+
+    def revoke_prefetch(self, info: MInfo) -> bool:
+        """Take back ``info``'s prefetched batch if its M has not claimed it
+        (m_revoke_batch, against the M's m_claim_batch): its items go back
+        to the front of the global queue, in order.  Only the M's newest
+        batch, once every earlier one is queued in full: the placing word
+        then says the rest (recovery, forget_placed) as before."""
+        if info.prefetched is None:
+            return False
+        seq = info.prefetched[0]
+        self.forget_placed(info)
+        if seq not in info.batches or any(s < seq for s in info.batches):
+            info.prefetched = None if seq not in info.batches else info.prefetched
+            return False
+        if not self.nm.node.m_revoke_batch(info.m, seq):
+            info.prefetched = None  # claimed: its items are in the M's queue
+            return False
+        info.prefetched = None
+        for tid, h in reversed(info.batches.pop(seq)):
+            if h:
+                self.grq.appendleft((0, h))
+            elif (root := self.roots.get(tid)) is not None:
+                root.started = False  # (taken stays: the client may have heard Started)
+                self.grq.appendleft((tid, 0))
+        self.stats.prefetch_revoked += 1
+        return True
+
+    def revoke_stale_prefetches(self, now: float, but: MInfo | None = None) -> bool:
+        """Take back the prefetched batches older than PREFETCH_HOLD_S (but
+        ``but``'s): work for an M that asks, or an idle P."""
+        revoked = False
+        for info in self.ms.values():
+            pf = info.prefetched
+            if pf is not None and info is not but and now - pf[1] >= PREFETCH_HOLD_S:
+                revoked = self.revoke_prefetch(info) or revoked
+        return revoked
 
     def forget_placed(self, info: MInfo) -> None:
         """Drop the batches M ``info`` has queued in full (node memory says so)."""
@@ -560,6 +603,9 @@ class Coordinator:
         lease = self.ps[p]
         holder = self.ms.get(lease.m)
         if holder is not None:
+            # Its prefetched batch cannot reach a queue before it holds a P
+            # again (retaken, released, fenced): the next M on the P asks.
+            self.revoke_prefetch(holder)
             holder.p = -1
             if holder.waiting is not None:  # its long-poll names a lease it no longer has
                 self.send(holder.ident, wire.Revoke(p, lease.epoch))
@@ -635,6 +681,7 @@ class Coordinator:
         by the re-run).  Otherwise it is SIGKILLed (doom FENCED), the one
         fence that cannot fail, and recovered like any dead M."""
         node, m = self.nm.node, info.m
+        self.revoke_prefetch(info)  # (a batch it has not claimed is no reason to kill it)
         self.forget_placed(info)
         state, curg, *_ = node.m_info(m)
         g = node.g_info(curg) if curg else None
@@ -1327,10 +1374,21 @@ class Coordinator:
             self.ps[msg.p].expires = time.monotonic() + self.lease_ttl
             if msg.wait_ms and not self.still_spinning(info):
                 return
+            if not self.grq:
+                self.revoke_stale_prefetches(time.monotonic(), but=info)
             if self.grq or msg.wait_ms == 0:
                 self.send(info.ident, wire.Work(*self.batch_for(info, msg.max)))
             else:
                 info.waiting, info.deadline = msg, time.monotonic() + msg.wait_ms / 1000
+        elif isinstance(msg, wire.Prefetch):
+            if not self.lease_ok(info.m, msg.p, msg.epoch):
+                self.send(info.ident, wire.Revoke(msg.p, msg.epoch))
+                return
+            self.ps[msg.p].expires = time.monotonic() + self.lease_ttl
+            seq, roots, locals_ = self.batch_for(info, msg.max)
+            if seq:
+                info.prefetched = (seq, time.monotonic())
+            self.send(info.ident, wire.Work(seq, roots, locals_))
         elif isinstance(msg, wire.Spill):
             self.grq.extend((0, h) for h in msg.handles)
             info.spilled = frozenset(msg.handles)
@@ -1390,6 +1448,9 @@ class Coordinator:
                 self.send(info.ident, wire.Work(0, [], []))
         if self.out_started and now >= self.started_due:
             self.send_started()
+        if self.idle_ps and self.revoke_stale_prefetches(now):
+            self.serve_waiters()
+            self.wakep()
         if now >= self.next_slow_timer:
             self.next_slow_timer = now + self.slow_timer_s
             self.expire_leases(now)
@@ -1416,6 +1477,10 @@ class Coordinator:
             due = min(due, max(self.start_retry_at, now + START_POLL_S))
         elif self.work_beside_idle_p():
             due = min(due, now + 0.001)
+        if self.idle_ps:
+            for info in self.ms.values():
+                if info.prefetched is not None:
+                    due = min(due, info.prefetched[1] + PREFETCH_HOLD_S)
         for _slot, _seq, until in self.deferred.values():
             due = min(due, until)
         return max(0, math.ceil((due - now) * 1000))

@@ -72,6 +72,15 @@ LONG_G = 0.01  # a G that ran this long sends its result at once (a message is <
 # at each batch instead cost a 1 ms-task farm 30-70 us of M CPU a task
 # (thread wake-ups, the GIL taken from the G).
 LATE_FLUSH_S = 0.25
+# An M whose queue holds fewer Gs than this after it took one asks for the
+# next global batch (wire.Prefetch) while it runs them, if the global queue
+# has any: without it the M sat in the GetWork round trip (~0.2 ms here)
+# each time its queue ran dry, ~half its time in a noop flood.  The batch
+# is the M's once it claims it before queueing its first item
+# (m_claim_batch); until then the coordinator may take it back
+# (revoke_prefetch): its M's P was retaken, or another M wants work and
+# the batch has waited PREFETCH_HOLD_S behind a long or blocked G.
+PREFETCH_AT = 32
 MAX_INLINE_DEPTH = 32  # nesting bound for join-helping
 
 CURRENT: M | None = None  # this process's M, while it runs task code
@@ -278,7 +287,9 @@ class M:
         self.poller.register(self.sock, zmq.POLLIN)
         if self.offer_fd >= 0:
             self.poller.register(self.offer_fd, zmq.POLLIN)
-        self.awaiting = False  # a long-poll's answer is still to come (took an offer meanwhile)
+        self.awaiting = (
+            False  # an answer is still to come: a Prefetch's, or a long-poll's (took an offer meanwhile)
+        )
         self.p, self.epoch = -1, 0
         self.runq: RunQ | None = None
         self.curg = 0
@@ -522,16 +533,17 @@ class M:
             self.stash.append((seq, roots, locals_))
         placed = False
         while self.stash and self.runq is not None and self.owns_p():
-            self.place(*self.stash.pop(0))
-            placed = True
+            placed = self.place(*self.stash.pop(0)) or placed
         return placed
 
-    def place(self, seq: int, roots: list[tuple[int, bytes]], locals_: list[int]) -> None:
+    def place(self, seq: int, roots: list[tuple[int, bytes]], locals_: list[int]) -> bool:
         """Queue one batch, recording after each item how many are queued
         (``m_set_placing``): if this M dies meanwhile, recovery re-queues
         exactly the items that never reached a queue."""
         node, runq = self.node, self.runq
         assert runq is not None
+        if seq and not node.m_claim_batch(self.m, seq):
+            return False  # a prefetch the coordinator took back: its items are in the global queue again
         items: list[tuple[int, bytes] | int] = [*roots, *locals_]
         for n, item in enumerate(items, 1):
             h = self.new_root(*item) if isinstance(item, tuple) else item
@@ -540,6 +552,7 @@ class M:
             if seq:
                 node.m_set_placing(self.m, seq, n)
         node.sched_add(Counter.GLOBAL_TAKES, 1)
+        return True
 
     def get_work(self, limit: int, wait_ms: int) -> int:
         """A global batch into our queue; the G to run first (0 if none)."""
@@ -548,6 +561,12 @@ class M:
             wire.GetWork(self.m, self.p, self.epoch, limit, wait_ms), REQUEST_TIMEOUT_MS + wait_ms
         )
         return self.take_reply(reply)
+
+    def prefetch(self, limit: int) -> None:
+        """Ask for a global batch and run on: its answer is read at a later
+        look (find_runnable), and its batch claimed then (place)."""
+        self.send(wire.Prefetch(self.m, self.p, self.epoch, limit))
+        self.awaiting = True
 
     def spin_poll(self, wait_ms: int) -> int:
         """get_work's long-poll as a spinning M, watching the offers too: the
@@ -647,23 +666,33 @@ class M:
     def find_runnable(self) -> tuple[int, bool]:
         """(G, inherit_time), or (0, False) when there is nothing to run or
         the lease was revoked meanwhile (``self.runq`` is then None)."""
+        if self.awaiting and wire.readable(self.sock):
+            self.finish_wait()  # a prefetch's answer: its batch is stashed
         if self.stash and self.take_work(0, [], []):
             return self.next_queued(), False
         tick = self.node.p_ticks(self.p)[0]
-        g = 0
         if tick % FAIRNESS_TICK == 0 and tick != self.fair_tick and tick > 0:
             self.fair_tick = tick  # once per tick: runnext chains do not advance it
-            if self.node.sched()[Counter.GRQLEN]:  # (Go: only if the global queue is not empty)
-                g = self.get_work(1, 0)
+            # (Go: only if the global queue is not empty.)  Its G runs at the
+            # next look that finds the answer in: a round trip every 61 Gs
+            # was most of a noop flood's GetWork, each a wait.
+            if not self.awaiting and self.node.sched()[Counter.GRQLEN]:
+                self.prefetch(1)
         runq = self.runq
-        if g or runq is None:
-            return g, False
+        if runq is None:
+            return 0, False
         local = runq.get()
         if local is not None:
+            if not self.awaiting and len(runq) < PREFETCH_AT and self.node.sched()[Counter.GRQLEN]:
+                self.prefetch(GLOBAL_BATCH)
             return local, runq.inherit_time
         g = self.take_offer()
         if not g:
             self.flush()  # out of local work: results wait for no company (nor for a steal)
+        if not g and self.awaiting:
+            self.finish_wait()  # a prefetch on its way: its batch, not another round trip
+            if self.stash and self.take_work(0, [], []):
+                g = self.next_queued()
         sched = self.node.sched()
         spin = self.may_spin(sched)
         if not g and (sched[Counter.GRQLEN] or not spin):

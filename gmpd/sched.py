@@ -15,7 +15,10 @@ The schedule loop of an M holding P (``M.find_runnable``), Go's order:
    as in Go; Go ends such a chain by preempting it after 10 ms
    (``forcePreemptNS``).  Python Gs run to completion, so gmpd ends the
    inherited slice at the first scheduling point past 10 ms instead;
-2. ``runnext``, then the local ring (``runqget``);
+2. ``runnext``, then the local ring (``runqget``); with fewer than 32 Gs
+   left in it, the next global batch is asked for meanwhile (``Prefetch``:
+   the global queue is a round trip away, not a lock), revocable by the
+   coordinator until the M claims it in node memory;
 3. a global batch of ``min(128, len, len/GOMAXPROCS + 1)`` (the coordinator
    computes it; the M runs one and puts the rest in its ring);
 4. steal from a random same-node P: 4 passes over all Ps in coprime random

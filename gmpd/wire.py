@@ -256,6 +256,19 @@ class GetWork(Message):
     wait_ms: int  # 0: answer now; else hold the request until work or timeout
 
 
+@_message(19, U32, U32, U32, U32)
+@dataclass(frozen=True, slots=True)
+class Prefetch(Message):
+    """GetWork before the M's queue runs dry (gmpd/m.py, prefetch): the
+    answer is a Work now, empty if the global queue is, and its batch is
+    revocable until the M claims it (m_claim_batch)."""
+
+    m: int
+    p: int
+    epoch: int
+    max: int
+
+
 @_message(11, U32, _tasks, _list(U32))
 @dataclass(frozen=True, slots=True)
 class Work(Message):

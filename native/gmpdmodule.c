@@ -599,6 +599,62 @@ static PyObject *node_m_set_placing(NodeObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* A prefetched global batch (gmpd/m.py, prefetch) is the M's once it
+ * claims it, or the coordinator's again once it revokes it: whichever CAS
+ * on the placing word comes first.  The M claims batch seq before its
+ * first item, moving the word from an earlier batch's to (seq, 0); the
+ * coordinator revokes it by moving an earlier batch's word to
+ * (seq, GMPD_BATCH_REVOKED), and queues its items again. */
+#define GMPD_BATCH_REVOKED 0xffffffffu
+
+static int placing_args(NodeObject *self, PyObject *args, const char *fmt, uint64_t **word, uint64_t *seq)
+{
+    long m;
+    unsigned int s;
+    if (!PyArg_ParseTuple(args, fmt, &m, &s) || !check_m(self, m))
+        return 0;
+    *word = &gmpd_node_m(self->nd, (uint32_t)m)->placing;
+    *seq = s;
+    return 1;
+}
+
+/* m_claim_batch(m, seq) -> False if the coordinator revoked batch seq. */
+static PyObject *node_m_claim_batch(NodeObject *self, PyObject *args)
+{
+    uint64_t *word, seq;
+    if (!placing_args(self, args, "lI:m_claim_batch", &word, &seq))
+        return NULL;
+    /* acq_rel: acquire pairs with a revoke's release (its word says so
+     * before we queue anything); release orders the claim before the
+     * items, as m_set_placing's store does. */
+    uint64_t w = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    for (;;) {
+        if (w >> 32 == seq && (uint32_t)w == GMPD_BATCH_REVOKED)
+            Py_RETURN_FALSE;
+        if (w >> 32 >= seq)
+            Py_RETURN_TRUE; /* (claimed already: a batch placed again after a spill's round trip) */
+        if (__atomic_compare_exchange_n(word, &w, seq << 32, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            Py_RETURN_TRUE;
+    }
+}
+
+/* m_revoke_batch(m, seq) -> True if batch seq was not claimed and is now
+ * revoked: the caller queues its items again. */
+static PyObject *node_m_revoke_batch(NodeObject *self, PyObject *args)
+{
+    uint64_t *word, seq;
+    if (!placing_args(self, args, "lI:m_revoke_batch", &word, &seq))
+        return NULL;
+    uint64_t w = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    for (;;) {
+        if (w >> 32 >= seq)
+            Py_RETURN_FALSE; /* the M claimed it (or a later one) */
+        if (__atomic_compare_exchange_n(word, &w, (seq << 32) | GMPD_BATCH_REVOKED, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            Py_RETURN_TRUE;
+    }
+}
+
 /* (deadline_ns, doom) of M m: its task's deadline, and why it was killed. */
 static PyObject *node_m_doom(NodeObject *self, PyObject *arg)
 {
@@ -1502,6 +1558,10 @@ static PyMethodDef node_methods[] = {
     {"m_info", (PyCFunction)node_m_info, METH_O, "m_info(m) -> (state, curg, p, pid, heartbeat_ns, park, nrun)"},
     {"m_placing", (PyCFunction)node_m_placing, METH_O, "m_placing(m) -> (seq, placed): the batch M m queues"},
     {"m_set_placing", (PyCFunction)node_m_set_placing, METH_VARARGS, "m_set_placing(m, seq, placed)"},
+    {"m_claim_batch", (PyCFunction)node_m_claim_batch, METH_VARARGS,
+     "m_claim_batch(m, seq) -> False if the coordinator revoked prefetched batch seq"},
+    {"m_revoke_batch", (PyCFunction)node_m_revoke_batch, METH_VARARGS,
+     "m_revoke_batch(m, seq) -> True if unclaimed batch seq is revoked"},
     {"m_doom", (PyCFunction)node_m_doom, METH_O, "m_doom(m) -> (deadline_ns, doom)"},
     {"m_set_deadline", (PyCFunction)node_m_set_deadline, METH_VARARGS, "m_set_deadline(m, ns): 0 for none"},
     {"m_grant", (PyCFunction)node_m_grant, METH_O, "m_grant(m) -> (p, epoch) of a GRANTED wake; p -1: by message"},

@@ -27,6 +27,7 @@ SAMPLES: list[wire.Message] = [
     wire.Grant(-1, 0, 0, 0, [], []),
     wire.Grant(1, 7, 500, 3, [(5, b"x")], [1 << 22 | 9]),
     wire.GetWork(1, 0, 7, 128, 2),
+    wire.Prefetch(1, 0, 7, 128),
     wire.Work(4, [(9, b"y")], [4]),
     wire.Spill(0, 7, [1, 2, 3]),
     wire.Renew(1, 0, 7),
