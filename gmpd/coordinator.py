@@ -349,7 +349,7 @@ class Coordinator:
         seq = info.prefetched[0]
         self.forget_placed(info)
         if seq not in info.batches or any(s < seq for s in info.batches):
-            info.prefetched = None if seq not in info.batches else info.prefetched
+            info.prefetched = None  # (queued, or no longer revocable: the timer must not spin on it)
             return False
         if not self.nm.node.m_revoke_batch(info.m, seq):
             info.prefetched = None  # claimed: its items are in the M's queue
@@ -1385,6 +1385,10 @@ class Coordinator:
                 self.send(info.ident, wire.Revoke(msg.p, msg.epoch))
                 return
             self.ps[msg.p].expires = time.monotonic() + self.lease_ttl
+            self.forget_placed(info)
+            if info.batches:  # one not queued in full: a second could not be revoked (review)
+                self.send(info.ident, wire.Work(0, [], []))
+                return
             seq, roots, locals_ = self.batch_for(info, msg.max)
             if seq:
                 info.prefetched = (seq, time.monotonic())

@@ -676,14 +676,21 @@ class M:
             # (Go: only if the global queue is not empty.)  Its G runs at the
             # next look that finds the answer in: a round trip every 61 Gs
             # was most of a noop flood's GetWork, each a wait.
-            if not self.awaiting and self.node.sched()[Counter.GRQLEN]:
+            if not self.awaiting and not self.stash and self.node.sched()[Counter.GRQLEN]:
                 self.prefetch(1)
         runq = self.runq
         if runq is None:
             return 0, False
         local = runq.get()
         if local is not None:
-            if not self.awaiting and len(runq) < PREFETCH_AT and self.node.sched()[Counter.GRQLEN]:
+            # (Not while a batch waits in the stash, unqueued: the coordinator
+            # can revoke only an M's newest batch, every earlier one queued.)
+            if (
+                not self.awaiting
+                and not self.stash
+                and len(runq) < PREFETCH_AT
+                and self.node.sched()[Counter.GRQLEN]
+            ):
                 self.prefetch(GLOBAL_BATCH)
             return local, runq.inherit_time
         g = self.take_offer()

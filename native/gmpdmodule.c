@@ -629,10 +629,13 @@ static PyObject *node_m_claim_batch(NodeObject *self, PyObject *args)
      * items, as m_set_placing's store does. */
     uint64_t w = __atomic_load_n(word, __ATOMIC_ACQUIRE);
     for (;;) {
-        if (w >> 32 == seq && (uint32_t)w == GMPD_BATCH_REVOKED)
+        /* A word past seq: seq was revoked and so was a later batch (the M
+         * queues batches in the order they came).  Found by review: a
+         * claim that took it for claimed queued both batches again. */
+        if (w >> 32 > seq || (w >> 32 == seq && (uint32_t)w == GMPD_BATCH_REVOKED))
             Py_RETURN_FALSE;
-        if (w >> 32 >= seq)
-            Py_RETURN_TRUE; /* (claimed already: a batch placed again after a spill's round trip) */
+        if (w >> 32 == seq)
+            Py_RETURN_TRUE; /* (claimed already) */
         if (__atomic_compare_exchange_n(word, &w, seq << 32, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
             Py_RETURN_TRUE;
     }
