@@ -81,6 +81,12 @@ LATE_FLUSH_S = 0.25
 # (revoke_prefetch): its M's P was retaken, or another M wants work and
 # the batch has waited PREFETCH_HOLD_S behind a long or blocked G.
 PREFETCH_AT = 32
+# ...and only once those Gs, at the last one's length, would run out within
+# this: with 5 ms Gs a batch asked for 31 Gs ahead waited ~150 ms in the
+# socket, and was taken back whenever a G blocked (blocking_mix paid a
+# wasted round trip a sleep); asked for beside the ring's last G, it still
+# comes before that G ends.
+PREFETCH_AHEAD_S = 0.002
 MAX_INLINE_DEPTH = 32  # nesting bound for join-helping
 
 CURRENT: M | None = None  # this process's M, while it runs task code
@@ -296,6 +302,7 @@ class M:
         self.depth = 0
         self.slice_start = 0.0  # when the current time slice began
         self.fair_tick = -1  # the schedtick whose fairness check was done
+        self.last_run = 0.0  # seconds the last G this M ran took (prefetch)
         self.results: list[tuple[int, int, bytes]] = []
         # Global batches (seq, roots, locals) not queued yet: they came while we held no P.
         self.stash: list[tuple[int, list[tuple[int, bytes]], list[int]]] = []
@@ -685,10 +692,12 @@ class M:
         if local is not None:
             # (Not while a batch waits in the stash, unqueued: the coordinator
             # can revoke only an M's newest batch, every earlier one queued.)
+            queued = len(runq)
             if (
                 not self.awaiting
                 and not self.stash
-                and len(runq) < PREFETCH_AT
+                and queued < PREFETCH_AT
+                and queued * self.last_run < PREFETCH_AHEAD_S
                 and self.node.sched()[Counter.GRQLEN]
             ):
                 self.prefetch(GLOBAL_BATCH)
@@ -995,6 +1004,7 @@ class M:
                 node.m_set_deadline(self.m, deadline)
         if not left:
             node.m_ran(self.m)
+        self.last_run = time.monotonic() - started
         if parent == 0 and root_id:
             if len(data) > self.max_message:
                 too_big = GmpdError(config.too_large("the task's result", len(data), self.max_message))
