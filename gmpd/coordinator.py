@@ -338,6 +338,18 @@ class Coordinator:
         info.batches[info.seq] = [(tid, 0) for tid, _payload in roots] + [(0, h) for h in locals_]
         return info.seq, roots, locals_
 
+    def prefetched_batch(self, info: MInfo, limit: int) -> tuple[int, list[tuple[int, bytes]], list[int]]:
+        """batch_for a Prefetch, revocable until its M claims it; none while
+        a batch of that M is not queued in full (a second could not be
+        revoked: the placing word says one batch; review)."""
+        self.forget_placed(info)
+        if info.batches:
+            return 0, [], []
+        seq, roots, locals_ = self.batch_for(info, limit)
+        if seq:
+            info.prefetched = (seq, time.monotonic())
+        return seq, roots, locals_
+
     def revoke_prefetch(self, info: MInfo) -> bool:
         """Take back ``info``'s prefetched batch if its M has not claimed it
         (m_revoke_batch, against the M's m_claim_batch): its items go back
@@ -1367,11 +1379,14 @@ class Coordinator:
                 self.retaken_meanwhile(self.ps[info.p])
             info.woken = False
             self.grant(info, msg.has_g)
-        elif isinstance(msg, wire.GetWork):
+        elif isinstance(msg, wire.GetWork | wire.Prefetch):
             if not self.lease_ok(info.m, msg.p, msg.epoch):
                 self.send(info.ident, wire.Revoke(msg.p, msg.epoch))
                 return
             self.ps[msg.p].expires = time.monotonic() + self.lease_ttl
+            if isinstance(msg, wire.Prefetch):
+                self.send(info.ident, wire.Work(*self.prefetched_batch(info, msg.max)))
+                return
             if msg.wait_ms and not self.still_spinning(info):
                 return
             if not self.grq:
@@ -1380,19 +1395,6 @@ class Coordinator:
                 self.send(info.ident, wire.Work(*self.batch_for(info, msg.max)))
             else:
                 info.waiting, info.deadline = msg, time.monotonic() + msg.wait_ms / 1000
-        elif isinstance(msg, wire.Prefetch):
-            if not self.lease_ok(info.m, msg.p, msg.epoch):
-                self.send(info.ident, wire.Revoke(msg.p, msg.epoch))
-                return
-            self.ps[msg.p].expires = time.monotonic() + self.lease_ttl
-            self.forget_placed(info)
-            if info.batches:  # one not queued in full: a second could not be revoked (review)
-                self.send(info.ident, wire.Work(0, [], []))
-                return
-            seq, roots, locals_ = self.batch_for(info, msg.max)
-            if seq:
-                info.prefetched = (seq, time.monotonic())
-            self.send(info.ident, wire.Work(seq, roots, locals_))
         elif isinstance(msg, wire.Spill):
             self.grq.extend((0, h) for h in msg.handles)
             info.spilled = frozenset(msg.handles)

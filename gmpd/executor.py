@@ -63,7 +63,7 @@ SUBMIT_EAGER = 64  # an outbox this full is sent by the submitting thread itself
 # SUBMIT_EAGER itself, and the IO thread sends what is left once the oldest
 # has waited SUBMIT_DELAY, or at once when a caller waits on a result
 # (TaskFuture.result).  Woken at each submit, the IO thread took the GIL
-# and sent the few tasks in the outbox: a flood of 10,000 went in 220-770
+# and sent the few tasks in the outbox: a flood of 10,000 went in 220-920
 # Submits instead of 157, and cost ~12% more CPU a task in all processes
 # (the coordinator's is per message).  With fewer in flight, at once.
 SUBMIT_DELAY = 0.001
@@ -266,9 +266,14 @@ class TaskFuture(LazyFuture):
         if not self.done() and not self.running():
             self.set_running_or_notify_cancel()
 
-    def result(self, timeout: float | None = None) -> Any:
+    def _unhold(self) -> None:
+        """A caller waits on us: a burst's last tasks in the outbox go now
+        (the IO thread would leave them SUBMIT_DELAY for company)."""
         if self._state == PENDING and self._io.outbox:
-            self._io.pump_out()  # a burst's last tasks: the caller waits for them now
+            self._io.pump_out()
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._unhold()
         if self._lane >= 0 and self._state in (PENDING, RUNNING):
             # Offered: the M writes the result into node memory and wakes us
             # (the IO thread's copy, by ZeroMQ, comes after).
@@ -279,8 +284,7 @@ class TaskFuture(LazyFuture):
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        if self._state == PENDING and self._io.outbox:
-            self._io.pump_out()
+        self._unhold()
         return super().exception(timeout)
 
     def cancel(self) -> bool:

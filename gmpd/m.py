@@ -293,9 +293,8 @@ class M:
         self.poller.register(self.sock, zmq.POLLIN)
         if self.offer_fd >= 0:
             self.poller.register(self.offer_fd, zmq.POLLIN)
-        self.awaiting = (
-            False  # an answer is still to come: a Prefetch's, or a long-poll's (took an offer meanwhile)
-        )
+        # An answer is still to come: a Prefetch's, or a long-poll's (took an offer meanwhile).
+        self.awaiting = False
         self.p, self.epoch = -1, 0
         self.runq: RunQ | None = None
         self.curg = 0
@@ -571,7 +570,12 @@ class M:
 
     def prefetch(self, limit: int) -> None:
         """Ask for a global batch and run on: its answer is read at a later
-        look (find_runnable), and its batch claimed then (place)."""
+        look (find_runnable), and its batch claimed then (place).  Not
+        while an answer is on its way, nor while a batch waits in the
+        stash, unqueued (the coordinator can revoke only an M's newest
+        batch, every earlier one queued), nor with the global queue empty."""
+        if self.awaiting or self.stash or not self.node.sched()[Counter.GRQLEN]:
+            return
         self.send(wire.Prefetch(self.m, self.p, self.epoch, limit))
         self.awaiting = True
 
@@ -683,23 +687,14 @@ class M:
             # (Go: only if the global queue is not empty.)  Its G runs at the
             # next look that finds the answer in: a round trip every 61 Gs
             # was most of a noop flood's GetWork, each a wait.
-            if not self.awaiting and not self.stash and self.node.sched()[Counter.GRQLEN]:
-                self.prefetch(1)
+            self.prefetch(1)
         runq = self.runq
         if runq is None:
             return 0, False
         local = runq.get()
         if local is not None:
-            # (Not while a batch waits in the stash, unqueued: the coordinator
-            # can revoke only an M's newest batch, every earlier one queued.)
             queued = len(runq)
-            if (
-                not self.awaiting
-                and not self.stash
-                and queued < PREFETCH_AT
-                and queued * self.last_run < PREFETCH_AHEAD_S
-                and self.node.sched()[Counter.GRQLEN]
-            ):
+            if queued < PREFETCH_AT and queued * self.last_run < PREFETCH_AHEAD_S:
                 self.prefetch(GLOBAL_BATCH)
             return local, runq.inherit_time
         g = self.take_offer()

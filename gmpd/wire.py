@@ -11,7 +11,7 @@ Who sends what (ids: client task id ``tid``; M index ``m``; P index ``p``)::
     client -> coordinator   Hello, Submit(tasks, options), Cancel(tids), Finished(tids), Bye
     coordinator -> client   Welcome, Started(tids), Cancelled(tids, refused)   (to its PULL socket)
     M -> client             Results(results)          (straight to the client's PULL socket)
-    M -> coordinator        Hello, LeaseRequest, GetWork, Spill, Release (Renew: an M on a node
+    M -> coordinator        Hello, LeaseRequest, GetWork, Prefetch, Spill, Release (Renew: an M on a node
                             the coordinator cannot read; none sends one yet)
     coordinator -> M        Grant(p, epoch, seq, work), Work(seq, work), Revoke(p, epoch), Bye
     sysmon -> coordinator   Hello, Retaken(p, epoch)   (it took a P from an M in a syscall)
