@@ -255,11 +255,14 @@ def test_a_task_running_when_its_node_dies_is_charged_an_attempt() -> None:
 
 
 def test_a_node_agent_that_keeps_dying_ends_the_cluster_with_cluster_lost() -> None:
-    ex = gmpd.Executor(1)
+    # Each death may charge the sleeping task an attempt (if a new M had started
+    # it again): a budget past the six deaths leaves ClusterLost the one outcome.
+    ex = gmpd.Executor(1, retries=6)
     try:
         future = ex.submit(time.sleep, 60)
         for _ in range(6):  # NODE_RESTARTS new agents, then one more death
             name = ex._cluster.node_name
+            time.sleep(0.3)  # a new M starts the task again: this death charges it
             os.kill(ex._cluster.proc.pid, signal.SIGKILL)
             deadline = time.monotonic() + 20
             while ex._cluster.node_name == name and not future.done() and time.monotonic() < deadline:
