@@ -53,6 +53,7 @@ import heapq
 import math
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -1546,6 +1547,10 @@ class Coordinator:
             self.nm.node.m_cas_state(info.m, MState.ASKING, MState.WAKING)
             self.nm.node.wake(info.m)
 
+    def client_gone(self) -> bool:
+        """Whether the client process (our lifeline) has exited."""
+        return bool(select.select([self.lifeline_fd], [], [], 0)[0])
+
     def close(self) -> None:
         for sock in self.clients.values():
             sock.close(0)
@@ -1577,8 +1582,11 @@ def main(argv: list[str]) -> int:
     except NoNode:
         pass  # the client exited, or its node agent never came: nothing to serve
     finally:
+        gone = coord.client_gone()
         with contextlib.suppress(Exception):
             coord.close()
+        if gone:  # a client killed outright removed nothing: its run directory is ours to remove
+            shutil.rmtree(rundir, ignore_errors=True)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -44,9 +45,15 @@ def resource_tracker(pid: int) -> bool:
         return False
 
 
+def run_dirs() -> set[str]:
+    """The clusters' run directories (their ipc sockets): gmpd-* under the temp dir."""
+    top = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    return {p.name for p in top.glob("gmpd-*") if p.is_dir()}
+
+
 @pytest.fixture(autouse=True)
 def no_leftovers() -> Iterator[None]:
-    before = set(list_segments())
+    before, dirs = set(list_segments()), run_dirs()
     yield
     deadline = time.monotonic() + 5
     while (
@@ -56,6 +63,9 @@ def no_leftovers() -> Iterator[None]:
     assert not kids, f"test left processes behind: {sorted(kids)}"
     leaked = set(list_segments()) - before
     assert not leaked, f"test left shared-memory segments behind: {sorted(leaked)}"
+    while (left := run_dirs() - dirs) and time.monotonic() < deadline:
+        time.sleep(0.02)  # (an executor shut down without waiting removes it as its thread ends)
+    assert not left, f"test left run directories behind: {sorted(left)}"
 
 
 @pytest.fixture

@@ -403,7 +403,7 @@ def test_executor_client_sigkilled_takes_the_cluster_down() -> None:
     code = """
         import sys, time, gmpd
         ex = gmpd.Executor(2)
-        print(ex._cluster.proc.pid, ex._cluster.node_name, flush=True)
+        print(ex._cluster.proc.pid, ex._cluster.node_name, ex._cluster.rundir, flush=True)
         ex.submit(time.sleep, 60)
         time.sleep(60)
     """
@@ -412,7 +412,7 @@ def test_executor_client_sigkilled_takes_the_cluster_down() -> None:
     )
     assert client.stdout is not None
     try:
-        agent_pid, node_name = client.stdout.readline().split()
+        agent_pid, node_name, rundir = client.stdout.readline().split()
         deadline = time.monotonic() + 10
         while len(cluster := children_of(client.pid)) < 5 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -428,6 +428,7 @@ def test_executor_client_sigkilled_takes_the_cluster_down() -> None:
         time.sleep(0.05)
     assert not alive, f"cluster processes outlived their client: {sorted(alive)}"
     assert not (SHM_DIR / node_name).exists()
+    assert not os.path.exists(rundir), "the killed client's run directory (its sockets) was left"
 
 
 def _not_zombie(pid: int) -> bool:
