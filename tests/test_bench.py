@@ -91,6 +91,10 @@ def test_bench_quick_json_lines_are_well_formed_and_every_result_verified() -> N
         assert {"client", "coordinator", "ms", "sysmon"} <= set(row["cpu_s"]["gmpd"]), (name, row["cpu_s"])
     farm = rows["farm"]
     assert farm["cpu_s"]["gmpd"]["ms"] >= farm["task_cpu_s"]["gmpd"] > 0  # an M's CPU counts its tasks'
+    # The machine's own floor for farm: bare processes, once a round, no system running.
+    floor = farm["floor"]
+    assert 0.3 < floor["min"] <= floor["median"] <= floor["max"] <= 1.02, floor
+    assert all("floor" not in r for w, r in rows.items() if w != "farm")
     assert [t["met"] for t in rows["fault"]["targets"]] == [True]
     assert [t["met"] for t in rows["nested"]["targets"]] == [True]
     # Dask and Ray were not chosen here: their targets are not judged, not missed.
@@ -104,6 +108,17 @@ def test_ratio_vs_best_peer_points_the_same_way_for_both_kinds_of_unit() -> None
     assert bench.ratio_vs_best_peer(down) == 2.0
     assert bench.ratio_vs_best_peer({"higher_is_better": True, "results": {"gmpd": 1.0, "ppe": None}}) is None
     assert bench.ratio_vs_best_peer({"higher_is_better": True, "results": {"gmpd": None, "ppe": 1.0}}) is None
+
+
+@pytest.mark.timeout(60)
+def test_farm_floor_fails_plainly_when_its_processes_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert 0.3 < bench.bare_farm(2, 20, peers.Deadline(30)) <= 1.02
+    monkeypatch.setattr(bench, "BARE_BURNER", "import sys; sys.exit(3)")
+    with pytest.raises(bench.WrongResult, match="did not start"):
+        bench.bare_farm(2, 20, peers.Deadline(30))
+    monkeypatch.setattr(bench, "BARE_BURNER", "print('ready', flush=True); import time; time.sleep(60)")
+    with pytest.raises(peers.RunTimeout):  # (and no process is left: conftest)
+        bench.bare_farm(2, 20, peers.Deadline(1))
 
 
 def test_ideal_makespan_lets_sleeps_hold_no_worker() -> None:
@@ -249,6 +264,12 @@ def test_a_missed_target_says_where_the_cpu_went() -> None:
     assert all("why" not in t for t in bench.judge_targets({**flood, "cpu_s": {}}))
     report = bench.targets_report([{**farm, "targets": bench.judge_targets(farm)}])
     assert report.splitlines()[2].strip().startswith("2 workers x 1.01 s")
+    # farm's floor on the machine, measured in the same rounds, comes first.
+    floored = {**farm, "floor": {"median": 0.9876, "min": 0.97, "max": 0.99}}
+    assert bench.judge_targets(floored)[0]["why"] == (
+        "this machine's floor (the same tasks split over 2 plain processes, no scheduler) was 0.988"
+        " (0.97-0.99); " + bench.judge_targets(farm)[0]["why"]
+    )
 
 
 @pytest.mark.timeout(60)
