@@ -179,9 +179,19 @@ print(repr(sum(burn(5.0) for _ in range(int(sys.argv[1])))), flush=True)
 """
 
 
-def wait_readable(f: Any, d: Deadline, what: str) -> None:
-    if not select.select([f], [], [], d.left())[0]:
-        raise RunTimeout(f"{what} within the run's {d.seconds:g} s budget")
+def read_line(p: subprocess.Popen[bytes], d: Deadline, what: str) -> bytes:
+    """The next line ``p`` prints, within the deadline (b"" if it exited)."""
+    assert p.stdout is not None
+    fd, line = p.stdout.fileno(), b""
+    while not line.endswith(b"\n"):
+        left = d.at - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise RunTimeout(f"{what} within the run's {d.seconds:g} s budget")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        line += chunk
+    return line
 
 
 def bare_farm(workers: int, n: int, d: Deadline) -> float:
@@ -191,31 +201,25 @@ def bare_farm(workers: int, n: int, d: Deadline) -> float:
     leaves of the cores (its other load, the kernel, its timer ticks), which
     no system can beat: a row short of its target and near its floor says
     the machine was not quiet."""
-    share = [n // workers + (i < n % workers) for i in range(workers)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", BARE_BURNER, str(k)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for k in share
-    ]
-    outs: list[str] = []
+    procs: list[subprocess.Popen[bytes]] = []
+    outs: list[bytes] = []
     try:
+        for i in range(workers):
+            share = str(n // workers + (i < n % workers))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", BARE_BURNER, share], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+                )
+            )
         for p in procs:  # every one imported and waiting: then all go at once
-            assert p.stdin is not None and p.stdout is not None
-            wait_readable(p.stdout, d, "farm floor: a bare process did not start")
-            check(p.stdout.readline() == "ready\n", "farm floor: a bare process did not start")
+            started = read_line(p, d, "farm floor: a bare process did not start")
+            check(started == b"ready\n", "farm floor: a bare process did not start")
         t = time.perf_counter()
         for p in procs:
             assert p.stdin is not None
-            p.stdin.write("g")
-            p.stdin.flush()
+            os.write(p.stdin.fileno(), b"g")
         for p in procs:  # (timed to the last result, not to the interpreters' exits)
-            assert p.stdout is not None
-            wait_readable(p.stdout, d, "farm floor: no result")
-            outs.append(p.stdout.readline())
+            outs.append(read_line(p, d, "farm floor: a bare process gave no result"))
         span = time.perf_counter() - t
     finally:
         for p in procs:  # (each exits once it said its result; killed if it never will)
@@ -224,11 +228,12 @@ def bare_farm(workers: int, n: int, d: Deadline) -> float:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.communicate()
-    check(
-        all(p.returncode == 0 and out for p, out in zip(procs, outs, strict=True)),
-        "farm floor: a bare process failed",
-    )
-    return sum(float(out) for out in outs) / (workers * span)
+    try:
+        cpu = sum(float(out) for out in outs)
+    except ValueError:
+        cpu = 0.0
+    check(all(p.returncode == 0 for p in procs) and cpu > 0, "farm floor: a bare process failed")
+    return cpu / (workers * span)
 
 
 def fanout(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
@@ -298,10 +303,14 @@ def blocking(sleep_kind: str, cpu_only: bool) -> Callable[[System, int, Deadline
 
     def run(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
         items = blocking_items(n, sleep_kind)
+        gmpd_ex = s.ex if isinstance(s, peers.GmpdSystem) else None
+        handed = gmpd_ex.statistics().handoffs if gmpd_ex is not None else 0
         before = cpu_now(s)
         ratio, makespan, ideal, task_cpu = mix_ratio(s, items, d)
         extra: Extra = {"ideal_s": ideal, "makespan_s": makespan, "task_cpu_s": task_cpu}
         extra.update(cpu_extra(s, before))  # (the mixed run's alone, not cpu_only's)
+        if gmpd_ex is not None:  # Ps sysmon retook from Gs in syscalls and gave on to another M
+            extra["handoffs"] = float(gmpd_ex.statistics().handoffs - handed)
         if cpu_only:
             extra["cpu_only"] = mix_ratio(s, [it for it in items if it[0] == "cpu"], d)[0]
         return ratio, extra
@@ -562,8 +571,8 @@ def run_workload(w: Workload, systems: list[str], workers: int, reps: int, quick
         if w.floor is not None:
             try:
                 floor = w.floor(workers, n, Deadline(w.budget_s))
-            except (RunTimeout, WrongResult) as exc:
-                print(f"gmpd bench: {w.name}'s floor on this machine: {exc}", file=sys.stderr)
+            except Exception as exc:  # (the row goes on without it)
+                print(f"gmpd bench: {w.name}'s floor on this machine failed: {exc!r}", file=sys.stderr)
             else:
                 if rep:
                     floors.append(floor)
@@ -790,12 +799,13 @@ def core_time(row: dict[str, Any]) -> str:
 def farm_why(row: dict[str, Any]) -> str:
     """farm: the machine's floor in the same rounds, then core_time."""
     base, floor = core_time(row), row.get("floor")
-    if not base or not floor:
+    if not floor:
         return base
-    return (
+    said = (
         f"this machine's floor (the same tasks split over {row['workers']} plain processes, no scheduler)"
-        f" was {floor['median']:.3g} ({floor['min']:.3g}-{floor['max']:.3g}); " + base
+        f" was {floor['median']:.3g} ({floor['min']:.3g}-{floor['max']:.3g})"
     )
+    return f"{said}; {base}" if base else said
 
 
 def blocking_why(row: dict[str, Any]) -> str:
@@ -806,7 +816,12 @@ def blocking_why(row: dict[str, Any]) -> str:
     started = (row.get("processes_started") or {}).get("gmpd")
     if not base or floor is None or started is None:
         return base
-    return f"its CPU tasks alone reach {floor:.3g}; {started:g} Ms started for Gs asleep in syscalls; " + base
+    handoffs = (row.get("handoffs") or {}).get("gmpd")
+    handed = f", {handoffs:g} Ps handed on to another M" if handoffs is not None else ""
+    return (
+        f"its CPU tasks alone reach {floor:.3g}; {started:g} Ms started for Gs asleep in syscalls{handed}; "
+        + base
+    )
 
 
 TARGETS: dict[str, list[Target]] = {

@@ -1547,10 +1547,6 @@ class Coordinator:
             self.nm.node.m_cas_state(info.m, MState.ASKING, MState.WAKING)
             self.nm.node.wake(info.m)
 
-    def client_gone(self) -> bool:
-        """Whether the client process (our lifeline) has exited."""
-        return bool(select.select([self.lifeline_fd], [], [], 0)[0])
-
     def close(self) -> None:
         for sock in self.clients.values():
             sock.close(0)
@@ -1576,17 +1572,23 @@ def main(argv: list[str]) -> int:
         int(argv[4]),
     )
     os.setsid()  # the user's Ctrl-C reaches the client, which shuts us down
-    coord = Coordinator(f"ipc://{rundir}/coord", nprocs, f"{rundir}/node", lease_ttl, client, retries=retries)
     try:
-        coord.run()
-    except NoNode:
-        pass  # the client exited, or its node agent never came: nothing to serve
+        endpoint, node = f"ipc://{rundir}/coord", f"{rundir}/node"
+        coord = Coordinator(endpoint, nprocs, node, lease_ttl, client, retries=retries)
+        try:
+            coord.run()
+        except NoNode:
+            pass  # the client exited, or its node agent never came: nothing to serve
+        finally:
+            with contextlib.suppress(Exception):
+                coord.close()
+    except ProcessLookupError:
+        pass  # the client died before we could watch it
     finally:
-        gone = coord.client_gone()
-        with contextlib.suppress(Exception):
-            coord.close()
-        if gone:  # a client killed outright removed nothing: its run directory is ours to remove
-            shutil.rmtree(rundir, ignore_errors=True)
+        # The run directory's sockets serve nobody once we are gone, and a
+        # client that ended without its own cleanup (killed; or its daemon
+        # thread cut short at exit after shutdown(wait=False)) leaves them.
+        shutil.rmtree(rundir, ignore_errors=True)
     return 0
 
 

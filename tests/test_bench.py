@@ -69,6 +69,8 @@ def test_bench_quick_json_lines_are_well_formed_and_every_result_verified() -> N
         and {"idle_mib", "pss_mib"} <= set(rows["memory"])
     )
     assert rows["imbalance"]["lower_bound_s"]["gmpd"] > 0 and rows["blocking_mix"]["ideal_s"]["gmpd"] > 0
+    # Each sleep in gmpd.syscall() gives its P to another M (sysmon's retake, then a hand-off).
+    assert rows["blocking_mix"]["handoffs"]["gmpd"] >= 1 and rows["blocking_mix"]["handoffs"]["ppe"] is None
     # The floor with nothing blocking: measured per system, a ratio to its own ideal.
     assert all(rows["blocking_mix"]["cpu_only"][s] >= 0.9 for s in ("gmpd", "ppe", "mp_pool"))
     assert "cpu_only" not in rows["blocking_mix_unmarked"]
@@ -119,6 +121,19 @@ def test_farm_floor_fails_plainly_when_its_processes_do(monkeypatch: pytest.Monk
     monkeypatch.setattr(bench, "BARE_BURNER", "print('ready', flush=True); import time; time.sleep(60)")
     with pytest.raises(peers.RunTimeout):  # (and no process is left: conftest)
         bench.bare_farm(2, 20, peers.Deadline(1))
+    half_a_line = (
+        "import sys, time; print('ready', flush=True); sys.stdin.read(1); print(1, end='', flush=True);"
+        " time.sleep(60)"
+    )
+    monkeypatch.setattr(bench, "BARE_BURNER", half_a_line)
+    with pytest.raises(peers.RunTimeout, match="gave no result"):
+        bench.bare_farm(2, 20, peers.Deadline(1))
+    monkeypatch.setattr(bench, "BARE_BURNER", "import sys; print('ready', flush=True); sys.stdin.close()")
+    with pytest.raises((bench.WrongResult, OSError)):  # (gone before the go, or with no result)
+        bench.bare_farm(2, 20, peers.Deadline(10))
+    # A failing floor leaves the row without one; the systems' runs go on.
+    row = bench.run_workload(next(w for w in bench.WORKLOADS if w.name == "farm"), ["gmpd"], 2, 1, True)
+    assert "floor" not in row and row["results"]["gmpd"] > 0
 
 
 def test_ideal_makespan_lets_sleeps_hold_no_worker() -> None:
@@ -259,6 +274,10 @@ def test_a_missed_target_says_where_the_cpu_went() -> None:
         " core-s: the tasks ran 1, the ideal schedule leaves 0.2 idle; of the 0.24 beyond, gmpd's"
         " processes beside its tasks took 0.14 (ms 0.1, coordinator 0.04), the rest 0.1 (idle, other"
         " processes, the kernel)"
+    )
+    assert bench.judge_targets({**mix, "handoffs": {"gmpd": 40.0}})[0]["why"].startswith(
+        "its CPU tasks alone reach 1.06; 7 Ms started for Gs asleep in syscalls,"
+        " 40 Ps handed on to another M; "
     )
     # Without the figures (a row from before them, a failed peer) nothing is made up.
     assert all("why" not in t for t in bench.judge_targets({**flood, "cpu_s": {}}))

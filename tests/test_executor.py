@@ -16,6 +16,7 @@ import time
 import types
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import CancelledError, as_completed, wait
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -25,7 +26,7 @@ import gmpd
 from gmpd import executor, wire
 from gmpd.m import RemoteTraceback
 from gmpd.shm import SHM_DIR
-from tests.conftest import children_of
+from tests.conftest import children_of, run_child
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -429,6 +430,43 @@ def test_executor_client_sigkilled_takes_the_cluster_down() -> None:
     assert not alive, f"cluster processes outlived their client: {sorted(alive)}"
     assert not (SHM_DIR / node_name).exists()
     assert not os.path.exists(rundir), "the killed client's run directory (its sockets) was left"
+
+
+def test_a_client_that_exits_after_shutdown_without_waiting_leaves_no_run_directory() -> None:
+    # Its IO thread (a daemon) is cut short at exit, before its own cleanup:
+    # the coordinator, going last, removes the directory.
+    code = """
+        import sys, time, gmpd
+        ex = gmpd.Executor(2)
+        print(ex._cluster.rundir, flush=True)
+        assert ex.submit(abs, -3).result(timeout=30) == 3
+        ex.shutdown(wait=False)
+        time.sleep(float(sys.argv[1]))  # (its Bye out, the cluster going: the thread waits for it)
+    """
+    for pause in ("0", "0.02", "0.05"):
+        out = run_child(code, args=[pause])
+        assert out.returncode == 0, out.stderr
+        rundir = out.stdout.split()[0]
+        deadline = time.monotonic() + 10
+        while os.path.exists(rundir) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not os.path.exists(rundir), "the run directory outlived its cluster"
+
+
+def test_a_coordinator_whose_client_died_before_it_started_removes_the_run_dir(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # (its pid is free: pidfd_open fails as when a client dies in startup)
+    rundir = tmp_path / "gmpd-run"
+    rundir.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "gmpd.coordinator", str(rundir), "2", str(gone.pid), "5.0", "3"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    assert not rundir.exists()
 
 
 def _not_zombie(pid: int) -> bool:
