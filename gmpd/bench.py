@@ -796,6 +796,11 @@ def core_time(row: dict[str, Any]) -> str:
     )
 
 
+def spread(figure: dict[str, float]) -> str:
+    """A {median, min, max} figure as "median (min-max)"."""
+    return f"{figure['median']:.3g} ({figure['min']:.3g}-{figure['max']:.3g})"
+
+
 def farm_why(row: dict[str, Any]) -> str:
     """farm: the machine's floor in the same rounds, then core_time."""
     base, floor = core_time(row), row.get("floor")
@@ -803,7 +808,7 @@ def farm_why(row: dict[str, Any]) -> str:
         return base
     said = (
         f"this machine's floor (the same tasks split over {row['workers']} plain processes, no scheduler)"
-        f" was {floor['median']:.3g} ({floor['min']:.3g}-{floor['max']:.3g})"
+        f" was {spread(floor)}"
     )
     return f"{said}; {base}" if base else said
 
@@ -1035,6 +1040,8 @@ def main(
         row = run_workload(w, wanted, workers, reps, quick)
         rows.append(row)
         each = ", ".join(f"{s} {v:.1f}" for s, v in row["elapsed_s"].items())
+        if floor := row.get("floor"):
+            each += f"; this machine's floor, no scheduler: {spread(floor)}"
         print(f"# {w.name}: {time.monotonic() - t:.1f} s ({each})", file=sys.stderr, flush=True)
         if row["results"]["gmpd"] is None:
             status = 1

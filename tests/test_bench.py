@@ -97,6 +97,7 @@ def test_bench_quick_json_lines_are_well_formed_and_every_result_verified() -> N
     floor = farm["floor"]
     assert 0.3 < floor["min"] <= floor["median"] <= floor["max"] <= 1.02, floor
     assert all("floor" not in r for w, r in rows.items() if w != "farm")
+    assert "# farm: " in proc.stderr and "this machine's floor, no scheduler: " in proc.stderr
     assert [t["met"] for t in rows["fault"]["targets"]] == [True]
     assert [t["met"] for t in rows["nested"]["targets"]] == [True]
     # Dask and Ray were not chosen here: their targets are not judged, not missed.
