@@ -95,7 +95,7 @@ def test_bench_quick_json_lines_are_well_formed_and_every_result_verified() -> N
     assert farm["cpu_s"]["gmpd"]["ms"] >= farm["task_cpu_s"]["gmpd"] > 0  # an M's CPU counts its tasks'
     # The machine's own floor for farm: bare processes, once a round, no system running.
     floor = farm["floor"]
-    assert 0.3 < floor["min"] <= floor["median"] <= floor["max"] <= 1.02, floor
+    assert 0 < floor["min"] <= floor["median"] <= floor["max"] <= 1.02, floor
     assert all("floor" not in r for w, r in rows.items() if w != "farm")
     assert "# farm: " in proc.stderr and "this machine's floor, no scheduler: " in proc.stderr
     assert [t["met"] for t in rows["fault"]["targets"]] == [True]
@@ -115,7 +115,7 @@ def test_ratio_vs_best_peer_points_the_same_way_for_both_kinds_of_unit() -> None
 
 @pytest.mark.timeout(60)
 def test_farm_floor_fails_plainly_when_its_processes_do(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert 0.3 < bench.bare_farm(2, 20, peers.Deadline(30)) <= 1.02
+    assert 0 < bench.bare_farm(2, 20, peers.Deadline(30)) <= 1.02  # (any load: a busy machine reads low)
     monkeypatch.setattr(bench, "BARE_BURNER", "import sys; sys.exit(3)")
     with pytest.raises(bench.WrongResult, match="did not start"):
         bench.bare_farm(2, 20, peers.Deadline(30))
