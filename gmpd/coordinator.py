@@ -716,10 +716,16 @@ class Coordinator:
         if node.op_record(m)[1] != runq.OpState.IDLE or not safe or holds_more or info.batches:
             self.fence_m(info, Doom.FENCED)
             return
+        if state == MState.RUNNING:
+            # The mark first, then the fence: an M entering OWNING (its P's
+            # arena and queue, from task code) CASes from RUNNING and then
+            # checks its P, so either it finds the mark or this CAS fails.
+            if not node.m_cas_state(m, MState.RUNNING, MState.ASLEEP):
+                self.fence_m(info, Doom.FENCED)  # it moved since our look: not one to leave alive
+                return
+            node.sched_add(Counter.RUNNING, -1)  # it gives the count back when it resumes
         info.stalled = True
         self.count(Counter.FENCED)
-        if state == MState.RUNNING and node.m_cas_state(m, MState.RUNNING, MState.ASLEEP):
-            node.sched_add(Counter.RUNNING, -1)  # it gives the count back when it resumes
         p = self.fence(m)
         if p >= 0:
             self.make_idle(p, front=True)

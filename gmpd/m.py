@@ -1041,13 +1041,41 @@ class M:
         return self.in_task(self.go_running, payload)
 
     def go_running(self, payload: bytes) -> ChildFuture:
-        assert self.runq is not None
-        h = self.node.g_new(self.p, payload, parent=self.curg)
-        batch = self.runq.put_next(h)
+        self.own_p()
+        try:
+            assert self.runq is not None
+            h = self.node.g_new(self.p, payload, parent=self.curg)
+            batch = self.runq.put_next(h)
+        finally:
+            self.node.m_set(self.m, state=MState.RUNNING)  # (OWNING is ours alone to leave)
         if batch is not None:
             self.spill(batch)
         self.wakep()
         return ChildFuture(self, h)
+
+    def own_p(self) -> None:
+        """Task code is about to use our P's arena and queue: enter OWNING,
+        then check the P (Dekker with the coordinator's on_stalled, which
+        marks a stopped M ASLEEP by CAS before it fences the P).  Stopped
+        before the CAS, we find the mark and get a P the usual way
+        (resync); stopped after it, on_stalled sees OWNING and kills us
+        rather than let us resume into a P another M has."""
+        node = self.node
+        while True:
+            if node.m_cas_state(self.m, MState.RUNNING, MState.OWNING):
+                if self.p >= 0 and node.p_held(self.p, self.m, self.epoch):
+                    stop_owning()
+                    return
+                # (Not seen: our P gone unmarked.)  Leave as from a syscall whose P was retaken.
+                node.m_set(self.m, state=MState.IDLE)
+                node.sched_add(Counter.RUNNING, -1)
+                self.p = -1
+                self.exitsyscall()
+                continue
+            state = node.m_info(self.m)[0]
+            if state not in (MState.RUNNING, MState.ASLEEP):  # (RUNNING again: a mark undone)
+                raise GmpdError(f"gmpd M {self.m} ran task code in state {MState(state).name}: a bug in gmpd")
+            self.resync()  # marked ASLEEP (sysmon, or stopped past the lease): claim it, get a P
 
     def checkpoint(self) -> bool:
         """gmpd.checkpoint(): if sysmon flagged our P (one G ran 10 ms), give
@@ -1059,8 +1087,13 @@ class M:
     def checkpoint_running(self) -> bool:
         if self.p < 0 or self.runq is None or not self.node.p_ticks(self.p)[2]:
             return False
-        self.node.set_preempt(self.p, False)
-        gs = self.runq.drain()
+        self.own_p()
+        try:
+            assert self.runq is not None
+            self.node.set_preempt(self.p, False)
+            gs = self.runq.drain()
+        finally:
+            self.node.m_set(self.m, state=MState.RUNNING)
         if gs:
             self.spill(gs)
         self.node.sched_add(Counter.YIELDS, 1)
@@ -1217,6 +1250,21 @@ class M:
 
 
 _OFFER_CRASH = os.environ.get("GMPD_TEST_OFFER_CRASH", "").partition(":")
+_STOP_OWNING = os.environ.get("GMPD_TEST_STOP_OWNING", "")
+
+
+def stop_owning() -> None:
+    """Test hook (tests/test_fault.py): with GMPD_TEST_STOP_OWNING set to a
+    marker file, SIGSTOP the first M to get there inside own_p's window,
+    once (it writes its pid into the marker, which it creates exclusively)."""
+    if _STOP_OWNING:
+        try:
+            fd = os.open(_STOP_OWNING, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def offer_crash(step: str) -> None:

@@ -76,6 +76,11 @@ class MState(enum.IntEnum):
     # mark must never turn an M's own gmpd.syscall() state back to RUNNING.
     ASLEEP = 10
     ASKING = 11  # a LeaseRequest on its way (back from a syscall): wakeable, never granted
+    # Task code of this M is using its P's arena and queue (gmpd.go,
+    # gmpd.checkpoint): entered by CAS from RUNNING and only then is the P
+    # checked, so an M stopped inside is never taken for a safe one
+    # (on_stalled kills it) and one stopped before it finds its mark.
+    OWNING = 12
 
 
 class Counter(enum.IntEnum):

@@ -176,6 +176,44 @@ def test_a_stopped_m_running_nested_gs_is_killed_and_recovered() -> None:
         assert ex.submit(slow_square, 5).result(timeout=30) == 25
 
 
+def test_an_m_stopped_while_its_task_uses_its_p_is_killed_not_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gmpd.go from a task puts the child in the P's arena and queue.  An M
+    stopped between its check that the P is still its own and those writes
+    was taken for one that could resume (a lone root, asleep): sysmon
+    retook its P, or the lease expired, and another M used the arena and
+    queue; resumed, it wrote into them beside that M.  Now such an M is in
+    OWNING: sysmon cannot mark it, and past the lease it is killed and its
+    task runs again."""
+    marker = tmp_path / "stopped"
+    monkeypatch.setenv("GMPD_TEST_STOP_OWNING", str(marker))
+    with gmpd.Executor(2, lease_ttl=0.3, retries=10) as ex:
+        futures = [ex.submit(fan_sum, i, 30) for i in range(40)]
+        deadline = time.monotonic() + 20
+        while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        victim = int(marker.read_text())
+        try:
+            deadline = time.monotonic() + 10
+            while psutil.pid_exists(victim) and time.monotonic() < deadline:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    if psutil.Process(victim).status() == psutil.STATUS_ZOMBIE:
+                        break
+                time.sleep(0.02)
+            alive = psutil.pid_exists(victim) and psutil.Process(victim).status() != psutil.STATUS_ZOMBIE
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGCONT)
+        assert not alive, "the M stopped inside OWNING was left to resume"
+        assert [f.result(timeout=60) for f in futures] == [sum(j * j for j in range(30))] * 40
+        assert ex.statistics().m_lost >= 1
+
+
+def fan_sum(i: int, n: int) -> int:
+    return sum(gmpd.go(slow_square, j, 0.001).result() for j in range(n))
+
+
 def parent_of_sleeper() -> int:
     value: int = gmpd.go(whoami_after_then, 1.0, 3).result()
     return value
