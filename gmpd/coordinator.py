@@ -716,17 +716,24 @@ class Coordinator:
         if node.op_record(m)[1] != runq.OpState.IDLE or not safe or holds_more or info.batches:
             self.fence_m(info, Doom.FENCED)
             return
+        left = state
         if state == MState.RUNNING:
-            # The mark first, then the fence: an M entering OWNING (its P's
-            # arena and queue, from task code) CASes from RUNNING and then
-            # checks its P, so either it finds the mark or this CAS fails.
             if not node.m_cas_state(m, MState.RUNNING, MState.ASLEEP):
                 self.fence_m(info, Doom.FENCED)  # it moved since our look: not one to leave alive
                 return
             node.sched_add(Counter.RUNNING, -1)  # it gives the count back when it resumes
+            left = MState.ASLEEP
+        p = self.fence(m)
+        if node.m_info(m)[0] != left:
+            # It moved between our look and the fence (resumed: it claimed
+            # our mark, entered OWNING, left its syscall): it may be using
+            # the P we just fenced.  Killed; its recovery hands the P on.
+            # (The other half of the pair: an M enters OWNING or leaves its
+            # mark by CAS on its state, then checks its P.)
+            self.fence_m(info, Doom.FENCED)
+            return
         info.stalled = True
         self.count(Counter.FENCED)
-        p = self.fence(m)
         if p >= 0:
             self.make_idle(p, front=True)
             self.handoffp(p)

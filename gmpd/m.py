@@ -1063,7 +1063,11 @@ class M:
         node = self.node
         while True:
             if node.m_cas_state(self.m, MState.RUNNING, MState.OWNING):
-                if self.p >= 0 and node.p_held(self.p, self.m, self.epoch):
+                if self.p >= 0 and (
+                    node.p_held(self.p, self.m, self.epoch)
+                    # (sysmon's P half of a mark we claimed before it landed: ours, back to RUNNING)
+                    or (self.marked_p() and node.exitsyscall(self.p, self.m, self.epoch))
+                ):
                     stop_owning()
                     return
                 # (Not seen: our P gone unmarked.)  Leave as from a syscall whose P was retaken.
@@ -1074,7 +1078,10 @@ class M:
                 continue
             state = node.m_info(self.m)[0]
             if state not in (MState.RUNNING, MState.ASLEEP):  # (RUNNING again: a mark undone)
-                raise GmpdError(f"gmpd M {self.m} ran task code in state {MState(state).name}: a bug in gmpd")
+                raise GmpdError(
+                    f"gmpd.go or gmpd.checkpoint called in M state {MState(state).name}: from a signal"
+                    " handler or a finalizer that ran inside another such call? (or a bug in gmpd)"
+                )
             self.resync()  # marked ASLEEP (sysmon, or stopped past the lease): claim it, get a P
 
     def checkpoint(self) -> bool:
@@ -1087,8 +1094,11 @@ class M:
     def checkpoint_running(self) -> bool:
         if self.p < 0 or self.runq is None or not self.node.p_ticks(self.p)[2]:
             return False
+        flagged = self.p
         self.own_p()
         try:
+            if self.p != flagged:
+                return False  # (the flagged P went meanwhile; the one we have now was not flagged)
             assert self.runq is not None
             self.node.set_preempt(self.p, False)
             gs = self.runq.drain()

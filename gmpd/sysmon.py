@@ -194,7 +194,7 @@ class Sysmon:
             idle_help = sched[Counter.NMSPINNING] + sched[Counter.NPIDLE] > 0
             if node.runq_empty(p) and idle_help and now - pd.syscallwhen < self.grace_s:
                 continue
-            if node.m_info(owner)[0] in (MState.RUNNING, MState.IDLE, MState.SPINNING):
+            if node.m_info(owner)[0] in (MState.RUNNING, MState.IDLE, MState.SPINNING, MState.OWNING):
                 # Its M claimed our mark before we moved the P (mark_asleep)
                 # and runs on it, or spins on it: leave it; the M takes the P
                 # word back to RUNNING at its next look (check_lease,

@@ -201,7 +201,9 @@ def test_an_m_stopped_while_its_task_uses_its_p_is_killed_not_resumed(
                     if psutil.Process(victim).status() == psutil.STATUS_ZOMBIE:
                         break
                 time.sleep(0.02)
-            alive = psutil.pid_exists(victim) and psutil.Process(victim).status() != psutil.STATUS_ZOMBIE
+            alive = False
+            with contextlib.suppress(psutil.NoSuchProcess):  # (reaped meanwhile)
+                alive = psutil.Process(victim).status() != psutil.STATUS_ZOMBIE
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGCONT)

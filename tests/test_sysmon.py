@@ -432,16 +432,19 @@ def test_a_p_sysmon_marked_asleep_gets_the_grace_of_a_new_syscall(nm: NodeMemory
         mon.close()
 
 
-def test_a_spinning_m_whose_p_was_marked_after_its_last_g_keeps_it(nm: NodeMemory) -> None:
+@pytest.mark.parametrize("state", [MState.SPINNING, MState.OWNING])
+def test_an_m_whose_p_was_marked_after_it_looked_keeps_it(nm: NodeMemory, state: MState) -> None:
     """sysmon's move of a P to SYSCALL can land after its M's last G ended
     and its M checked the lease; the M then spins on it (its state SPINNING,
     no G): a retake then gave the P, and the arena the M still uses until
-    drop_p, to a second M."""
+    drop_p, to a second M.  Likewise after an M claimed the mark's first
+    half and entered OWNING (task code writing the P's arena and queue)."""
     node = nm.node
     mon = Sysmon(nm, "ipc:///nonexistent/gmpd-test")  # (its messages only queue)
     try:
         assert node.acquirep(0, 0, 1)
-        node.m_set(0, pid=os.getpid(), p=0, curg=0, state=MState.SPINNING)
+        curg = node.g_new(0, b"x") if state == MState.OWNING else 0
+        node.m_set(0, pid=os.getpid(), p=0, curg=curg, state=state)
         assert node.p_cas(0, (PStatus.RUNNING, 0, 1), (PStatus.SYSCALL, 0, 1))  # the late move
         now = time.monotonic()
         for _ in range(5):
