@@ -212,8 +212,8 @@ def bare_farm(workers: int, n: int, d: Deadline) -> float:
                 )
             )
         for p in procs:  # every one imported and waiting: then all go at once
-            started = read_line(p, d, "farm floor: a bare process did not start")
-            check(started == b"ready\n", "farm floor: a bare process did not start")
+            late = "farm floor: a bare process did not start"
+            check(read_line(p, d, late) == b"ready\n", late)
         t = time.perf_counter()
         for p in procs:
             assert p.stdin is not None

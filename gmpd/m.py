@@ -1035,8 +1035,7 @@ class M:
 
     def go(self, payload: bytes) -> ChildFuture:
         """gmpd.go inside a task: the child goes into runnext, no socket."""
-        if not self.in_syscall:  # (in_task's common case, inline: see in_task)
-            self.resync()
+        if not self.in_syscall:  # (in_task's common case, inline: see in_task; own_p resyncs)
             return self.go_running(payload)
         return self.in_task(self.go_running, payload)
 
@@ -1068,7 +1067,8 @@ class M:
                     # (sysmon's P half of a mark we claimed before it landed: ours, back to RUNNING)
                     or (self.marked_p() and node.exitsyscall(self.p, self.m, self.epoch))
                 ):
-                    stop_owning()
+                    if _STOP_OWNING:
+                        stop_owning()
                     return
                 # (Not seen: our P gone unmarked.)  Leave as from a syscall whose P was retaken.
                 node.m_set(self.m, state=MState.IDLE)
@@ -1267,14 +1267,13 @@ def stop_owning() -> None:
     """Test hook (tests/test_fault.py): with GMPD_TEST_STOP_OWNING set to a
     marker file, SIGSTOP the first M to get there inside own_p's window,
     once (it writes its pid into the marker, which it creates exclusively)."""
-    if _STOP_OWNING:
-        try:
-            fd = os.open(_STOP_OWNING, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        os.kill(os.getpid(), signal.SIGSTOP)
+    try:
+        fd = os.open(_STOP_OWNING, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def offer_crash(step: str) -> None:
