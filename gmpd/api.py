@@ -22,7 +22,7 @@ from gmpd.g import encode_task
 def go(fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
     """Run ``fn(*args, **kwargs)`` as a new G; returns its future."""
     cur = m.CURRENT
-    if cur is not None and cur.curg:
+    if cur is not None and cur.in_task_thread():
         return cur.go(encode_task(fn, args, kwargs))
     from gmpd.executor import active_executor  # noqa: PLC0415 (a client's path: Ms never import it)
 
@@ -42,7 +42,7 @@ def syscall() -> Iterator[None]:
     takes its P back if nobody took it, else any idle P, else it waits for
     one.  Outside a task (in a client) it does nothing."""
     cur = m.CURRENT
-    if cur is None or not cur.curg or not cur.entersyscall():
+    if cur is None or not cur.in_task_thread() or not cur.entersyscall(True):
         yield
         return
     try:
@@ -59,4 +59,4 @@ def checkpoint() -> bool:
     the global queue, so idle Ps run them now.  Cheap (one shared-memory
     read) when there is nothing to do; False outside a task."""
     cur = m.CURRENT
-    return cur is not None and bool(cur.curg) and cur.checkpoint()
+    return cur is not None and cur.in_task_thread() and cur.checkpoint()

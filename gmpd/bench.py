@@ -304,13 +304,17 @@ def blocking(sleep_kind: str, cpu_only: bool) -> Callable[[System, int, Deadline
     def run(s: System, n: int, d: Deadline) -> tuple[float, Extra]:
         items = blocking_items(n, sleep_kind)
         gmpd_ex = s.ex if isinstance(s, peers.GmpdSystem) else None
-        handed = gmpd_ex.statistics().handoffs if gmpd_ex is not None else 0
+        stats = gmpd_ex.statistics() if gmpd_ex is not None else None
         before = cpu_now(s)
         ratio, makespan, ideal, task_cpu = mix_ratio(s, items, d)
         extra: Extra = {"ideal_s": ideal, "makespan_s": makespan, "task_cpu_s": task_cpu}
         extra.update(cpu_extra(s, before))  # (the mixed run's alone, not cpu_only's)
-        if gmpd_ex is not None:  # Ps sysmon retook from Gs in syscalls and gave on to another M
-            extra["handoffs"] = float(gmpd_ex.statistics().handoffs - handed)
+        if gmpd_ex is not None and stats is not None:
+            # Ps of Gs in syscalls that a standby thread of the same M ran
+            # meanwhile, and those sysmon retook and gave on to another M.
+            after = gmpd_ex.statistics()
+            extra["takeovers"] = float(after.takeovers - stats.takeovers)
+            extra["handoffs"] = float(after.handoffs - stats.handoffs)
         if cpu_only:
             extra["cpu_only"] = mix_ratio(s, [it for it in items if it[0] == "cpu"], d)[0]
         return ratio, extra
@@ -822,7 +826,10 @@ def blocking_why(row: dict[str, Any]) -> str:
     if not base or floor is None or started is None:
         return base
     handoffs = (row.get("handoffs") or {}).get("gmpd")
+    takeovers = (row.get("takeovers") or {}).get("gmpd")
     handed = f", {handoffs:g} Ps handed on to another M" if handoffs is not None else ""
+    if takeovers is not None:
+        handed += f", {takeovers:g} taken over by a thread of the same M"
     return (
         f"its CPU tasks alone reach {floor:.3g}; {started:g} Ms started for Gs asleep in syscalls{handed}; "
         + base

@@ -30,6 +30,7 @@ DEFAULTS: dict[str, dict[str, int]] = {
         "max_rss_mb": 0,
         "rss_kill": 0,
         "import_grace_ms": 30_000,
+        "max_threads": 8,
     },
     "coordinator": {"lease_ttl_ms": 5000},
     "client": {"offers": 1},

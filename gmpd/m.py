@@ -1,6 +1,9 @@
 """An M: one worker process running the schedule loop of gmpd.sched.
 
-The main thread runs the loop and task code.  A native thread (no GIL)
+One thread at a time holds the M (``M.holder``) and runs the loop and task
+code: the main thread, or a standby thread that took the P over while the
+holder's task blocked in gmpd.syscall() (Go's M is a thread: see
+``M.takeover``).  A native thread (no GIL)
 stamps the M's heartbeat in node memory, from which the coordinator renews
 its P lease, so a task that never returns cannot stop the renewal; a
 Python heartbeat thread sends results that wait behind a long G and exits
@@ -11,7 +14,9 @@ Runs in: an M process (forked by the node agent's template process).
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import faulthandler
 import os
 import pickle
@@ -21,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -88,6 +94,9 @@ PREFETCH_AT = 32
 # comes before that G ends.
 PREFETCH_AHEAD_S = 0.002
 MAX_INLINE_DEPTH = 32  # nesting bound for join-helping
+# M.takeable: where the holder blocks, another thread of the M may take it over.
+TAKE_SYSCALL = 1  # a gmpd.syscall(): a standby (sysmon wakes it) or a thread back from its own call
+TAKE_JOIN = 2  # a join on a child running elsewhere: a thread back from its call only
 
 CURRENT: M | None = None  # this process's M, while it runs task code
 
@@ -271,6 +280,22 @@ class ChildFuture(LazyFuture):
         return super().exception(0)
 
 
+@dataclasses.dataclass(slots=True)
+class Unit:
+    """A thread whose G blocks in a syscall while another thread holds the
+    M: its G chain (``head``, the G it runs; ``bottom``, the outermost) and
+    what it had of the M's per-G fields."""
+
+    ident: int
+    head: int
+    bottom: int
+    depth: int
+    slice_start: float
+    last_run: float
+    deadline: int
+    join: bool  # blocked in a join (block_on_child), not a gmpd.syscall()
+
+
 class M:
     def __init__(
         self, nm: NodeMemory, m: int, *, endpoint: str, results: str, lifeline: int, spin_ms: int
@@ -323,6 +348,17 @@ class M:
         self.spare = m > self.nprocs  # beyond the first GOMAXPROCS + 1: may exit when idle
         self.in_syscall = False  # inside gmpd.syscall() (or a blocked join)
         self.deadline = 0  # monotonic ns the running task must end by (0: none)
+        # Standby threads (takeover): one thread holds the M; the fields
+        # above (P, queue, sockets, current G) are the holder's alone.
+        self.max_threads = mconf["max_threads"]
+        self.holder = threading.get_ident()
+        self.baton = threading.Lock()  # holder, takeable, and the P's CAS between takeover and exitsyscall
+        self.takeable = 0  # TAKE_SYSCALL, TAKE_JOIN: the holder blocks where it may be taken over
+        self.units: list[Unit] = []  # threads whose G blocks in a syscall meanwhile, oldest first
+        self.returners: collections.deque[tuple[int, threading.Event]] = collections.deque()
+        self.threads = 1  # threads that run Gs or stand by for it
+        self.bottom = 0  # the holder's outermost G
+        self.hb: threading.Thread | None = None  # the heartbeat thread (heartbeat)
 
     # ---- talking to the coordinator ---------------------------------------
 
@@ -757,7 +793,9 @@ class M:
                 state = node.m_info(self.m)[0]
                 if state in (MState.WAKING, MState.GRANTED):
                     break
-                if self.spare and time.monotonic() > idle_until and not self.stash:
+                if self.returners and node.m_cas_state(self.m, MState.PARKED, MState.IDLE):
+                    break  # a thread back from its syscall: handover (schedule) gives it the M
+                if self.spare and time.monotonic() > idle_until and not self.stash and not self.units:
                     # A CAS, so a coordinator waking us right now either wins or sees us gone.
                     if node.m_cas_state(self.m, MState.PARKED, MState.EXITING):
                         raise Retire("idle")
@@ -767,6 +805,10 @@ class M:
                     unasked = self.recv(0)  # a Bye (raised), or the Grant a GRANTED wake brings
         finally:
             node.sched_add(Counter.NMIDLE, -1)
+        if state not in (MState.WAKING, MState.GRANTED):
+            if isinstance(unasked, wire.Grant):
+                self.stash_batch(unasked)  # (a stray)
+            return
         if state == MState.GRANTED:
             self.take_wake_grant(unasked)
             return
@@ -779,10 +821,16 @@ class M:
 
     # ---- syscalls (gmpd.syscall; sysmon retakes, gmpd.sysmon) ------------
 
-    def entersyscall(self) -> bool:
+    def entersyscall(self, takeable: bool = False) -> bool:
         """The P stays ours in status SYSCALL; we stop counting as running
-        task code before the call can block.  False if we hold no P."""
+        task code before the call can block.  False if we hold no P (or
+        this thread does not hold the M: a nested call on a thread whose M
+        was taken over).  ``takeable`` (gmpd.syscall): if the call lasts, a
+        standby thread of this M may take the P over (takeover) rather
+        than sysmon handing it to another M."""
         node = self.node
+        if self.holder != threading.get_ident():
+            return False
         self.resync()
         if self.p < 0:
             return False
@@ -801,6 +849,13 @@ class M:
                 node.sched_add(Counter.RUNNING, 1)
             else:
                 node.m_set(self.m, state=MState.SYSCALL)  # (a state only we write)
+        # Last: a takeover (or rejoin) finds the P and our state as a
+        # syscall leaves them.  Not with a deadline in our chain: a kill for
+        # a timeout fails every timed task the M holds, and a taken-over M
+        # holds more than ours.
+        if takeable and not self.deadline and self.standby_ready():
+            self.takeable = TAKE_SYSCALL
+            self.pass_on()
         self.wake_sysmon()
         return True
 
@@ -816,7 +871,17 @@ class M:
     def exitsyscall(self) -> None:
         """Take our P back by CAS if sysmon did not retake it; else any idle
         P; else park until the coordinator hands us one.  Only then does
-        the M run Python task code again (the GOMAXPROCS invariant)."""
+        the M run Python task code again (the GOMAXPROCS invariant).  A
+        thread whose P a standby took over meanwhile waits for the M
+        instead (rejoin)."""
+        if self.takeable or self.holder != threading.get_ident():
+            with self.baton:
+                taken = self.holder != threading.get_ident()
+                if not taken:
+                    self.takeable = 0  # no standby may take the P now (else the flag is the holder's)
+            if taken:
+                self.rejoin()
+                return
         node = self.node
         if self.p < 0 or not (
             node.exitsyscall(self.p, self.m, self.epoch)
@@ -829,6 +894,189 @@ class M:
         self.in_syscall = False
         node.sched_add(Counter.RUNNING, 1)
         node.m_set(self.m, state=MState.RUNNING)
+
+    # ---- standby threads (Go's M is a thread) ------------------------------
+    #
+    # While a G blocks in gmpd.syscall(), Go hands its P to another thread.
+    # Here that thread is a standby thread of the same process, parked on
+    # its slot's standby word: sysmon, finding the P still in the syscall
+    # after a tick, wakes one (gmpd.sysmon, standby), which takes the P back
+    # under the same lease by the syscall's own CAS and holds the M from
+    # then on: no other process (fork, imports, sockets) and no coordinator
+    # round trip.  The GIL keeps one thread of a process running Python, as
+    # one P allows.  The blocked thread, back, finds the M taken (exitsyscall)
+    # and waits; the holder gives it the M at its next scheduling point
+    # (handover) and stands by.  Recovery finds every G the M was running
+    # by following curg and each G's outer: the blocked threads' chains are
+    # kept on that path (relink), so a G blocked when its M died is charged
+    # like the one running.
+
+    def standby_ready(self) -> bool:
+        """A standby thread is parked, or one is started now (up to
+        max_threads): a call that lasts can be taken over."""
+        if self.node.m_standby(self.m)[1]:
+            return True
+        if self.threads >= self.max_threads:
+            return False
+        self.threads += 1
+        threading.Thread(target=self.standby_main, name="gmpd-standby", daemon=True).start()
+        return True
+
+    def standby_main(self) -> None:
+        """A standby thread's life: once it takes the M over, it holds it
+        (the main thread may be blocked in a task, or standing by), and
+        ends the process when the M ends."""
+        try:
+            self.stand_by()
+            code = self.hold()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+    def stand_by(self) -> None:
+        """Park until this thread takes the M over."""
+        node, me = self.node, threading.get_ident()
+        while True:
+            seen = node.m_standby(self.m)[0]
+            node.standby_park(self.m, seen)
+            with self.baton:
+                took = self.takeover(me, standby=True)
+            if took:
+                # The next call that lasts needs a standby parked by then: one
+                # started at its entry is not yet when sysmon looks.
+                self.standby_ready()
+                return
+
+    def takeover(self, me: int, standby: bool) -> bool:
+        """Thread ``me`` takes the M over from a holder blocked where that
+        is allowed (``takeable``), under ``self.baton``.  A ``standby``
+        takes only a gmpd.syscall()'s P, while the call still has it: the
+        syscall's CAS back to RUNNING, under the same lease, arbitrates
+        with the holder's exitsyscall.  A thread back from its own call
+        also takes a holder in a join (which may wait on Gs that need this
+        very thread to go on: it must not wait for the join), with the P
+        if the join still has it, else without one."""
+        node = self.node
+        if not self.takeable or (standby and self.takeable != TAKE_SYSCALL):
+            return False
+        if self.p < 0 or not node.exitsyscall(self.p, self.m, self.epoch):
+            if standby or (self.p >= 0 and node.p_state(self.p)[1:] == (self.m, self.epoch)):
+                return False  # (a standby has nothing to run; a P still ours: its holder is leaving the call)
+            self.p, self.runq = -1, None  # retaken (a join's): we ask for one (rejoin)
+            node.m_set(self.m, p=-1)
+        join = self.takeable == TAKE_JOIN
+        blocked = Unit(
+            self.holder,
+            self.curg,
+            self.bottom,
+            self.depth,
+            self.slice_start,
+            self.last_run,
+            self.deadline,
+            join,
+        )
+        self.units.append(blocked)
+        self.holder, self.takeable, self.in_syscall = me, 0, False
+        self.curg = self.bottom = self.depth = self.deadline = 0
+        self.slice_start, self.last_run = time.monotonic(), 0.0
+        # Between Gs; its curg stays the blocked G (recovery's path), its
+        # count stays out (the blocked thread took it out), its deadline in
+        # the slot (publish_deadline).
+        node.m_set(self.m, state=MState.IDLE, tid=threading.get_native_id(), blocked=self.blocked())
+        node.sched_add(Counter.TAKEOVERS, 1)
+        return True
+
+    def blocked(self) -> int:
+        """Threads of this M blocked in a gmpd.syscall() while another
+        holds it (sysmon's checkdead: such an M may go on)."""
+        return sum(1 for u in self.units if not u.join)
+
+    def publish_deadline(self) -> None:
+        """The slot's deadline (sysmon's watchdog): the first of the
+        holder's and those of the Gs blocked on other threads."""
+        ns = self.deadline
+        for unit in self.units:
+            if unit.deadline and (not ns or unit.deadline < ns):
+                ns = unit.deadline
+        self.node.m_set_deadline(self.m, ns)
+
+    def rejoin(self) -> None:
+        """exitsyscall for a thread whose P was taken over: get the M back,
+        from the holder at its next scheduling point (or at once if the
+        holder sits in a gmpd.syscall() itself), then go on with our G:
+        the P it holds, else any (acquire_any_p)."""
+        me, node = threading.get_ident(), self.node
+        given = threading.Event()
+        with self.baton:
+            took = self.takeover(me, standby=False)
+            if not took:
+                self.returners.append((me, given))
+        if not took:
+            node.wake(self.m)  # the holder may be parked (stopm)
+            given.wait()
+        unit = next(u for u in self.units if u.ident == me)
+        self.units.remove(unit)
+        self.curg, self.bottom, self.depth = unit.head, unit.bottom, unit.depth
+        self.slice_start, self.last_run, self.deadline = unit.slice_start, unit.last_run, unit.deadline
+        self.in_syscall = False
+        self.relink()
+        node.m_set(self.m, curg=self.curg, tid=threading.get_native_id(), blocked=self.blocked())
+        self.publish_deadline()
+        if self.p < 0:
+            self.acquire_any_p()
+        node.sched_add(Counter.RUNNING, 1)
+        node.m_set(self.m, state=MState.RUNNING)
+
+    def pass_on(self) -> None:
+        """Blocking now (takeable): a thread back from its call that waits
+        for the M gets it at once (Go's handoffp, to an M that waits for a
+        P).  It had asked while we ran; waiting for our next scheduling
+        point could be forever (a join whose child needs that thread)."""
+        if not self.returners:
+            return
+        with self.baton:
+            ident, given = self.returners[0]
+            if not self.takeover(ident, standby=False):
+                return
+            self.returners.popleft()
+        given.set()
+
+    def handover(self) -> None:
+        """A scheduling point with a thread back from its syscall waiting:
+        it gets the M (and our P, if we hold one); this thread stands by."""
+        with self.baton:
+            ident, given = self.returners.popleft()
+            self.holder = ident
+        given.set()
+        self.stand_by()
+
+    def chain(self) -> int:
+        """The G a top-level G of the holder runs inside, for recovery:
+        the last blocked thread's, else none."""
+        return self.units[-1].head if self.units else 0
+
+    def relink(self) -> None:
+        """Keep every G this M runs on recovery's path (curg, then each
+        G's outer): the holder's chain, then each blocked thread's, newest
+        first.  After a blocked thread comes back out of order."""
+        below = 0
+        for unit in self.units:
+            self.node.g_set_owner(unit.bottom, self.m, below)
+            below = unit.head
+        if self.bottom:
+            self.node.g_set_owner(self.bottom, self.m, below)
+
+    def in_task_thread(self) -> bool:
+        """The calling thread runs a G of this M: the holder inside one, or
+        a thread whose G blocks in a syscall while another holds the M."""
+        me = threading.get_ident()
+        if me == self.holder:
+            return bool(self.curg)
+        return any(u.ident == me for u in self.units)
 
     def resync(self) -> None:
         """A scheduling point inside a task: if sysmon found this M asleep in
@@ -906,6 +1154,9 @@ class M:
 
     def schedule(self) -> None:
         while not self.stopping:
+            if self.returners:
+                self.handover()
+                continue
             if self.p < 0:
                 self.stopm()
                 continue
@@ -915,8 +1166,9 @@ class M:
             if g:
                 self.execute(g, inherit)
                 self.check_lease()
-                if (self.max_tasks and self.node.m_info(self.m)[6] - self.tasks_before >= self.max_tasks) or (
-                    self.rss_limited and self.node.m_doom(self.m)[1] == Doom.MEMORY
+                if not self.units and (
+                    (self.max_tasks and self.node.m_info(self.m)[6] - self.tasks_before >= self.max_tasks)
+                    or (self.rss_limited and self.node.m_doom(self.m)[1] == Doom.MEMORY)
                 ):
                     # A batch we hold outside node memory (a long-poll's
                     # answer read after an offer) goes into the P's queue
@@ -945,6 +1197,8 @@ class M:
             self.slice_start = time.monotonic()
         outer = self.curg
         self.curg = h
+        if not outer:
+            self.bottom = h
         # In one call (node.g_begin): a new slice unless inherited (schedtick
         # + 1, the preempt flag was for the G before); the G's owner and
         # outer G (recovery follows curg -> outer after a crash); our state
@@ -954,7 +1208,7 @@ class M:
         # it); the RUNNING count + 1 unless nested (an M counts once,
         # however deep it nests inline runs).
         payload, parent, root_id = node.g_begin(
-            h, self.m, self.p, outer, not inherit, -1 if outer else MState.RUNNING
+            h, self.m, self.p, outer or self.chain(), not inherit, -1 if outer else MState.RUNNING
         )
         deadline = self.deadline
         watch = None
@@ -966,7 +1220,7 @@ class M:
                 self.deadline = time.monotonic_ns() + ms * 1_000_000
                 if deadline:
                     self.deadline = min(deadline, self.deadline)
-                node.m_set_deadline(self.m, self.deadline)
+                self.publish_deadline()
 
             # Unpickling may import the task's modules on this M (a fresh
             # one, on a loaded machine, took longer than a 0.3 s timeout and
@@ -996,7 +1250,7 @@ class M:
                 node.sched_add(Counter.RUNNING, -1)
             if self.deadline != deadline:
                 self.deadline = deadline
-                node.m_set_deadline(self.m, deadline)
+                self.publish_deadline()
         if not left:
             node.m_ran(self.m)
         self.last_run = time.monotonic() - started
@@ -1012,7 +1266,9 @@ class M:
                 err = error_payload(GmpdError(f"result too large for the node's G arena: {exc}"))
                 node.g_set_result(h, self.p, err, wire.RAISED)
         self.curg = outer
-        node.m_run(self.m, outer, -1 if outer else MState.IDLE)
+        if not outer:
+            self.bottom = 0
+        node.m_run(self.m, outer or self.chain(), -1 if outer else MState.IDLE)
 
     def in_task(self, call: Callable[..., T], *args: Any) -> T:
         """Run a gmpd call made by task code: it needs the P in RUNNING, so
@@ -1024,18 +1280,18 @@ class M:
         every nesting level of a recursion (task -> result() -> inline
         child -> ...), and nested fib ran 2x slower (0.15 -> 0.41-0.55 s in
         the bench; measured, seventh session)."""
-        if not self.in_syscall:
+        if not self.in_syscall and self.holder == threading.get_ident():
             self.resync()
             return call(*args)
         self.exitsyscall()
         try:
             return call(*args)
         finally:
-            self.entersyscall()
+            self.entersyscall(True)
 
     def go(self, payload: bytes) -> ChildFuture:
         """gmpd.go inside a task: the child goes into runnext, no socket."""
-        if not self.in_syscall:  # (in_task's common case, inline: see in_task; own_p resyncs)
+        if not self.in_syscall and self.holder == threading.get_ident():  # (in_task's common case, inline)
             return self.go_running(payload)
         return self.in_task(self.go_running, payload)
 
@@ -1127,7 +1383,7 @@ class M:
         Without the steal, a thief that took half our ring left us parked
         on its running G while our other children sat unstarted in its ring
         (measured: fanout makespan 1.25-1.3 x ideal in most runs)."""
-        if not self.in_syscall:  # (in_task's common case, inline: see in_task)
+        if not self.in_syscall and self.holder == threading.get_ident():  # (in_task's common case, inline)
             self.resync()
             return self.wait_child_running(h, timeout)
         return self.in_task(self.wait_child_running, h, timeout)
@@ -1170,6 +1426,8 @@ class M:
         blocked = self.entersyscall()
         if blocked:
             node.m_set(self.m, state=MState.JOIN)
+            self.takeable = TAKE_JOIN  # (a thread back from its own call must not wait for this join)
+            self.pass_on()
         try:
             while True:
                 if (out := self.child_outcome(h, deadline, timeout)) is not None:
@@ -1221,16 +1479,28 @@ class M:
         # lease pass between our Hello and the native thread's first stamp
         # would read as a stopped M.
         self.node.heartbeat(self.m)
-        self.node.m_set(self.m, pid=os.getpid(), state=MState.NEW)
+        self.node.m_set(self.m, pid=os.getpid(), state=MState.NEW, tid=0)  # (tid 0: the main thread holds it)
         self.node.start_heartbeat(self.m, HEARTBEAT_MS)  # GIL-free: what the coordinator trusts
         self.send(wire.Hello("m", os.getpid(), self.nm.name, self.m))
         hb = threading.Thread(target=self.heartbeat, name="gmpd-heartbeat", daemon=True)
         hb.start()
         self.tasks_before = self.node.m_info(self.m)[6]  # the slot's count from an M before us
+        self.hb = hb
+        # One standby thread from the start: a first gmpd.syscall() that
+        # lasts is taken over too (one started then is not parked yet when
+        # sysmon looks, and the P went to another M, often a new one).
+        self.standby_ready()
+        return self.hold(first=True)
+
+    def hold(self, first: bool = False) -> int:
+        """Run the M on the calling thread until it ends (the main thread
+        from the start, or a standby thread that took it over); its exit
+        status (RETIRED, or 0)."""
         try:
-            reply = self.call(wire.LeaseRequest(self.m, False))
-            if isinstance(reply, wire.Grant) and reply.p >= 0:
-                self.adopt(reply)
+            if first:
+                reply = self.call(wire.LeaseRequest(self.m, False))
+                if isinstance(reply, wire.Grant) and reply.p >= 0:
+                    self.adopt(reply)
             self.schedule()
             return 0
         except Shutdown:
@@ -1243,7 +1513,8 @@ class M:
             # so wait for them (ctx.term) once the heartbeat thread is done
             # with it (a late flush).
             self.stopping = True
-            hb.join(1.0)
+            if self.hb is not None:
+                self.hb.join(1.0)
             self.sock.close(2000)  # Release must reach the coordinator
             with self.flush_lock:
                 self.out.close(2000)

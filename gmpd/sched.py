@@ -121,6 +121,7 @@ class Counter(enum.IntEnum):
     OFFERS = 32  # offered root tasks Ms took from node memory (gmpd.offer)
     MEMGRANTS = 33  # Ps granted in the woken M's slot, no Grant message (coordinator.grant_parked)
     SPINFIXES = 34  # leaked NMSPINNING counts the coordinator took back (coordinator.repair_spinning)
+    TAKEOVERS = 35  # Ps in a gmpd.syscall() a standby thread of the same M took over (gmpd.m)
 
 
 DEEP_SLEEP = 2  # SYSMONWAIT while sysmon sleeps with every P idle (Go's sysmonwait); 1: backed off

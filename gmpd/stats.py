@@ -54,6 +54,7 @@ class Statistics:
     syscalls: int  # entersyscall calls (gmpd.syscall, joins that block)
     retakes: int  # Ps sysmon took from Ms that stayed in a syscall
     handoffs: int  # retaken Ps given on to another M
+    takeovers: int  # Ps in a gmpd.syscall() another thread of the same M ran on meanwhile
     m_exits: int  # Ms that left the pool on their own (idle too long, or recycled)
     preempts: int  # preempt flags sysmon set (one G held a P for 10 ms)
     unmarked_blocks: int  # Ms sysmon found asleep in calls not marked with gmpd.syscall()
@@ -107,6 +108,7 @@ def snapshot(nm: NodeMemory, submitted: int, completed: int, duplicates: int = 0
         syscalls=c[Counter.SYSCALLS],
         retakes=c[Counter.RETAKES],
         handoffs=c[Counter.HANDOFFS],
+        takeovers=c[Counter.TAKEOVERS],
         m_exits=c[Counter.MEXITS],
         preempts=c[Counter.PREEMPTS],
         unmarked_blocks=c[Counter.UNMARKED],

@@ -105,8 +105,10 @@ class PWatch:
     syscalltick: int = -1
     syscallwhen: float = 0.0
     running_when: float = 0.0  # the last round that saw it RUNNING
-    asleep: tuple[int, int, int, int] | None = None  # (pid, curg, schedtick, cpu ticks) seen asleep
+    asleep: tuple[int, int, int, int] | None = None  # (tid, curg, schedtick, cpu ticks) seen asleep
     asleep_when: float = 0.0
+    standby_for: tuple[int, int] = (-1, -1)  # (M, syscalltick) whose standby thread we woke
+    standby_when: float = 0.0
 
 
 class Quiet(enum.IntEnum):
@@ -115,7 +117,7 @@ class Quiet(enum.IntEnum):
     TIME = 0  # checkdead or memcheck is due
     SYSCALL = 1  # a P is in a syscall: retake
     PREEMPT = 2  # a G has had its P for FORCE_PREEMPT_S: preemptone
-    ASLEEP = 3  # a running M's main thread sleeps: detect_blocked
+    ASLEEP = 3  # a running M's thread sleeps: detect_blocked
     NOFD = 4  # a running M whose /proc file is not open yet
     DEADLINE = 5  # a task's deadline passed: the watchdog
     IDLE = 6  # every P is idle: the deep sleep
@@ -126,6 +128,9 @@ WATCHDOG_DOOMS = (Doom.NONE, Doom.MEMORY)  # a deadline the watchdog acts on (no
 QUIET_DOOMS = sum(1 << d for d in WATCHDOG_DOOMS)
 
 UNMARKED_MIN_S = 0.001  # two looks at least this far apart (the issue's 1 ms)
+# A standby thread woken for a P in a syscall has this long to take it
+# before the P is retaken and handed to another M (it takes ~0.1 ms).
+STANDBY_WAIT_S = 0.01
 WATCHDOG_S = 0.005  # task deadlines are checked this often
 MEMCHECK_S = 0.1  # M memory (RSS) is read this often, when a limit is set
 
@@ -152,7 +157,7 @@ class Sysmon:
         self.max_rss, self.rss_kill = mconf["max_rss_mb"] << 20, bool(mconf["rss_kill"])
         self.procs: dict[int, psutil.Process] = {}  # M pid -> its psutil handle
         self.joined: set[int] = set()
-        self.procfds: dict[int, int] = {}  # M pid -> its kept-open /proc stat file
+        self.procfds: dict[int, int] = {}  # M thread id -> its kept-open /proc stat file
         self.reported: set[int] = set()
 
     def retake(self, now: float) -> int:
@@ -194,7 +199,8 @@ class Sysmon:
             idle_help = sched[Counter.NMSPINNING] + sched[Counter.NPIDLE] > 0
             if node.runq_empty(p) and idle_help and now - pd.syscallwhen < self.grace_s:
                 continue
-            if node.m_info(owner)[0] in (MState.RUNNING, MState.IDLE, MState.SPINNING, MState.OWNING):
+            mstate = node.m_info(owner)[0]
+            if mstate in (MState.RUNNING, MState.IDLE, MState.SPINNING, MState.OWNING):
                 # Its M claimed our mark before we moved the P (mark_asleep)
                 # and runs on it, or spins on it: leave it; the M takes the P
                 # word back to RUNNING at its next look (check_lease,
@@ -202,6 +208,8 @@ class Sysmon:
                 # it blocks unmarked before that look, it is marked again
                 # like any M (the P is in SYSCALL already), and retaken.
                 self.detect_blocked(p, pd, owner, epoch, now)
+                continue
+            if self.standby(pd, owner, mstate, syscalltick, now):
                 continue
             new_epoch = node.retake(p, (status, owner, epoch))
             if new_epoch is None:
@@ -211,6 +219,21 @@ class Sysmon:
             self.sock.send(wire.encode(wire.Retaken(p, new_epoch)))  # handoffp, by the lease owner
         return n
 
+    def standby(self, pd: PWatch, m: int, mstate: int, syscalltick: int, now: float) -> bool:
+        """Go hands a P left in a syscall to another thread (handoffp,
+        startm); an M here has standby threads for that (gmpd.m, takeover):
+        wake one, which takes the P back under the same lease and runs its
+        queue, no coordinator and no other process.  True while that is on
+        its way; if the P is still in the same syscall STANDBY_WAIT_S later
+        (the M stopped, or its standby could not take it), retake it."""
+        if pd.standby_for == (m, syscalltick):
+            return now - pd.standby_when < STANDBY_WAIT_S
+        if mstate != MState.SYSCALL or not self.node.m_standby(m)[1]:
+            return False  # (a join, a mark of ours, or no standby parked: the coordinator hands it on)
+        pd.standby_for, pd.standby_when = (m, syscalltick), now
+        self.node.standby_wake(m)
+        return True
+
     def detect_blocked(self, p: int, pd: PWatch, m: int, epoch: int, now: float) -> None:
         """If M ``m`` on P ``p`` sleeps in an unmarked blocking call (two
         looks), mark it (mark_asleep): its P is then in SYSCALL, ready for
@@ -218,11 +241,12 @@ class Sysmon:
         GOMAXPROCS invariant."""
         node = self.node
         state, curg, _p, pid, *_ = node.m_info(m)
-        seen = self.thread_state(pid) if state == MState.RUNNING and curg and pid else None
+        tid = node.m_thread(m)[1]  # (the thread running its Gs: with standby threads, maybe not the main one)
+        seen = self.thread_state(pid, tid) if state == MState.RUNNING and curg and pid else None
         if seen is None or seen[0] not in "SDTt":  # asleep, or stopped (SIGSTOP, a debugger)
             pd.asleep = None
             return
-        look = (pid, curg, pd.schedtick, seen[1])
+        look = (tid, curg, pd.schedtick, seen[1])
         if pd.asleep != look:
             pd.asleep, pd.asleep_when = look, now
             return
@@ -254,21 +278,22 @@ class Sysmon:
         # until the M is marked again (then the P is in SYSCALL already).
         node.p_cas(p, (PStatus.RUNNING, m, epoch), (PStatus.SYSCALL, m, epoch))
 
-    def prune_procfds(self, pids: set[int]) -> None:
-        """Close the /proc files of Ms that are gone (recycled Ms come and go)."""
-        for pid in [pid for pid in self.procfds if pid not in pids]:
-            os.close(self.procfds.pop(pid))
+    def prune_procfds(self, tids: set[int]) -> None:
+        """Close the /proc files of M threads that no longer run Gs (recycled
+        Ms come and go; an M's standby threads take turns)."""
+        for tid in [tid for tid in self.procfds if tid not in tids]:
+            os.close(self.procfds.pop(tid))
 
-    def thread_state(self, pid: int) -> tuple[str, int] | None:
-        """(state letter, utime + stime ticks) of the M's main thread."""
-        fd = self.procfds.get(pid)
+    def thread_state(self, pid: int, tid: int) -> tuple[str, int] | None:
+        """(state letter, utime + stime ticks) of the M's thread ``tid``."""
+        fd = self.procfds.get(tid)
         try:
             if fd is None:
-                fd = self.procfds[pid] = os.open(f"/proc/{pid}/task/{pid}/stat", os.O_RDONLY)
+                fd = self.procfds[tid] = os.open(f"/proc/{pid}/task/{tid}/stat", os.O_RDONLY)
             fields = os.pread(fd, 1024, 0).rsplit(b")", 1)[1].split()
-        except OSError:  # the M exited
+        except OSError:  # the M (or that thread) exited
             if fd is not None:
-                os.close(self.procfds.pop(pid))
+                os.close(self.procfds.pop(tid))
             return None
         return fields[0].decode(), int(fields[11]) + int(fields[12])
 
@@ -306,9 +331,13 @@ class Sysmon:
         a deadlock."""
         node = self.node
         states = [node.m_info(m) for m in range(node.nms - 1)]
-        joined = {m for m, info in enumerate(states) if info[3] and info[0] == MState.JOIN}
+        joined = {  # (an M with a thread in a gmpd.syscall() may go on when it returns: gmpd.m, rejoin)
+            m
+            for m, info in enumerate(states)
+            if info[3] and info[0] == MState.JOIN and not node.m_standby(m)[2]
+        }
         live = {m for m, info in enumerate(states) if info[3] and info[0] != MState.EXITING}
-        self.prune_procfds({info[3] for info in states if info[3]})
+        self.prune_procfds({node.m_thread(m)[1] for m, info in enumerate(states) if info[3]})
         # No new M can help: every slot is taken by a live M (one starting,
         # or one retiring, leaves its slot's pid at 0 and rules this out), or
         # nothing is queued anywhere for it to run (the children waited on

@@ -748,10 +748,11 @@ static int m_cas_state(gmpd_m *mp, uint32_t old, uint32_t new_)
 
 static PyObject *node_m_set(NodeObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"m", "state", "curg", "p", "pid", NULL};
+    static char *kwlist[] = {"m", "state", "curg", "p", "pid", "tid", "blocked", NULL};
     long m;
-    long long state = -1, curg = -1, p = -2, pid = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "l|$LLLL:m_set", kwlist, &m, &state, &curg, &p, &pid) ||
+    long long state = -1, curg = -1, p = -2, pid = -1, tid = -1, blocked = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "l|$LLLLLL:m_set", kwlist, &m, &state, &curg, &p, &pid, &tid,
+                                     &blocked) ||
         !check_m(self, m))
         return NULL;
     gmpd_m *mp = gmpd_node_m(self->nd, m);
@@ -759,9 +760,32 @@ static PyObject *node_m_set(NodeObject *self, PyObject *args, PyObject *kwargs)
     /* release: as m_publish. */
     if (p >= -1)
         __atomic_store_n(&mp->p, (uint32_t)(p + 1), __ATOMIC_RELEASE);
-    if (pid >= 0)
+    if (pid >= 0) {
+        /* A process takes the slot (or leaves it): no standby thread of
+         * the last one is parked any more (a killed M never counted out). */
+        __atomic_store_n(&mp->nstandby, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&mp->blocked, 0, __ATOMIC_RELAXED);
         __atomic_store_n(&mp->pid, (int32_t)pid, __ATOMIC_RELEASE);
+    }
+    if (tid >= 0)
+        __atomic_store_n(&mp->tid, (int32_t)tid, __ATOMIC_RELEASE);
+    if (blocked >= 0)
+        __atomic_store_n(&mp->blocked, (uint32_t)blocked, __ATOMIC_RELEASE);
     Py_RETURN_NONE;
+}
+
+/* (pid, tid): the M's process and the thread that holds it (tid 0: the
+ * main thread, whose id is the pid). */
+static PyObject *node_m_thread(NodeObject *self, PyObject *arg)
+{
+    uint32_t m;
+    if (!arg_m(self, arg, &m))
+        return NULL;
+    gmpd_m *mp = gmpd_node_m(self->nd, m);
+    /* acquire: as node_m_info. */
+    int32_t pid = __atomic_load_n(&mp->pid, __ATOMIC_ACQUIRE);
+    int32_t tid = __atomic_load_n(&mp->tid, __ATOMIC_ACQUIRE);
+    return Py_BuildValue("(ii)", pid, tid > 0 ? tid : pid);
 }
 
 static PyObject *node_m_cas_state(NodeObject *self, PyObject *args)
@@ -864,6 +888,55 @@ static PyObject *node_park(NodeObject *self, PyObject *args)
     return futex_sleep(&gmpd_node_m(self->nd, m)->park, seen, timeout);
 }
 
+/* A standby thread of M m parks until sysmon bumps the standby word past
+ * ``seen`` (or the timeout), counted in nstandby meanwhile (sysmon wakes
+ * standbys only where one is parked).  True if woken. */
+static PyObject *node_standby_park(NodeObject *self, PyObject *args)
+{
+    long m;
+    unsigned int seen;
+    double timeout = -1.0;
+    if (!PyArg_ParseTuple(args, "lI|d:standby_park", &m, &seen, &timeout) || !check_m(self, m))
+        return NULL;
+    gmpd_m *mp = gmpd_node_m(self->nd, m);
+    /* relaxed: a hint for sysmon; the word's futex protocol carries the wake. */
+    __atomic_add_fetch(&mp->nstandby, 1, __ATOMIC_RELAXED);
+    PyObject *r = futex_sleep(&mp->standby, seen, timeout);
+    __atomic_sub_fetch(&mp->nstandby, 1, __ATOMIC_RELAXED);
+    return r;
+}
+
+/* (standby word, standby threads parked, threads blocked in a gmpd.syscall()
+ * while another holds the M) of M m. */
+static PyObject *node_m_standby(NodeObject *self, PyObject *arg)
+{
+    uint32_t m;
+    if (!arg_m(self, arg, &m))
+        return NULL;
+    gmpd_m *mp = gmpd_node_m(self->nd, m);
+    /* acquire: read before a check that a wake-up after it must not be lost (as park). */
+    return Py_BuildValue("(III)", __atomic_load_n(&mp->standby, __ATOMIC_ACQUIRE),
+                         __atomic_load_n(&mp->nstandby, __ATOMIC_RELAXED),
+                         __atomic_load_n(&mp->blocked, __ATOMIC_ACQUIRE));
+}
+
+/* Bump M m's standby word and wake one standby thread. */
+static PyObject *node_standby_wake(NodeObject *self, PyObject *arg)
+{
+    uint32_t m;
+    if (!arg_m(self, arg, &m))
+        return NULL;
+    uint32_t *word = &gmpd_node_m(self->nd, m)->standby;
+    /* release: as node_wake. */
+    __atomic_add_fetch(word, 1, __ATOMIC_RELEASE);
+    int r = gmpd_futex_wake(word, 1);
+    if (r < 0) {
+        errno = -r;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(r);
+}
+
 static PyObject *node_wake(NodeObject *self, PyObject *arg)
 {
     uint32_t m;
@@ -873,7 +946,9 @@ static PyObject *node_wake(NodeObject *self, PyObject *arg)
     /* release: work published before the wake is visible to the woken M,
      * which re-reads the queues after futex_wait returns. */
     __atomic_add_fetch(word, 1, __ATOMIC_RELEASE);
-    int r = gmpd_futex_wake(word, 1);
+    /* All waiters: threads of one M may wait on it at once (the holder in
+     * stopm, a joiner whose M a standby took over); each looks again. */
+    int r = gmpd_futex_wake(word, GMPD_WAKE_ALL);
     if (r < 0) {
         errno = -r;
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -1200,7 +1275,9 @@ static PyObject *node_g_claim(NodeObject *self, PyObject *arg)
  * nine (a no-op flood spent ~3 us a task on their call sites): a new slice
  * (schedtick + 1, the preempt flag cleared) if asked; G h's owner m and
  * outer G; M m's state (unless < 0) then curg; the op record released;
- * the RUNNING count + 1 unless nested.  Returns (payload, parent, root_id). */
+ * the RUNNING count + 1 unless nested (state < 0: a top-level G of a
+ * standby thread has an outer G, a blocked thread's).  Returns (payload,
+ * parent, root_id). */
 static PyObject *node_g_begin(NodeObject *self, PyObject *args)
 {
     PyObject *ho;
@@ -1221,7 +1298,7 @@ static PyObject *node_g_begin(NodeObject *self, PyObject *args)
     g_own(r, (int)m, outer);
     m_publish(gmpd_node_m(self->nd, (uint32_t)m), state, h);
     gmpd_release(self->nd, (uint32_t)m);
-    if (!outer)
+    if (state >= 0)
         gmpd_sched_add(self->nd, GMPD_SC_RUNNING, 1);
     return Py_BuildValue("(y#IK)", (const char *)(r + 1), (Py_ssize_t)r->len, r->parent,
                          (unsigned long long)r->root_id);
@@ -1583,6 +1660,11 @@ static PyMethodDef node_methods[] = {
     {"park", (PyCFunction)node_park, METH_VARARGS,
      "park(m, seen, timeout=-1) -> bool: futex-sleep while M m's park word == seen; False on timeout"},
     {"wake", (PyCFunction)node_wake, METH_O, "wake(m) -> int: bump M m's park word and wake it"},
+    {"standby_park", (PyCFunction)node_standby_park, METH_VARARGS,
+     "standby_park(m, seen, timeout=-1) -> bool: a standby thread of M m waits for sysmon's wake"},
+    {"standby_wake", (PyCFunction)node_standby_wake, METH_O, "standby_wake(m) -> int: wake one standby of M m"},
+    {"m_standby", (PyCFunction)node_m_standby, METH_O, "m_standby(m) -> (word, parked, blocked)"},
+    {"m_thread", (PyCFunction)node_m_thread, METH_O, "m_thread(m) -> (pid, tid of the thread holding it)"},
     {"offer_put", (PyCFunction)node_offer_put, METH_VARARGS,
      "offer_put(tid, payload, lanes=all) -> (slot, seq) | None: offer a root task to spinning Ms "
      "(gmpd/offer.py) in a free slot of the `lanes` bit mask; None when no M spins, no slot is free or the "

@@ -348,7 +348,7 @@ int gmpd_gpublish(gmpd_node *nd, void *gtab, uint32_t handle, uint32_t status, u
     if (w != 0 && w - 1 < nd->nms) {
         uint32_t *word = &gmpd_node_m(nd, w - 1)->park;
         __atomic_add_fetch(word, 1, __ATOMIC_RELEASE); /* release: as in wake() */
-        gmpd_futex_wake(word, 1);
+        gmpd_futex_wake(word, GMPD_WAKE_ALL); /* (all: as node_wake) */
     }
     return 1;
 }

@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #define GMPD_MAGIC 0x31646d70676d6721ULL /* "!gmgpmd1" */
-#define GMPD_LAYOUT_VERSION 6u
+#define GMPD_LAYOUT_VERSION 7u
 #define GMPD_CACHELINE 64
 #define GMPD_RUNQ_SIZE 256u           /* len(p.runq) in Go */
 #define GMPD_RUNQ_HALF 128u           /* runqputslow moves this many + 1 */
@@ -152,14 +152,21 @@ typedef struct gmpd_m {
                          * batch being queued; read by recovery (gmpd/m.py) */
     uint64_t deadline_ns; /* CLOCK_MONOTONIC ns its current task must end by, 0: none */
     uint32_t doom;      /* why sysmon or the coordinator killed it (gmpd.sched.Doom), 0 */
-    uint32_t _resv;
+    int32_t tid;        /* native id of the thread that holds the M (runs its
+                         * scheduler and task code: gmpd/m.py, standby threads);
+                         * sysmon reads its /proc state; 0: the main thread */
     uint64_t grant;     /* [epoch:32][P index + 1:32] the coordinator granted with a
                          * GRANTED wake, stored before that state CAS; 0: the
                          * Grant comes as a message.  Read by the M in GRANTED. */
     uint8_t _pad0[GMPD_CACHELINE - 64];
     /* line 1: written by *other* Ms (see runq.c §Recovery: confirmation) */
     uint32_t confirmed;
-    uint8_t _pad1[GMPD_CACHELINE - 4];
+    uint32_t standby;   /* futex word of the M's standby threads: sysmon bumps
+                         * it to have one take over a P left in a syscall */
+    uint32_t nstandby;  /* threads of the M parked on it */
+    uint32_t blocked;   /* threads of the M blocked in a gmpd.syscall() while
+                         * another holds it (checkdead: not a deadlock) */
+    uint8_t _pad1[GMPD_CACHELINE - 16];
     /* line 2..: the op record; written by this M, read only by recovery */
     uint64_t op;        /* [arg:32][seq:22][kind:8][state:2] */
     uint32_t rp;        /* P index the op works on */
@@ -229,6 +236,7 @@ enum gmpd_sched_counter {
     GMPD_SC_OFFERS,         /* offered root tasks Ms took from node memory (gmpd/offer.py) */
     GMPD_SC_MEMGRANTS,      /* Ps granted in the M's slot with its wake, no Grant message */
     GMPD_SC_SPINFIXES,      /* spinning counts the coordinator took back: no spinner held them */
+    GMPD_SC_TAKEOVERS,      /* Ps in a syscall a standby thread of the same M took over */
     GMPD_SC__COUNT
 };
 
@@ -299,5 +307,6 @@ uint32_t gmpd_sched_load(gmpd_node *nd, uint32_t i);
 /* ---- parking: futex on a shared word (not FUTEX_PRIVATE) ------------- */
 int gmpd_futex_wait(uint32_t *word, uint32_t expect, int64_t timeout_ns);
 int gmpd_futex_wake(uint32_t *word, int n);
+#define GMPD_WAKE_ALL (1 << 30) /* gmpd_futex_wake's n for every waiter */
 
 #endif /* GMPD_RUNQ_H */

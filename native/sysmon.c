@@ -91,10 +91,10 @@ static int deadline_passed(gmpd_node *nd, const gmpd_quiet *q, int64_t now, int3
     return 0;
 }
 
-static int procfd(const gmpd_quiet *q, int32_t pid)
+static int procfd(const gmpd_quiet *q, int32_t tid)
 {
     for (uint32_t i = 0; i < q->nprocfds; i++)
-        if (q->procfds[2 * i] == pid)
+        if (q->procfds[2 * i] == tid)
             return q->procfds[2 * i + 1];
     return -1;
 }
@@ -144,12 +144,15 @@ static int look(gmpd_node *nd, const gmpd_quiet *q, uint32_t p, int64_t now, int
     uint32_t state = __atomic_load_n(&mp->state, __ATOMIC_ACQUIRE);
     uint32_t curg = __atomic_load_n(&mp->curg, __ATOMIC_ACQUIRE);
     int32_t pid = __atomic_load_n(&mp->pid, __ATOMIC_ACQUIRE);
+    int32_t tid = __atomic_load_n(&mp->tid, __ATOMIC_ACQUIRE); /* the thread that runs its Gs */
     if (state != q->m_running || curg == 0 || pid <= 0)
         return NOTHING;
-    int fd = procfd(q, pid);
+    if (tid <= 0)
+        tid = pid;
+    int fd = procfd(q, tid);
     char letter = fd < 0 ? 0 : thread_state(fd);
     if (letter == 0) {
-        *arg = pid;
+        *arg = tid;
         return GMPD_QUIET_NOFD; /* Python opens it, or finds the M gone */
     }
     if (strchr("SDTt", letter) != NULL)

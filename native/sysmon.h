@@ -21,7 +21,8 @@ typedef struct gmpd_quiet {
     int64_t busy_ns;          /* the sleep instead of a nap that finds a P in a syscall */
     int64_t until_ns;         /* return by then */
     int64_t preempt_ns;       /* Go's forcePreemptNS */
-    const int32_t *procfds;   /* (pid, fd) pairs: M main threads' /proc/PID/task/PID/stat */
+    const int32_t *procfds;   /* (tid, fd) pairs: the /proc/PID/task/TID/stat of each M's
+                               * thread that runs its Gs (gmpd_m.tid) */
     uint32_t nprocfds;
     gmpd_pwatch *watch;       /* [nprocs] */
 } gmpd_quiet;

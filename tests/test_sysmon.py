@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
@@ -51,6 +52,15 @@ def test_syscall_outside_a_task_does_nothing() -> None:
         pass
 
 
+@pytest.fixture
+def one_thread_ms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ms without standby threads (max_threads 1): a P left in a syscall
+    goes to another M, the path these tests are about (tests/test_standby.py
+    has the standby threads')."""
+    monkeypatch.setenv("GMPD_M_MAX_THREADS", "1")
+
+
+@pytest.mark.usefixtures("one_thread_ms")
 def test_a_marked_syscall_gives_its_p_to_other_work() -> None:
     """One P: a task sleeping in gmpd.syscall() must not keep the queued
     CPU tasks waiting; sysmon retakes the P and hands it to another M."""
@@ -75,6 +85,7 @@ def spawn_then_block(n: int, seconds: float) -> tuple[list[float], float]:
     return [k.result() for k in kids], woke
 
 
+@pytest.mark.usefixtures("one_thread_ms")
 def test_a_hand_off_of_a_p_with_queued_gs_grants_it_in_the_parked_ms_slot() -> None:
     """The P of a task blocked in a syscall, its children queued in the
     P's ring, goes to the parked spare M in its slot (the M reads it on
@@ -90,6 +101,7 @@ def test_a_hand_off_of_a_p_with_queued_gs_grants_it_in_the_parked_ms_slot() -> N
         assert stats.running_max <= 1
 
 
+@pytest.mark.usefixtures("one_thread_ms")
 def test_a_hand_off_that_took_the_last_parked_m_starts_a_spare() -> None:
     """One P; three sleepers then a hog queued on it.  Each sleeper's P is
     handed to the next M; once a hand-off took the last parked M, the
@@ -163,13 +175,15 @@ def test_sysmon_killed_is_restarted_and_scheduling_goes_on() -> None:
         while ex.statistics().sysmon_pid in (0, first) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert ex.statistics().sysmon_pid not in (0, first)
-        retakes = ex.statistics().retakes
+        stats = ex.statistics()
+        acted = stats.retakes + stats.takeovers
         sleeper.result(timeout=30)
         blocked = ex.submit(blocking, 1.0)
         time.sleep(0.05)
         quick = ex.submit(cpu, 0.01)
         assert quick.result(timeout=30) < blocked.result(timeout=30), "the new sysmon retakes too"
-        assert ex.statistics().retakes > retakes
+        stats = ex.statistics()
+        assert stats.retakes + stats.takeovers > acted  # (a standby woken by it, or a retake)
 
 
 SCHED = re.compile(
@@ -230,6 +244,7 @@ def whoami() -> int:
 
 def test_idle_ms_beyond_the_low_water_mark_exit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GMPD_M_IDLE_EXIT_MS", "300")
+    monkeypatch.setenv("GMPD_M_MAX_THREADS", "1")  # (the sleepers' Ps go to other Ms: the pool grows)
     with gmpd.Executor(1) as ex:
         # Four Ms asleep in syscalls at once: each hands the P on, so the pool
         # grows.  (Counted while they sleep: the first ones may be idle long
@@ -478,7 +493,7 @@ def test_quiet_rounds_return_for_what_the_python_round_acts_on(nm: NodeMemory) -
         g = node.g_new(0, b"x")
         node.m_set(0, pid=os.getpid(), p=0, curg=g, state=MState.RUNNING)  # our main thread runs (R)
         assert quiet() == Quiet.NOFD, "its /proc file is opened by the Python round"
-        assert mon.thread_state(os.getpid()) is not None  # (as detect_blocked does)
+        assert mon.thread_state(os.getpid(), os.getpid()) is not None  # (as detect_blocked does)
         node.set_preempt(0, True)  # (a G past its slice that has its flag already)
         assert quiet(0.05) == Quiet.TIME, "nothing to do: the loop runs until checkdead is due"
         assert (
@@ -503,9 +518,32 @@ def test_quiet_rounds_return_for_what_the_python_round_acts_on(nm: NodeMemory) -
 
         node.m_set(0, pid=sleeper.pid)
         time.sleep(0.2)  # the sleeper's main thread is asleep (S)
-        assert mon.thread_state(sleeper.pid) is not None
+        assert mon.thread_state(sleeper.pid, sleeper.pid) is not None
         assert quiet(1.0) == Quiet.ASLEEP, "a running M asleep: unmarked blocking?"
         node.m_set(0, pid=os.getpid())
+
+        # A standby thread holds the M (gmpd.m, takeover): the look is at
+        # that thread, not the main one (which may sleep in its task's call).
+        napper, tid = threading.Event(), []
+
+        def nap() -> None:
+            tid.append(threading.get_native_id())
+            napper.wait()
+
+        thread = threading.Thread(target=nap)
+        thread.start()
+        while not tid:
+            time.sleep(0.001)
+        node.m_set(0, tid=tid[0])
+        assert node.m_thread(0) == (os.getpid(), tid[0])
+        assert quiet() == Quiet.NOFD, "the holding thread's own /proc file"
+        assert mon.thread_state(os.getpid(), tid[0]) is not None
+        time.sleep(0.05)
+        assert quiet(1.0) == Quiet.ASLEEP, "the thread that holds the M is asleep"
+        napper.set()
+        thread.join()
+        node.m_set(0, tid=0)
+        assert node.m_thread(0) == (os.getpid(), os.getpid())
 
         assert node.entersyscall(0, 0, 1)
         t = time.monotonic()
