@@ -800,7 +800,8 @@ class Coordinator:
             # said no to every M after, and no M took an offer any more.)
             self.nm.node.sched_dec(Counter.NMSPINNING)
             self.nm.node.m_set(m, state=MState.EXITING)
-        self.nm.node.m_set_deadline(m, 0)  # (sysmon would act on it again)
+        # (sysmon would act on it again; whose timeout it was stays for recover_gs)
+        self.nm.node.m_set_deadline(m, 0, self.nm.node.m_deadline_g(m))
         if info is None or info.pid != pid:  # its Hello is not in yet (or never will be): it held nothing
             self.dead_pids.add(pid)
             self.nm.node.m_set_doom(m, Doom.NONE)
@@ -988,6 +989,12 @@ class Coordinator:
         while h in running and h not in executing:
             executing.add(h)
             h = running[h][9]
+        # Killed for a timeout: the slot names the root whose timeout it
+        # was.  Other roots it was running (threads of the M, gmpd.m) run
+        # again uncharged: not their timeout, not their fault.
+        guilty = node.m_deadline_g(m) if doom == Doom.TIMEOUT else 0
+        if guilty not in executing or running[guilty][2]:
+            guilty = 0  # (not known: every timed root it ran fails, as before)
         freed: set[int] = set()  # roots whose runs died here
         for h, g in running.items():
             parent, tid = g[2], g[3]
@@ -996,7 +1003,7 @@ class Coordinator:
                 freed.add(tid)
                 if tid in info.stalled_tids:
                     continue  # queued again when it stalled
-                if h not in executing:
+                if h not in executing or (guilty and h != guilty):
                     self.retry(tid, None)
                 elif doom != Doom.TIMEOUT or not self.fail_timed_out(tid, lost):
                     self.retry(tid, lost)

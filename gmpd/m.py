@@ -293,6 +293,7 @@ class Unit:
     slice_start: float
     last_run: float
     deadline: int
+    deadline_g: int
     join: bool  # blocked in a join (block_on_child), not a gmpd.syscall()
 
 
@@ -348,6 +349,7 @@ class M:
         self.spare = m > self.nprocs  # beyond the first GOMAXPROCS + 1: may exit when idle
         self.in_syscall = False  # inside gmpd.syscall() (or a blocked join)
         self.deadline = 0  # monotonic ns the running task must end by (0: none)
+        self.deadline_g = 0  # the G whose timeout that is
         # Standby threads (takeover): one thread holds the M; the fields
         # above (P, queue, sockets, current G) are the holder's alone.
         self.max_threads = mconf["max_threads"]
@@ -850,12 +852,11 @@ class M:
             else:
                 node.m_set(self.m, state=MState.SYSCALL)  # (a state only we write)
         # Last: a takeover (or rejoin) finds the P and our state as a
-        # syscall leaves them.  Not with a deadline in our chain: a kill for
-        # a timeout fails every timed task the M holds, and a taken-over M
-        # holds more than ours.
-        if takeable and not self.deadline and self.standby_ready():
-            self.takeable = TAKE_SYSCALL
-            self.pass_on()
+        # syscall leaves them.  Takeable by a thread back from its own call
+        # whether or not a standby exists: it must not wait for our call.
+        if takeable:
+            self.standby_ready()
+            self.block(TAKE_SYSCALL)
         self.wake_sysmon()
         return True
 
@@ -919,7 +920,11 @@ class M:
         if self.threads >= self.max_threads:
             return False
         self.threads += 1
-        threading.Thread(target=self.standby_main, name="gmpd-standby", daemon=True).start()
+        try:
+            threading.Thread(target=self.standby_main, name="gmpd-standby", daemon=True).start()
+        except RuntimeError:  # (can't start a thread: the P goes to another M, as with max_threads 1)
+            self.threads -= 1
+            return False
         return True
 
     def standby_main(self) -> None:
@@ -969,19 +974,18 @@ class M:
             self.p, self.runq = -1, None  # retaken (a join's): we ask for one (rejoin)
             node.m_set(self.m, p=-1)
         join = self.takeable == TAKE_JOIN
-        blocked = Unit(
-            self.holder,
+        ctx = (
             self.curg,
             self.bottom,
             self.depth,
             self.slice_start,
             self.last_run,
             self.deadline,
-            join,
+            self.deadline_g,
         )
-        self.units.append(blocked)
+        self.units.append(Unit(self.holder, *ctx, join))
         self.holder, self.takeable, self.in_syscall = me, 0, False
-        self.curg = self.bottom = self.depth = self.deadline = 0
+        self.curg = self.bottom = self.depth = self.deadline = self.deadline_g = 0
         self.slice_start, self.last_run = time.monotonic(), 0.0
         # Between Gs; its curg stays the blocked G (recovery's path), its
         # count stays out (the blocked thread took it out), its deadline in
@@ -991,18 +995,22 @@ class M:
         return True
 
     def blocked(self) -> int:
-        """Threads of this M blocked in a gmpd.syscall() while another
-        holds it (sysmon's checkdead: such an M may go on)."""
-        return sum(1 for u in self.units if not u.join)
+        """For sysmon's checkdead: threads of this M blocked in a
+        gmpd.syscall() while another holds it (such an M may go on), plus
+        those blocked in a join, << 16."""
+        joins = sum(1 for u in self.units if u.join)
+        return len(self.units) - joins + (joins << 16)
 
     def publish_deadline(self) -> None:
         """The slot's deadline (sysmon's watchdog): the first of the
-        holder's and those of the Gs blocked on other threads."""
-        ns = self.deadline
+        holder's and those of the Gs blocked on other threads, with the G
+        whose timeout it is (recovery fails that one task, and runs the
+        others the kill took again uncharged)."""
+        ns, g = self.deadline, self.deadline_g
         for unit in self.units:
             if unit.deadline and (not ns or unit.deadline < ns):
-                ns = unit.deadline
-        self.node.m_set_deadline(self.m, ns)
+                ns, g = unit.deadline, unit.deadline_g
+        self.node.m_set_deadline(self.m, ns, g)
 
     def rejoin(self) -> None:
         """exitsyscall for a thread whose P was taken over: get the M back,
@@ -1019,31 +1027,39 @@ class M:
             node.wake(self.m)  # the holder may be parked (stopm)
             given.wait()
         unit = next(u for u in self.units if u.ident == me)
-        self.units.remove(unit)
         self.curg, self.bottom, self.depth = unit.head, unit.bottom, unit.depth
-        self.slice_start, self.last_run, self.deadline = unit.slice_start, unit.last_run, unit.deadline
+        self.slice_start, self.last_run = unit.slice_start, unit.last_run
+        self.deadline, self.deadline_g = unit.deadline, unit.deadline_g
         self.in_syscall = False
+        # curg first: our Gs stay on recovery's path while relink moves the rest.
+        node.m_set(self.m, curg=self.curg, tid=threading.get_native_id())
+        self.units.remove(unit)
         self.relink()
-        node.m_set(self.m, curg=self.curg, tid=threading.get_native_id(), blocked=self.blocked())
+        node.m_set(self.m, blocked=self.blocked())
         self.publish_deadline()
         if self.p < 0:
             self.acquire_any_p()
         node.sched_add(Counter.RUNNING, 1)
         node.m_set(self.m, state=MState.RUNNING)
 
-    def pass_on(self) -> None:
-        """Blocking now (takeable): a thread back from its call that waits
-        for the M gets it at once (Go's handoffp, to an M that waits for a
-        P).  It had asked while we ran; waiting for our next scheduling
-        point could be forever (a join whose child needs that thread)."""
-        if not self.returners:
-            return
+    def block(self, kind: int) -> None:
+        """The holder blocks (``kind``: TAKE_SYSCALL, TAKE_JOIN): from now
+        on another thread of the M may take it over, and a thread back
+        from its call that waits for the M gets it at once (Go's handoffp,
+        to an M that waits for a P): it asked while we ran, and waiting for
+        our next scheduling point could be forever (a join whose child
+        needs that thread).  In one hold of the lock with rejoin's check,
+        or a returner could miss both."""
+        given = None
         with self.baton:
-            ident, given = self.returners[0]
-            if not self.takeover(ident, standby=False):
-                return
-            self.returners.popleft()
-        given.set()
+            self.takeable = kind
+            if self.returners:
+                ident, event = self.returners[0]
+                if self.takeover(ident, standby=False):
+                    self.returners.popleft()
+                    given = event
+        if given is not None:
+            given.set()
 
     def handover(self) -> None:
         """A scheduling point with a thread back from its syscall waiting:
@@ -1210,16 +1226,17 @@ class M:
         payload, parent, root_id = node.g_begin(
             h, self.m, self.p, outer or self.chain(), not inherit, -1 if outer else MState.RUNNING
         )
-        deadline = self.deadline
+        deadline, deadline_g = self.deadline, self.deadline_g
         watch = None
         if payload[:1] in TIMED:  # a task with a timeout: sysmon kills us past the deadline
             ms = int.from_bytes(payload[1:5], "little")
             payload = payload[5:]
 
             def set_deadline(ms: int) -> None:
-                self.deadline = time.monotonic_ns() + ms * 1_000_000
-                if deadline:
-                    self.deadline = min(deadline, self.deadline)
+                ns = time.monotonic_ns() + ms * 1_000_000
+                self.deadline, self.deadline_g = (
+                    (deadline, deadline_g) if deadline and deadline < ns else (ns, h)
+                )
                 self.publish_deadline()
 
             # Unpickling may import the task's modules on this M (a fresh
@@ -1249,7 +1266,7 @@ class M:
             if not outer:
                 node.sched_add(Counter.RUNNING, -1)
             if self.deadline != deadline:
-                self.deadline = deadline
+                self.deadline, self.deadline_g = deadline, deadline_g
                 self.publish_deadline()
         if not left:
             node.m_ran(self.m)
@@ -1426,8 +1443,7 @@ class M:
         blocked = self.entersyscall()
         if blocked:
             node.m_set(self.m, state=MState.JOIN)
-            self.takeable = TAKE_JOIN  # (a thread back from its own call must not wait for this join)
-            self.pass_on()
+            self.block(TAKE_JOIN)  # (a thread back from its own call must not wait for this join)
         try:
             while True:
                 if (out := self.child_outcome(h, deadline, timeout)) is not None:

@@ -331,11 +331,9 @@ class Sysmon:
         a deadlock."""
         node = self.node
         states = [node.m_info(m) for m in range(node.nms - 1)]
-        joined = {  # (an M with a thread in a gmpd.syscall() may go on when it returns: gmpd.m, rejoin)
-            m
-            for m, info in enumerate(states)
-            if info[3] and info[0] == MState.JOIN and not node.m_standby(m)[2]
-        }
+        idle = not node.sched()[Counter.GRQLEN] and all(node.runq_empty(p) for p in range(node.nprocs))
+        blocked = [node.m_standby(m)[2] for m in range(node.nms - 1)]
+        joined = {m for m, info in enumerate(states) if info[3] and self.joined_m(info[0], blocked[m], idle)}
         live = {m for m, info in enumerate(states) if info[3] and info[0] != MState.EXITING}
         self.prune_procfds({node.m_thread(m)[1] for m, info in enumerate(states) if info[3]})
         # No new M can help: every slot is taken by a live M (one starting,
@@ -343,7 +341,6 @@ class Sysmon:
         # nothing is queued anywhere for it to run (the children waited on
         # sit in the stacks of the waiting Ms: join-helping ran them inline).
         full = len(live) == node.nms - 1
-        idle = not node.sched()[Counter.GRQLEN] and all(node.runq_empty(p) for p in range(node.nprocs))
         dead = (full or idle) and joined == live and joined == self.joined
         self.joined = joined
         if dead and joined != self.reported:
@@ -353,6 +350,16 @@ class Sysmon:
                 node.wake(m)
         elif not dead:
             self.reported = set()
+
+    @staticmethod
+    def joined_m(state: int, blocked: int, idle: bool) -> bool:
+        """An M blocked on children, for checkdead: in a join, or (its
+        standby threads, gmpd.m) a thread of it is and the thread holding
+        it parked with nothing queued anywhere; never with a thread in a
+        gmpd.syscall(), which may return (``blocked``: M.blocked)."""
+        if blocked & 0xFFFF:
+            return False
+        return state == MState.JOIN or (idle and blocked >> 16 > 0 and state == MState.PARKED)
 
     def watchdog(self) -> None:
         """Kill the Ms whose task ran past its timeout (the M published the

@@ -674,11 +674,24 @@ static PyObject *node_m_set_deadline(NodeObject *self, PyObject *args)
 {
     long m;
     unsigned long long ns;
-    if (!PyArg_ParseTuple(args, "lK:m_set_deadline", &m, &ns) || !check_m(self, m))
+    unsigned int g = 0;
+    if (!PyArg_ParseTuple(args, "lK|I:m_set_deadline", &m, &ns, &g) || !check_m(self, m))
         return NULL;
-    /* release: read by sysmon. */
-    __atomic_store_n(&gmpd_node_m(self->nd, (uint32_t)m)->deadline_ns, (uint64_t)ns, __ATOMIC_RELEASE);
+    gmpd_m *mp = gmpd_node_m(self->nd, (uint32_t)m);
+    /* release: read by sysmon, and the G by recovery after the kill. */
+    __atomic_store_n(&mp->deadline_g, (uint32_t)g, __ATOMIC_RELEASE);
+    __atomic_store_n(&mp->deadline_ns, (uint64_t)ns, __ATOMIC_RELEASE);
     Py_RETURN_NONE;
+}
+
+/* The G whose timeout M m's deadline is (0: not known). */
+static PyObject *node_m_deadline_g(NodeObject *self, PyObject *arg)
+{
+    uint32_t m;
+    if (!arg_m(self, arg, &m))
+        return NULL;
+    /* acquire: as node_m_doom. */
+    return PyLong_FromUnsignedLong(__atomic_load_n(&gmpd_node_m(self->nd, m)->deadline_g, __ATOMIC_ACQUIRE));
 }
 
 /* The P and epoch the coordinator granted M m with a GRANTED wake, or
@@ -1643,7 +1656,9 @@ static PyMethodDef node_methods[] = {
     {"m_revoke_batch", (PyCFunction)node_m_revoke_batch, METH_VARARGS,
      "m_revoke_batch(m, seq) -> True if unclaimed batch seq is revoked"},
     {"m_doom", (PyCFunction)node_m_doom, METH_O, "m_doom(m) -> (deadline_ns, doom)"},
-    {"m_set_deadline", (PyCFunction)node_m_set_deadline, METH_VARARGS, "m_set_deadline(m, ns): 0 for none"},
+    {"m_set_deadline", (PyCFunction)node_m_set_deadline, METH_VARARGS,
+     "m_set_deadline(m, ns, g=0): 0 for none; g, the G whose timeout it is"},
+    {"m_deadline_g", (PyCFunction)node_m_deadline_g, METH_O, "m_deadline_g(m) -> the G whose timeout the deadline is"},
     {"m_grant", (PyCFunction)node_m_grant, METH_O, "m_grant(m) -> (p, epoch) of a GRANTED wake; p -1: by message"},
     {"m_set_grant", (PyCFunction)node_m_set_grant, METH_VARARGS, "m_set_grant(m, p, epoch): p -1 for by message"},
     {"m_set_doom", (PyCFunction)node_m_set_doom, METH_VARARGS, "m_set_doom(m, why): before killing M m"},

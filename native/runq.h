@@ -166,7 +166,9 @@ typedef struct gmpd_m {
     uint32_t nstandby;  /* threads of the M parked on it */
     uint32_t blocked;   /* threads of the M blocked in a gmpd.syscall() while
                          * another holds it (checkdead: not a deadlock) */
-    uint8_t _pad1[GMPD_CACHELINE - 16];
+    uint32_t deadline_g; /* the G whose timeout deadline_ns is (0: not known);
+                          * recovery fails that one, not every timed G the M held */
+    uint8_t _pad1[GMPD_CACHELINE - 20];
     /* line 2..: the op record; written by this M, read only by recovery */
     uint64_t op;        /* [arg:32][seq:22][kind:8][state:2] */
     uint32_t rp;        /* P index the op works on */

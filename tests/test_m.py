@@ -99,7 +99,7 @@ def test_an_exception_right_after_a_g_leaves_running_gives_the_count_back_once(n
     assert node.acquirep(0, 1, 4)
     fake = types.SimpleNamespace(
         nm=nm, node=node, m=1, p=0, epoch=4, runq=nm.runq(0, 1), curg=0, in_syscall=False, deadline=0,
-        slice_start=0.0, max_message=1 << 30, results=[], units=[], bottom=0,
+        slice_start=0.0, max_message=1 << 30, results=[], units=[], bottom=0, deadline_g=0,
     )  # fmt: skip
     fake.add_result = lambda *a: fake.results.append(a)
     for name in ("execute", "resync", "exitsyscall", "marked_p", "check_lease", "chain"):

@@ -79,7 +79,8 @@ def test_a_thread_back_from_its_call_waits_for_the_running_g() -> None:
 
 def test_a_short_gmpd_syscall_is_not_taken_over() -> None:
     """A call that returns before sysmon looks keeps its P (two atomic
-    operations); nothing wakes a standby thread for it."""
+    operations); nothing wakes a standby thread for it.  (One the OS
+    preempts for a tick inside may be taken over: a few in 2000.)"""
 
     def many(n: int) -> int:
         for _ in range(n):
@@ -90,7 +91,7 @@ def test_a_short_gmpd_syscall_is_not_taken_over() -> None:
     with gmpd.Executor(1) as ex:
         assert ex.submit(many, 2000).result(timeout=30) == 2000
         stats = ex.statistics()
-        assert stats.syscalls >= 2000 and stats.takeovers == 0 and stats.handoffs == 0, stats
+        assert stats.syscalls >= 2000 and stats.takeovers <= 20 and stats.handoffs <= 20, stats
 
 
 def test_with_one_thread_per_m_the_p_goes_to_another_m(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,11 +154,17 @@ def unmarked_nap(seconds: float) -> float:
 
 def blocked_or_burning(marker: str, kind: str) -> str:
     """First run: leaves a marker, then blocks in gmpd.syscall() (``sleep``)
-    or burns CPU (``burn``) until killed.  A run after that returns."""
+    or burns CPU (``burn``) until killed.  A run after that returns.  The
+    burner first waits, in marked sleeps, for the sleeper's marker: whichever
+    starts first, the other runs on a thread of the same M meanwhile."""
     path = Path(marker)
     if path.exists():
         return f"{kind} again"
-    path.write_text(str(os.getpid()))
+    while kind == "burn" and not (path.parent / "sleep").exists():
+        with gmpd.syscall():
+            time.sleep(0.01)
+    (path.parent / f"{kind}.tmp").write_text(str(os.getpid()))
+    (path.parent / f"{kind}.tmp").rename(path)  # (whole when the test sees it)
     if kind == "sleep":
         with gmpd.syscall():
             time.sleep(60)
@@ -177,12 +184,11 @@ def test_an_m_killed_with_a_g_blocked_on_another_thread_loses_neither(tmp_path: 
     which would loop forever on a task that kills its M from a syscall)."""
     sleep_mark, burn_mark = tmp_path / "sleep", tmp_path / "burn"
     with gmpd.Executor(1, retries=retries) as ex:
+        ex.submit(pow, 2, 2).result(timeout=30)
         slept = ex.submit(blocked_or_burning, str(sleep_mark), "sleep")
-        deadline = time.monotonic() + 20
-        while not sleep_mark.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
         burned = ex.submit(blocked_or_burning, str(burn_mark), "burn")
-        while not burn_mark.exists() and time.monotonic() < deadline:
+        deadline = time.monotonic() + 20
+        while not (sleep_mark.exists() and burn_mark.exists()) and time.monotonic() < deadline:
             time.sleep(0.01)
         pid = int(sleep_mark.read_text())
         assert int(burn_mark.read_text()) == pid, "the second G was to run on a thread of the same M"
@@ -198,3 +204,61 @@ def test_an_m_killed_with_a_g_blocked_on_another_thread_loses_neither(tmp_path: 
         assert [f.result(timeout=30) for f in [ex.submit(pow, 3, k) for k in range(5)]] == [
             3**k for k in range(5)
         ]
+
+
+def producer(path: str, delay: float) -> str:
+    """Writes ``path`` after its call: it needs the M back to do so."""
+    with gmpd.syscall():
+        time.sleep(delay)
+    Path(path).write_text("x")
+    return "produced"
+
+
+def consumer(path: str, limit: float) -> str:
+    """Waits in gmpd.syscall() for the producer's file."""
+    start = time.monotonic()
+    with gmpd.syscall():
+        while not Path(path).exists():
+            if time.monotonic() - start > limit:
+                return "gave up"
+            time.sleep(0.01)
+    return "consumed"
+
+
+@pytest.mark.parametrize("case", ["no standby left", "a timed task"])
+def test_a_thread_back_from_its_call_takes_the_m_from_a_holder_blocked_in_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """The producer's P was taken over and the new holder's task now waits,
+    in a gmpd.syscall(), for what the producer writes once back: the
+    producer must take the M over from the blocked holder (it must not
+    wait for that call to end), even when no standby thread could have
+    (all max_threads in use, or a task with a timeout, which no standby
+    takes over)."""
+    flag = str(tmp_path / "flag")
+    if case == "no standby left":
+        monkeypatch.setenv("GMPD_M_MAX_THREADS", "2")
+    with gmpd.Executor(1) as ex:
+        ex.submit(pow, 2, 2).result(timeout=30)
+        produced = ex.submit(producer, flag, 0.2)
+        submit = ex.options(timeout=30).submit if case == "a timed task" else ex.submit
+        consumed = submit(consumer, flag, 10.0)
+        assert consumed.result(timeout=30) == "consumed"
+        assert produced.result(timeout=30) == "produced"
+        assert ex.statistics().takeovers >= 1
+
+
+def test_a_timeout_kill_fails_only_its_own_task(tmp_path: Path) -> None:
+    """A timed task on a standby thread runs past its timeout and sysmon
+    kills the M, where an untimed task sleeps on the main thread: the
+    timed one fails with TaskTimeout, the sleeper runs again uncharged
+    (with retries=0 it would otherwise fail with WorkerLost)."""
+    with gmpd.Executor(1, retries=0) as ex:
+        ex.submit(pow, 2, 2).result(timeout=30)
+        slept = ex.submit(sleeper, 2.0)
+        timed = ex.options(timeout=0.5).submit(burner, 3.0)
+        with pytest.raises(gmpd.TaskTimeout):
+            timed.result(timeout=30)
+        assert slept.result(timeout=30)[2] > 0
+        stats = ex.statistics()
+        assert stats.timeouts == 1 and stats.takeovers >= 1, stats
