@@ -65,8 +65,8 @@ def test_a_thread_back_from_its_call_waits_for_the_running_g() -> None:
     it goes on only once that G is over (one P, one G running at a time),
     then finishes; the pool goes on after."""
     with gmpd.Executor(1) as ex:
-        slept = ex.submit(sleeper, 0.1)
-        hog = ex.submit(burner, 0.6)
+        slept = ex.submit(sleeper, 0.3)  # (room for a slow takeover on a loaded machine)
+        hog = ex.submit(burner, 1.0)
         _, _, woke, went_on = slept.result(timeout=30)
         _, _, start, end = hog.result(timeout=30)
         assert start < woke < end, "the hog was to run through the sleep's end"
