@@ -881,8 +881,7 @@ class M:
                 if not taken:
                     self.takeable = 0  # no standby may take the P now (else the flag is the holder's)
             if taken:
-                self.rejoin()
-                return
+                self.rejoin()  # (then below: the P it holds is ours under our lease, else any)
         node = self.node
         if self.p < 0 or not (
             node.exitsyscall(self.p, self.m, self.epoch)
@@ -1013,10 +1012,10 @@ class M:
         self.node.m_set_deadline(self.m, ns, g)
 
     def rejoin(self) -> None:
-        """exitsyscall for a thread whose P was taken over: get the M back,
-        from the holder at its next scheduling point (or at once if the
-        holder sits in a gmpd.syscall() itself), then go on with our G:
-        the P it holds, else any (acquire_any_p)."""
+        """exitsyscall's first half for a thread whose P was taken over: get
+        the M back, from the holder at its next scheduling point (or at once
+        if the holder sits in a gmpd.syscall() itself), and our G's fields;
+        exitsyscall then takes the P it holds, or any."""
         me, node = threading.get_ident(), self.node
         given = threading.Event()
         with self.baton:
@@ -1030,17 +1029,12 @@ class M:
         self.curg, self.bottom, self.depth = unit.head, unit.bottom, unit.depth
         self.slice_start, self.last_run = unit.slice_start, unit.last_run
         self.deadline, self.deadline_g = unit.deadline, unit.deadline_g
-        self.in_syscall = False
         # curg first: our Gs stay on recovery's path while relink moves the rest.
         node.m_set(self.m, curg=self.curg, tid=threading.get_native_id())
         self.units.remove(unit)
         self.relink()
         node.m_set(self.m, blocked=self.blocked())
         self.publish_deadline()
-        if self.p < 0:
-            self.acquire_any_p()
-        node.sched_add(Counter.RUNNING, 1)
-        node.m_set(self.m, state=MState.RUNNING)
 
     def block(self, kind: int) -> None:
         """The holder blocks (``kind``: TAKE_SYSCALL, TAKE_JOIN): from now
@@ -1498,10 +1492,9 @@ class M:
         self.node.m_set(self.m, pid=os.getpid(), state=MState.NEW, tid=0)  # (tid 0: the main thread holds it)
         self.node.start_heartbeat(self.m, HEARTBEAT_MS)  # GIL-free: what the coordinator trusts
         self.send(wire.Hello("m", os.getpid(), self.nm.name, self.m))
-        hb = threading.Thread(target=self.heartbeat, name="gmpd-heartbeat", daemon=True)
-        hb.start()
+        self.hb = threading.Thread(target=self.heartbeat, name="gmpd-heartbeat", daemon=True)
+        self.hb.start()
         self.tasks_before = self.node.m_info(self.m)[6]  # the slot's count from an M before us
-        self.hb = hb
         # One standby thread from the start: a first gmpd.syscall() that
         # lasts is taken over too (one started then is not parked yet when
         # sysmon looks, and the P went to another M, often a new one).

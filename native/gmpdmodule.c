@@ -933,16 +933,13 @@ static PyObject *node_m_standby(NodeObject *self, PyObject *arg)
                          __atomic_load_n(&mp->blocked, __ATOMIC_ACQUIRE));
 }
 
-/* Bump M m's standby word and wake one standby thread. */
-static PyObject *node_standby_wake(NodeObject *self, PyObject *arg)
+/* Bump a futex word and wake up to n of its waiters; how many woke. */
+static PyObject *bump_and_wake(uint32_t *word, int n)
 {
-    uint32_t m;
-    if (!arg_m(self, arg, &m))
-        return NULL;
-    uint32_t *word = &gmpd_node_m(self->nd, m)->standby;
-    /* release: as node_wake. */
+    /* release: work published before the wake is visible to the woken
+     * thread, which re-reads what it waits on after futex_wait returns. */
     __atomic_add_fetch(word, 1, __ATOMIC_RELEASE);
-    int r = gmpd_futex_wake(word, 1);
+    int r = gmpd_futex_wake(word, n);
     if (r < 0) {
         errno = -r;
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -950,23 +947,23 @@ static PyObject *node_standby_wake(NodeObject *self, PyObject *arg)
     return PyLong_FromLong(r);
 }
 
+/* Bump M m's standby word and wake one standby thread. */
+static PyObject *node_standby_wake(NodeObject *self, PyObject *arg)
+{
+    uint32_t m;
+    if (!arg_m(self, arg, &m))
+        return NULL;
+    return bump_and_wake(&gmpd_node_m(self->nd, m)->standby, 1);
+}
+
 static PyObject *node_wake(NodeObject *self, PyObject *arg)
 {
     uint32_t m;
     if (!arg_m(self, arg, &m))
         return NULL;
-    uint32_t *word = &gmpd_node_m(self->nd, m)->park;
-    /* release: work published before the wake is visible to the woken M,
-     * which re-reads the queues after futex_wait returns. */
-    __atomic_add_fetch(word, 1, __ATOMIC_RELEASE);
     /* All waiters: threads of one M may wait on it at once (the holder in
      * stopm, a joiner whose M a standby took over); each looks again. */
-    int r = gmpd_futex_wake(word, GMPD_WAKE_ALL);
-    if (r < 0) {
-        errno = -r;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    return PyLong_FromLong(r);
+    return bump_and_wake(&gmpd_node_m(self->nd, m)->park, GMPD_WAKE_ALL);
 }
 
 /* -- stress loops (tests and bench/runq.py) -- */
