@@ -8,6 +8,7 @@ offer.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
@@ -22,9 +23,9 @@ from pathlib import Path
 import pytest
 
 import gmpd
-from gmpd import offer, runq
+from gmpd import offer, runq, wire
 from gmpd.chaos import m_pids
-from gmpd.coordinator import Coordinator, MInfo
+from gmpd.coordinator import Coordinator, MInfo, Root
 from gmpd.g import GState
 from gmpd.native import OFFER_BYTES, OFFER_SLOTS, REPLY_BYTES
 from gmpd.offer import Offer
@@ -107,6 +108,8 @@ def coordinator(nm: NodeMemory) -> types.SimpleNamespace:
         "withdraw_lost_offers",
         "settle_deferred",
         "place_offered",
+        "on_submit",
+        "mark_started",
     ):
         setattr(c, name, functools.partial(getattr(Coordinator, name), c))
     return c
@@ -186,6 +189,26 @@ def test_a_deferred_offer_that_finished_before_it_was_settled_frees_its_slot(nm:
     c.deferred, c.roots = {7: (slot, seq, 0.0)}, {}
     c.settle_deferred(1.0)
     assert state(nm, slot) == (seq, -1, Offer.FREE) and not c.deferred
+
+
+@pytest.mark.parametrize("taken", [False, True], ids=["untaken", "taken"])
+def test_a_deferred_offer_is_settled_before_the_tasks_submitted_after_it(nm: NodeMemory, taken: bool) -> None:
+    """A task offered alone, deferred for an M between Gs, then a burst:
+    the offered task is queued ahead of the burst (or started where it was
+    taken), never behind it.  It ran after the whole burst when its wait
+    outlasted the burst's Submit."""
+    slot, seq = nm.node.offer_put(7, b"first") or (-1, -1)
+    if taken:
+        assert nm.node.offer_take(M1) is not None
+    c = coordinator(nm)
+    c.link, c.retries, c.stats = object(), 3, types.SimpleNamespace(submitted=0)
+    c.grq, c.roots = collections.deque(), {7: Root(b"client", b"first", 3)}
+    c.deferred = {7: (slot, seq, time.monotonic() + 60)}
+    c.out_started = collections.defaultdict(list)
+    c.on_submit(b"client", wire.Submit([(8, b"b1"), (9, b"b2")], [], []))
+    assert not c.deferred
+    assert list(c.grq) == ([] if taken else [(7, 0)]) + [(8, 0), (9, 0)]
+    assert c.roots[7].started == taken
 
 
 def test_a_reply_is_written_once_for_the_task_that_wants_it(nm: NodeMemory) -> None:
