@@ -145,6 +145,17 @@ def test_recursive_fib_with_a_threshold_finishes_on_one_and_two_ps() -> None:
             assert m_processes(ex) <= 8 * ps
 
 
+def test_a_fresh_executor_flooded_at_once_starts_no_m_beyond_its_first() -> None:
+    """The node agent starts GOMAXPROCS + 1 Ms on its own; a flood submitted
+    while they start waits for them rather than asking for more (the
+    coordinator asked for two more, whose starts took ~10% of a fresh
+    executor's first noop flood)."""
+    with gmpd.Executor(2) as ex:
+        futures = [ex.submit(abs, -i) for i in range(3000)]
+        assert [f.result(timeout=60) for f in futures] == list(range(3000))
+        assert len([m for m in ex.statistics().ms if m.pid]) == 3, ex.statistics().ms
+
+
 def test_the_m_count_stays_within_max_ms_under_a_flood_of_blocking_tasks() -> None:
     with gmpd.Executor(2, max_ms=4) as ex:
         futures = [ex.submit(blocking, 0.2) for _ in range(40)]
