@@ -93,6 +93,11 @@ PREFETCH_AT = 32
 # wasted round trip a sleep); asked for beside the ring's last G, it still
 # comes before that G ends.
 PREFETCH_AHEAD_S = 0.002
+# A prefetch's answer is looked for (ZMQ_EVENTS, ~1.5-2.5 us) at most this
+# often: looked for between every two Gs of a noop flood, it was ~20% of
+# the M's CPU (py-spy), and an answer asked for PREFETCH_AHEAD_S ahead can
+# wait this long.
+ANSWER_LOOK_S = 0.0001
 MAX_INLINE_DEPTH = 32  # nesting bound for join-helping
 # M.takeable: where the holder blocks, another thread of the M may take it over.
 TAKE_SYSCALL = 1  # a gmpd.syscall(): a standby (sysmon wakes it) or a thread back from its own call
@@ -321,6 +326,7 @@ class M:
             self.poller.register(self.offer_fd, zmq.POLLIN)
         # An answer is still to come: a Prefetch's, or a long-poll's (took an offer meanwhile).
         self.awaiting = False
+        self.look_at = 0.0  # when find_runnable next looks for a prefetch's answer (ANSWER_LOOK_S)
         self.p, self.epoch = -1, 0
         self.runq: RunQ | None = None
         self.curg = 0
@@ -615,7 +621,7 @@ class M:
         if self.awaiting or self.stash or not self.node.sched()[Counter.GRQLEN]:
             return
         self.send(wire.Prefetch(self.m, self.p, self.epoch, limit))
-        self.awaiting = True
+        self.awaiting, self.look_at = True, time.monotonic() + ANSWER_LOOK_S
 
     def spin_poll(self, wait_ms: int) -> int:
         """get_work's long-poll as a spinning M, watching the offers too: the
@@ -715,8 +721,11 @@ class M:
     def find_runnable(self) -> tuple[int, bool]:
         """(G, inherit_time), or (0, False) when there is nothing to run or
         the lease was revoked meanwhile (``self.runq`` is then None)."""
-        if self.awaiting and wire.readable(self.sock):
-            self.finish_wait()  # a prefetch's answer: its batch is stashed
+        if self.awaiting and (now := time.monotonic()) >= self.look_at:
+            if wire.readable(self.sock):
+                self.finish_wait()  # a prefetch's answer: its batch is stashed
+            else:
+                self.look_at = now + ANSWER_LOOK_S
         if self.stash and self.take_work(0, [], []):
             return self.next_queued(), False
         tick = self.node.p_ticks(self.p)[0]
