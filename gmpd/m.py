@@ -67,11 +67,15 @@ FLUSH_EVERY = 64  # results per Results message at most
 # 0.93 in A/B runs (with FINISHED_AGE 0.1 s), client CPU 65 -> 45 ms a
 # run; at 25 ms (issue 6, tenth session; 6 A/B pairs each) farm 0.935-0.949
 # -> 0.944-0.955, blocking_mix 1.154-1.207 -> 1.143-1.186, imbalance and
-# noop_submit unchanged.  A lone task is not delayed: an M whose queue runs
-# dry flushes; a G that ran LONG_G sends at once.  What it costs: a result
-# in a stream reaches its caller up to 25 ms after its G ended, and an M
-# killed loses up to 25 ms of results (their tasks run again).
-FLUSH_AGE = 0.025
+# noop_submit unchanged; at 50 ms (seventeenth session, 5 A/B pairs of 3
+# fresh executors, once extra M starts no longer blurred the figure) the
+# client's CPU 51-67 -> 36-40 us a task and farm 0.952-0.965 -> 0.966-0.971
+# (100 ms: the client 36-37, no better).  A lone task is not delayed: an M
+# whose queue runs dry flushes; a G that ran LONG_G sends at once.  What it
+# costs: a result in a stream reaches its caller up to 50 ms after its G
+# ended while its M has more queued, and an M killed loses up to 50 ms of
+# results (their tasks run again).
+FLUSH_AGE = 0.05
 LONG_G = 0.01  # a G that ran this long sends its result at once (a message is < 1% of it)
 # The heartbeat thread's period: it sends results that wait behind a long
 # G (the G-end check alone left them there until that G ended).  Waking it

@@ -158,11 +158,11 @@ def test_executor_batches_finished_while_tasks_are_in_flight(ex: gmpd.Executor) 
 
     io.send, io.on_message = spy_send, spy_message  # type: ignore[method-assign]
     start = time.monotonic()
-    futures = [ex.submit(spin_ms, 1.0) for _ in range(300)]
+    futures = [ex.submit(spin_ms, 1.0) for _ in range(1000)]  # ~0.5 s: ~10 results frames an M (FLUSH_AGE)
     wait(futures, timeout=50)
     elapsed = time.monotonic() - start
     deadline = time.monotonic() + 5
-    while sum(map(len, finished)) < 300 and time.monotonic() < deadline:
+    while sum(map(len, finished)) < 1000 and time.monotonic() < deadline:
         time.sleep(0.01)  # (the last Finished goes when the last result is in)
     tids = sorted(t for frame in finished for t in frame)
     assert tids == sorted(f._tid for f in futures), "each result reported exactly once"  # type: ignore[attr-defined]
