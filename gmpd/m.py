@@ -337,6 +337,14 @@ class M:
         self.depth = 0
         self.slice_start = 0.0  # when the current time slice began
         self.fair_tick = -1  # the schedtick whose fairness check was done
+        # Our P's queue may hold Gs that did not come from the global queue
+        # (children, stolen, offered, or whatever the P held when we got it).
+        # Only then can it starve the global queue, and only then does the
+        # fairness tick take a global G first: a queue fed by global batches
+        # alone holds Gs older than any left there, and that round trip (a
+        # Prefetch, its answer, a Started to the client: ~8 thread wake-ups)
+        # every 61 Gs was ~10% of a 5 ms-task farm's control-plane wake-ups.
+        self.local_fed = True
         self.last_run = 0.0  # seconds the last G this M ran took (prefetch)
         self.results: list[tuple[int, int, bytes]] = []
         # Global batches (seq, roots, locals) not queued yet: they came while we held no P.
@@ -514,6 +522,7 @@ class M:
                 break
         self.p, self.epoch = grant.p, grant.epoch
         self.runq = self.nm.runq(grant.p, self.m)
+        self.local_fed = True
         self.wake_sysmon(deep_only=True)  # a P runs again: sysmon must watch it (unmarked blocks wake nobody)
         if not self.curg:
             self.node.m_set(self.m, p=grant.p, state=MState.IDLE)
@@ -665,6 +674,7 @@ class M:
         slot, seq, tid, payload = got
         offer_crash("taken")
         h = self.new_root(tid, payload)
+        self.local_fed = True
         offer_crash("made")
         if h and (batch := self.runq.put_next(h)) is not None:
             self.spill(batch)
@@ -717,6 +727,7 @@ class M:
                     continue
                 g = self.runq.steal(victim, runnext=i == STEAL_TRIES - 1)
                 if g is not None:
+                    self.local_fed = True
                     self.node.sched_add(Counter.STEALS, 1)
                     self.node.sched_add(Counter.STOLEN, len(self.runq) + 1)
                     return g
@@ -732,7 +743,7 @@ class M:
                 self.look_at = now + ANSWER_LOOK_S
         if self.stash and self.take_work(0, [], []):
             return self.next_queued(), False
-        tick = self.node.p_ticks(self.p)[0]
+        tick = self.node.p_ticks(self.p)[0] if self.local_fed else 0
         if tick % FAIRNESS_TICK == 0 and tick != self.fair_tick and tick > 0:
             self.fair_tick = tick  # once per tick: runnext chains do not advance it
             # (Go: only if the global queue is not empty.)  Its G runs at the
@@ -743,6 +754,9 @@ class M:
         if runq is None:
             return 0, False
         local = runq.get()
+        if local is None:
+            # (Filled from now on by global batches only, it holds older Gs than the rest.)
+            self.local_fed = False
         if local is not None:
             queued = len(runq)
             if queued < PREFETCH_AT and queued * self.last_run < PREFETCH_AHEAD_S:
@@ -1325,6 +1339,7 @@ class M:
             assert self.runq is not None
             h = self.node.g_new(self.p, payload, parent=self.curg)
             batch = self.runq.put_next(h)
+            self.local_fed = True
         finally:
             self.node.m_set(self.m, state=MState.RUNNING)  # (OWNING is ours alone to leave)
         if batch is not None:

@@ -31,6 +31,27 @@ def test_sched_respawning_chain_does_not_starve_the_global_queue() -> None:
         assert time.time() < deadline, f"the global queue waited {waited:.2f} s, for the chain to end"
 
 
+def spin(seconds: float) -> float:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return seconds
+
+
+def test_sched_a_queue_fed_by_global_batches_alone_takes_no_fairness_g() -> None:
+    """Go's fairness tick (every 61st G comes from the global queue) guards
+    the global queue against a local queue that children keep filling.  A
+    queue filled from global batches alone holds older Gs than any left
+    there: no fairness round trip (400 Gs: 4 batches, not 4 + one a 61)."""
+    with gmpd.Executor(1) as ex:
+        ex.submit(square, 1).result(timeout=30)
+        before = ex.statistics().global_takes
+        futures = [ex.submit(spin, 0.0005) for _ in range(400)]
+        assert [f.result(timeout=60) for f in futures] == [0.0005] * 400
+        takes = ex.statistics().global_takes - before
+        assert takes <= 5, f"{takes} global takes for 400 Gs in batches of 128"
+
+
 def test_sched_steal_order_visits_every_p_once() -> None:
     rng = random.Random(3)
     for count in range(1, 12):
