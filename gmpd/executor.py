@@ -30,6 +30,7 @@ import math
 import os
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -110,6 +111,10 @@ class LocalCluster:
         self.results.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes())
         self.results_endpoint = f"ipc://{self.rundir}/client"
         self.results.bind(self.results_endpoint)
+        # ...and on this node as datagrams, beside it (wire.RESULTS_DGRAM).
+        self.dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.dgram.bind(os.path.join(self.rundir, wire.RESULTS_DGRAM))
+        self.dgram.setblocking(False)
         # A byte written here wakes spinning Ms for an offered task (gmpd.offer).
         self.offer_w = -1
         if config.load()["client"]["offers"]:
@@ -228,6 +233,7 @@ class LocalCluster:
         if self.offer_w >= 0:
             os.close(self.offer_w)
             self.offer_w = -1
+        self.dgram.close()
         shutil.rmtree(self.rundir, ignore_errors=True)
 
 
@@ -334,6 +340,7 @@ class _ClientIO(threading.Thread):
         self.done = threading.Event()
         self.lost: BaseException | None = None  # why the cluster is gone (fail_all), if it is
         self.submitted = self.completed = self.duplicates = 0
+        self.dgrams = 0  # Results frames that came as datagrams
         self.received: list[int] = []  # tids of results in, to tell the coordinator (Finished)
         # Offer slots (gmpd.offer): each one's last task, whose result may
         # still come back there; the node memory they are in.
@@ -590,6 +597,7 @@ class _ClientIO(threading.Thread):
         poller = zmq.Poller()
         poller.register(self.cluster.results, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
+        poller.register(self.cluster.dgram, zmq.POLLIN)
         coordinator = -1
         try:
             self.agent = os.pidfd_open(self.cluster.proc.pid)
@@ -643,6 +651,8 @@ class _ClientIO(threading.Thread):
                     return
                 self.agent = os.pidfd_open(self.cluster.proc.pid)
                 poller.register(self.agent, zmq.POLLIN)
+            if self.cluster.dgram.fileno() in events:
+                self.drain_dgrams()
             polled = self.cluster.results in events
             for n in itertools.count():
                 if not wire.drain_more(self.cluster.results, n, polled):
@@ -654,6 +664,18 @@ class _ClientIO(threading.Thread):
                 with contextlib.suppress(wire.WireError):
                     self.on_message(wire.decode(frame))
             self.send_finished()
+
+    def drain_dgrams(self) -> None:
+        """The Results datagrams waiting (Ms on this node send them so)."""
+        recv = self.cluster.dgram.recv
+        while True:
+            try:
+                frame = recv(wire.DGRAM_MAX + 1)
+            except BlockingIOError:
+                return
+            self.dgrams += 1
+            with contextlib.suppress(wire.WireError):
+                self.on_message(wire.decode(frame))
 
     def outbox_due(self) -> int | None:
         """Milliseconds before the outbox is ours to send (0: now); None

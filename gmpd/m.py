@@ -23,6 +23,7 @@ import pickle
 import random
 import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -320,6 +321,11 @@ class M:
         self.out = self.ctx.socket(zmq.PUSH)  # results, to the client's PULL
         self.out.setsockopt(zmq.LINGER, 1000)
         self.out.connect(results)
+        # Results on this node go as datagrams from the sending thread (wire.RESULTS_DGRAM).
+        self.dgram_path = wire.results_dgram(results) or ""
+        self.dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) if self.dgram_path else None
+        if self.dgram is not None:
+            self.dgram.setblocking(False)
         # Offers (gmpd.offer): the client writes a byte to this FIFO in its
         # run directory when it offers a task; a spinning M polls it beside
         # its long-poll socket.
@@ -448,10 +454,24 @@ class M:
         """(flush_lock held.)  With zmq.NOBLOCK, a full queue to the client
         raises zmq.Again and leaves the results where they are."""
         if self.results:
-            self.out.send(wire.encode(wire.Results(self.results)), flags, copy=False)
+            frame = wire.encode(wire.Results(self.results))
+            if not self.send_dgram(frame):
+                self.out.send(frame, flags, copy=False)
             self.results, self.result_bytes = [], 0
             self.sent_gs += self.result_gs
             self.result_gs = []
+
+    def send_dgram(self, frame: bytes) -> bool:
+        """Send ``frame`` to the client as one datagram; False if it did
+        not go (too large, the client's queue full, its socket gone): then
+        ZeroMQ takes it."""
+        if self.dgram is None or len(frame) > wire.DGRAM_MAX:
+            return False
+        try:
+            self.dgram.sendto(frame, self.dgram_path)
+        except OSError:
+            return False
+        return True
 
     def free_sent(self) -> None:
         """Free the root Gs whose results are sent: kept (RUNNING, ours)

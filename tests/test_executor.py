@@ -8,6 +8,7 @@ import gc
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -135,6 +136,47 @@ def test_executor_large_arguments_and_results(ex: gmpd.Executor) -> None:
 def test_executor_ten_thousand_tiny_tasks(ex: gmpd.Executor) -> None:
     futures = [ex.submit(square, i) for i in range(10_000)]
     assert sum(f.result() for f in futures) == sum(i * i for i in range(10_000))
+
+
+def sized(n: int) -> bytes:
+    return b"x" * n
+
+
+def test_executor_results_on_one_node_come_as_datagrams(ex: gmpd.Executor) -> None:
+    """An M on the client's node sends Results as datagrams from its own
+    thread (no ZeroMQ IO thread on either side); one larger than a
+    datagram may be goes by ZeroMQ, and so does every one once the
+    client's datagram socket is gone.  Nothing is lost either way."""
+    io = ex._io
+    assert [f.result(timeout=30) for f in [ex.submit(square, i) for i in range(200)]] == [
+        i * i for i in range(200)
+    ]
+    assert io.dgrams > 0, "no result came as a datagram"
+    before = io.dgrams
+    assert ex.submit(sized, wire.DGRAM_MAX + 1).result(timeout=30) == sized(wire.DGRAM_MAX + 1)
+    assert io.dgrams == before, "a frame over DGRAM_MAX went as a datagram"
+    os.unlink(os.path.join(ex._cluster.rundir, wire.RESULTS_DGRAM))
+    assert [f.result(timeout=30) for f in [ex.submit(square, i) for i in range(200)]] == [
+        i * i for i in range(200)
+    ]
+    assert io.dgrams == before
+
+
+def test_executor_drops_garbage_datagrams(ex: gmpd.Executor) -> None:
+    """Frames on the results datagram socket are checked like any other
+    (wire.decode): garbage, a truncated frame and a result for no task are
+    dropped, and the client goes on."""
+    path = os.path.join(ex._cluster.rundir, wire.RESULTS_DGRAM)
+    good = wire.encode(wire.Results([(10**9, wire.OK, pickle.dumps(1))]))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        for frame in (b"", b"junk", good[:-3], good, b"\xff" * (wire.DGRAM_MAX + 10)):
+            with contextlib.suppress(OSError):
+                s.sendto(frame, path)
+    assert ex.submit(square, 7).result(timeout=30) == 49
+    deadline = time.monotonic() + 10
+    while ex._io.duplicates < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)  # (the lone task's result may come back in node memory first)
+    assert ex._io.duplicates == 1  # the result for no task
 
 
 def test_executor_batches_finished_while_tasks_are_in_flight(ex: gmpd.Executor) -> None:
