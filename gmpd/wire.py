@@ -391,14 +391,18 @@ def readable(sock: zmq.Socket[bytes]) -> bool:
 
 def drain_more(sock: zmq.Socket[bytes], n: int, polled: bool) -> bool:
     """Whether a drain loop reads its ``n``-th message (from 0) from
-    ``sock``: the first if ``polled`` (poll saw it readable) or ZMQ_EVENTS
-    says one waits, the second if ZMQ_EVENTS says so, any after that (the
-    loop then ends on zmq.Again).  pyzmq builds that exception in Python
-    (~4 us warm, more cold; 7-14% of the coordinator's and the client
-    thread's py-spy samples in farm and blocking_mix, where most wake-ups
-    bring one message): such a wake-up now never pays it, and a flood's
-    drain pays it once, not ZMQ_EVENTS (~2.5 us) per message."""
-    return n >= 2 or (n == 0 and polled) or readable(sock)
+    ``sock``: the first only if ``polled`` (zmq_poll saw it readable; it
+    reads ZMQ_EVENTS itself, so a message that came after it is seen at the
+    next poll, at once), the second if ZMQ_EVENTS says so, any after that
+    (the loop then ends on zmq.Again).  pyzmq builds that exception in
+    Python (~4 us warm, more cold; 7-14% of the coordinator's and the
+    client thread's py-spy samples in farm and blocking_mix, where most
+    wake-ups bring one message): such a wake-up now never pays it, and a
+    flood's drain pays it once, not ZMQ_EVENTS (~2.5 us) per message.  A
+    wake-up for something else (a timer, a datagram) pays neither: that
+    ZMQ_EVENTS cost the client's IO thread a median 40 us, cold, at each of
+    its ~40 datagram wake-ups in a farm."""
+    return n >= 2 or (n == 0 and polled) or (n == 1 and readable(sock))
 
 
 def kinds() -> dict[int, type[Message]]:
