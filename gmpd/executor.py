@@ -78,6 +78,7 @@ SUBMIT_BYTES = 8 << 20  # payload bytes per Submit frame at most (beyond one tas
 # 1 s farm, ~7 ms of its CPU.)
 FINISHED_AGE = 0.1  # seconds a Finished may wait
 FINISHED_BATCH = 1024  # tids per Finished at most
+DGRAM_DRAIN = 256  # Results datagrams the IO thread reads per wake-up at most
 
 _live: weakref.WeakSet[Executor] = weakref.WeakSet()
 _active: list[weakref.ref[Executor]] = []
@@ -111,10 +112,15 @@ class LocalCluster:
         self.results.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes())
         self.results_endpoint = f"ipc://{self.rundir}/client"
         self.results.bind(self.results_endpoint)
-        # ...and on this node as datagrams, beside it (wire.RESULTS_DGRAM).
-        self.dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.dgram.bind(os.path.join(self.rundir, wire.RESULTS_DGRAM))
-        self.dgram.setblocking(False)
+        # ...and on this node as datagrams, beside it (wire.RESULTS_DGRAM);
+        # without it (it cannot be bound) every result comes by ZeroMQ.
+        self.dgram: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            self.dgram.bind(os.path.join(self.rundir, wire.RESULTS_DGRAM))
+            self.dgram.setblocking(False)
+        except OSError:
+            self.dgram.close()
+            self.dgram = None
         # A byte written here wakes spinning Ms for an offered task (gmpd.offer).
         self.offer_w = -1
         if config.load()["client"]["offers"]:
@@ -233,7 +239,8 @@ class LocalCluster:
         if self.offer_w >= 0:
             os.close(self.offer_w)
             self.offer_w = -1
-        self.dgram.close()
+        if self.dgram is not None:
+            self.dgram.close()
         shutil.rmtree(self.rundir, ignore_errors=True)
 
 
@@ -597,14 +604,16 @@ class _ClientIO(threading.Thread):
         poller = zmq.Poller()
         poller.register(self.cluster.results, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
-        poller.register(self.cluster.dgram, zmq.POLLIN)
+        dgram = self.cluster.dgram.fileno() if self.cluster.dgram is not None else -1
+        if dgram >= 0:
+            poller.register(dgram, zmq.POLLIN)
         coordinator = -1
         try:
             self.agent = os.pidfd_open(self.cluster.proc.pid)
             poller.register(self.agent, zmq.POLLIN)
             coordinator = os.pidfd_open(self.cluster.coordinator)
             poller.register(coordinator, zmq.POLLIN)
-            self.loop(poller, coordinator)
+            self.loop(poller, coordinator, dgram)
         except ProcessLookupError:  # it died (and was reaped) before we watched it
             self.fail_all(CoordinatorLost("the gmpd cluster exited as it started"))
         except BaseException as exc:  # a bug here must not leave futures hanging
@@ -625,7 +634,7 @@ class _ClientIO(threading.Thread):
             os.close(self.wake_w)
             self.done.set()
 
-    def loop(self, poller: zmq.Poller, coordinator: int) -> None:
+    def loop(self, poller: zmq.Poller, coordinator: int, dgram: int) -> None:
         while True:
             due = self.outbox_due()
             if due == 0:
@@ -651,7 +660,7 @@ class _ClientIO(threading.Thread):
                     return
                 self.agent = os.pidfd_open(self.cluster.proc.pid)
                 poller.register(self.agent, zmq.POLLIN)
-            if self.cluster.dgram.fileno() in events:
+            if dgram in events:
                 self.drain_dgrams()
             polled = self.cluster.results in events
             for n in itertools.count():
@@ -666,16 +675,22 @@ class _ClientIO(threading.Thread):
             self.send_finished()
 
     def drain_dgrams(self) -> None:
-        """The Results datagrams waiting (Ms on this node send them so)."""
+        """The Results datagrams waiting (Ms on this node send them so), up
+        to DGRAM_DRAIN: the loop's other work (the outbox, Finished, the
+        ZeroMQ socket) comes between, and the poll returns at once for the
+        rest.  Only Results count: anything else is dropped."""
+        assert self.cluster.dgram is not None
         recv = self.cluster.dgram.recv
-        while True:
+        for _ in range(DGRAM_DRAIN):
             try:
                 frame = recv(wire.DGRAM_MAX + 1)
             except BlockingIOError:
                 return
             self.dgrams += 1
             with contextlib.suppress(wire.WireError):
-                self.on_message(wire.decode(frame))
+                msg = wire.decode(frame)
+                if isinstance(msg, wire.Results):
+                    self.on_message(msg)
 
     def outbox_due(self) -> int | None:
         """Milliseconds before the outbox is ours to send (0: now); None

@@ -46,7 +46,9 @@ import zmq
 from gmpd.errors import GmpdError
 
 PROTOCOL = 4
-RESULTS_DGRAM = "results.dgram"  # the client's datagram socket, in its run directory
+# The client's datagram socket, in its run directory: a name no longer than
+# "client" (ZeroMQ's), since a Unix socket path holds at most 107 bytes.
+RESULTS_DGRAM = "dg"
 DGRAM_MAX = 60 << 10  # bytes: a Results frame larger goes by ZeroMQ (under the kernel's limit)
 
 

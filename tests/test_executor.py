@@ -164,19 +164,44 @@ def test_executor_results_on_one_node_come_as_datagrams(ex: gmpd.Executor) -> No
 
 def test_executor_drops_garbage_datagrams(ex: gmpd.Executor) -> None:
     """Frames on the results datagram socket are checked like any other
-    (wire.decode): garbage, a truncated frame and a result for no task are
-    dropped, and the client goes on."""
+    (wire.decode): garbage, a truncated frame, a result for no task and
+    any message but Results (a Cancelled for a running task) are dropped,
+    and the client goes on."""
     path = os.path.join(ex._cluster.rundir, wire.RESULTS_DGRAM)
+    slow = ex.submit(time.sleep, 0.5)
+    slow_tid = slow._tid  # type: ignore[attr-defined]
     good = wire.encode(wire.Results([(10**9, wire.OK, pickle.dumps(1))]))
+    cancelled = wire.encode(wire.Cancelled([slow_tid], []))
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        for frame in (b"", b"junk", good[:-3], good, b"\xff" * (wire.DGRAM_MAX + 10)):
+        for frame in (b"", b"junk", good[:-3], good, cancelled, b"\xff" * (wire.DGRAM_MAX + 10)):
             with contextlib.suppress(OSError):
                 s.sendto(frame, path)
     assert ex.submit(square, 7).result(timeout=30) == 49
+    assert slow.result(timeout=30) is None and not slow.cancelled()
     deadline = time.monotonic() + 10
     while ex._io.duplicates < 1 and time.monotonic() < deadline:
         time.sleep(0.01)  # (the lone task's result may come back in node memory first)
     assert ex._io.duplicates == 1  # the result for no task
+
+
+def test_executor_without_its_datagram_socket_gets_every_result_by_zeromq(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A results datagram socket that cannot be bound (a path too long for
+    one, say) leaves the cluster on ZeroMQ alone: it starts, and no result
+    is lost."""
+
+    class Unbindable(socket.socket):
+        def bind(self, address: Any) -> None:
+            raise OSError("AF_UNIX path too long")
+
+    monkeypatch.setattr(socket, "socket", Unbindable)  # (the client binds it; Ms run in other processes)
+    with gmpd.Executor(2) as ex:
+        assert ex._cluster.dgram is None
+        assert [f.result(timeout=30) for f in [ex.submit(square, i) for i in range(300)]] == [
+            i * i for i in range(300)
+        ]
+        assert ex._io.dgrams == 0
 
 
 def test_executor_batches_finished_while_tasks_are_in_flight(ex: gmpd.Executor) -> None:
