@@ -111,7 +111,16 @@ class LocalCluster:
         self.results.setsockopt(zmq.LINGER, 0)
         self.results.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes())
         self.results_endpoint = f"ipc://{self.rundir}/client"
-        self.results.bind(self.results_endpoint)
+        try:
+            self.results.bind(self.results_endpoint)
+        except zmq.ZMQError as exc:
+            self.results.close(0)
+            self.ctx.term()
+            shutil.rmtree(self.rundir, ignore_errors=True)
+            raise GmpdError(
+                f"cannot bind the client's socket in {self.rundir} ({exc}): a Unix socket path holds at "
+                f"most 107 bytes; set XDG_RUNTIME_DIR (or TMPDIR) to a shorter directory"
+            ) from exc
         # ...and on this node as datagrams, beside it (wire.RESULTS_DGRAM);
         # without it (it cannot be bound) every result comes by ZeroMQ.
         self.dgram: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

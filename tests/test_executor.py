@@ -204,6 +204,20 @@ def test_executor_without_its_datagram_socket_gets_every_result_by_zeromq(
         assert ex._io.dgrams == 0
 
 
+def test_executor_in_a_run_directory_too_long_for_a_socket_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run directory whose socket paths would pass the 107 bytes a Unix
+    socket path holds fails the start with a GmpdError that names the fix,
+    and leaves nothing behind."""
+    base = tmp_path / ("d" * 100)
+    base.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(base))
+    with pytest.raises(gmpd.GmpdError, match="XDG_RUNTIME_DIR"):
+        gmpd.Executor(1)
+    assert list(base.iterdir()) == []
+
+
 def test_executor_batches_finished_while_tasks_are_in_flight(ex: gmpd.Executor) -> None:
     """Every result is reported to the coordinator once (it forgets the task),
     and not one frame per result while others are in flight: each frame
