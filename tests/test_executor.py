@@ -218,6 +218,20 @@ def test_executor_in_a_run_directory_too_long_for_a_socket_says_what_to_do(
     assert list(base.iterdir()) == []
 
 
+def test_executor_results_of_gs_under_long_g_wait_for_company() -> None:
+    """The results of 15 ms Gs with more queued go in batches (up to
+    FLUSH_AGE), not one message each: each costs the client wake-ups that a
+    busy node takes from its tasks.  Only a G of LONG_G or more, or an M
+    whose queue ran dry, sends at once."""
+    with gmpd.Executor(1) as ex:
+        ex.submit(square, 1).result(timeout=30)
+        before = ex._io.dgrams
+        futures = [ex.submit(spin_ms, 15.0) for _ in range(60)]
+        wait(futures, timeout=60)
+        frames = ex._io.dgrams - before
+        assert frames <= 35, f"{frames} results frames for 60 Gs of 15 ms"
+
+
 def test_executor_batches_finished_while_tasks_are_in_flight(ex: gmpd.Executor) -> None:
     """Every result is reported to the coordinator once (it forgets the task),
     and not one frame per result while others are in flight: each frame
