@@ -327,7 +327,7 @@ class M:
         self.out.setsockopt(zmq.LINGER, 1000)
         self.out.connect(results)
         # Results on this node go as datagrams from the sending thread (wire.RESULTS_DGRAM).
-        self.dgram_path = wire.results_dgram(results) or ""
+        self.dgram_path = wire.beside_client(results, wire.RESULTS_DGRAM) or ""
         self.dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) if self.dgram_path else None
         if self.dgram is not None:
             self.dgram.setblocking(False)
@@ -1622,10 +1622,11 @@ def offer_crash(step: str) -> None:
 def open_offer_fifo(results: str) -> int:
     """The offer FIFO beside the client's results socket (gmpd.offer), read
     end, non-blocking; -1 when the client is not on this node."""
-    if not results.startswith("ipc://"):
+    path = wire.beside_client(results, OFFER_FIFO)
+    if path is None:
         return -1
     try:
-        return os.open(os.path.join(os.path.dirname(results[6:]), OFFER_FIFO), os.O_RDONLY | os.O_NONBLOCK)
+        return os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return -1
 

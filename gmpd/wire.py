@@ -23,7 +23,7 @@ node shared memory).
 
 ``drain_more`` is how the receivers' drain loops read frames off a socket.
 
-Results on one node go as Unix datagrams (``results_dgram``), sent by the
+Results on one node go as Unix datagrams (``RESULTS_DGRAM``), sent by the
 M's own thread: through ZeroMQ each send woke the M's IO thread, which took
 the core from the M's next task (a send cost the M 60-290 us of wall, ~20
 of them a 1 s farm), and the client's, before its own thread.  A datagram
@@ -52,12 +52,12 @@ RESULTS_DGRAM = "dg"
 DGRAM_MAX = 60 << 10  # bytes: a Results frame larger goes by ZeroMQ (under the kernel's limit)
 
 
-def results_dgram(results: str) -> str | None:
-    """The datagram path beside the client's results ``endpoint`` (an
-    ipc:// one: the client is on this node), or None."""
+def beside_client(results: str, name: str) -> str | None:
+    """The path of ``name`` in the client's run directory, beside its
+    results endpoint (an ipc:// one: the client is on this node), or None."""
     if not results.startswith("ipc://"):
         return None
-    return os.path.join(os.path.dirname(results[6:]), RESULTS_DGRAM)
+    return os.path.join(os.path.dirname(results[6:]), name)
 
 
 class WireError(GmpdError, ValueError):

@@ -138,6 +138,12 @@ def test_executor_ten_thousand_tiny_tasks(ex: gmpd.Executor) -> None:
     assert sum(f.result() for f in futures) == sum(i * i for i in range(10_000))
 
 
+def assert_squares(ex: gmpd.Executor, n: int) -> None:
+    assert [f.result(timeout=30) for f in [ex.submit(square, i) for i in range(n)]] == [
+        i * i for i in range(n)
+    ]
+
+
 def sized(n: int) -> bytes:
     return b"x" * n
 
@@ -148,17 +154,13 @@ def test_executor_results_on_one_node_come_as_datagrams(ex: gmpd.Executor) -> No
     datagram may be goes by ZeroMQ, and so does every one once the
     client's datagram socket is gone.  Nothing is lost either way."""
     io = ex._io
-    assert [f.result(timeout=30) for f in [ex.submit(square, i) for i in range(200)]] == [
-        i * i for i in range(200)
-    ]
+    assert_squares(ex, 200)
     assert io.dgrams > 0, "no result came as a datagram"
     before = io.dgrams
     assert ex.submit(sized, wire.DGRAM_MAX + 1).result(timeout=30) == sized(wire.DGRAM_MAX + 1)
     assert io.dgrams == before, "a frame over DGRAM_MAX went as a datagram"
     os.unlink(os.path.join(ex._cluster.rundir, wire.RESULTS_DGRAM))
-    assert [f.result(timeout=30) for f in [ex.submit(square, i) for i in range(200)]] == [
-        i * i for i in range(200)
-    ]
+    assert_squares(ex, 200)
     assert io.dgrams == before
 
 
@@ -198,9 +200,7 @@ def test_executor_without_its_datagram_socket_gets_every_result_by_zeromq(
     monkeypatch.setattr(socket, "socket", Unbindable)  # (the client binds it; Ms run in other processes)
     with gmpd.Executor(2) as ex:
         assert ex._cluster.dgram is None
-        assert [f.result(timeout=30) for f in [ex.submit(square, i) for i in range(300)]] == [
-            i * i for i in range(300)
-        ]
+        assert_squares(ex, 300)
         assert ex._io.dgrams == 0
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import msgpack
@@ -95,11 +97,9 @@ def test_wire_mutated_frames_decode_or_raise_wire_error(msg: wire.Message, data:
     assert wire.decode(wire.encode(out)) == out
 
 
-def test_a_drain_reads_every_message_and_poll_still_wakes_for_the_next(tmp_path: Path) -> None:
-    """The drain loops' form (wire.drain_more): one message, ZMQ_EVENTS
-    once, then until zmq.Again.  After a drain that ended on ZMQ_EVENTS
-    (which consumes the socket fd's edge), Poller.poll must still wake at
-    once for a message sent later (zmq_poll re-reads ZMQ_EVENTS)."""
+@contextmanager
+def pull_push(tmp_path: Path) -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes], zmq.Poller]]:
+    """A PULL socket, a PUSH connected to it, and a Poller watching the PULL."""
     ctx = zmq.Context()
     try:
         pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
@@ -107,6 +107,17 @@ def test_a_drain_reads_every_message_and_poll_still_wakes_for_the_next(tmp_path:
         push.connect(f"ipc://{tmp_path}/drain")
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
+        yield pull, push, poller
+    finally:
+        ctx.destroy(0)
+
+
+def test_a_drain_reads_every_message_and_poll_still_wakes_for_the_next(tmp_path: Path) -> None:
+    """The drain loops' form (wire.drain_more): one message, ZMQ_EVENTS
+    once, then until zmq.Again.  After a drain that ended on ZMQ_EVENTS
+    (which consumes the socket fd's edge), Poller.poll must still wake at
+    once for a message sent later (zmq_poll re-reads ZMQ_EVENTS)."""
+    with pull_push(tmp_path) as (pull, push, poller):
 
         def drain() -> list[list[bytes]]:
             polled = pull in dict(poller.poll(2000))
@@ -134,21 +145,13 @@ def test_a_drain_reads_every_message_and_poll_still_wakes_for_the_next(tmp_path:
         t = time.monotonic()
         assert dict(poller.poll(2000)) and time.monotonic() - t < 1.0, "poll did not wake for a later message"
         assert drain() == [[b"late"]]
-    finally:
-        ctx.destroy(0)
 
 
 def test_a_drain_woken_for_something_else_leaves_the_socket_to_the_next_poll(tmp_path: Path) -> None:
     """A wake-up the socket was not polled readable for (a timer, another
     fd) does not read ZMQ_EVENTS (~40 us cold on the client's datagram
     wake-ups); a message that came meanwhile is read at the next poll."""
-    ctx = zmq.Context()
-    try:
-        pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
-        pull.bind(f"ipc://{tmp_path}/other")
-        push.connect(f"ipc://{tmp_path}/other")
-        poller = zmq.Poller()
-        poller.register(pull, zmq.POLLIN)
+    with pull_push(tmp_path) as (pull, push, poller):
         push.send(b"m")
         deadline = time.monotonic() + 2
         while not wire.readable(pull) and time.monotonic() < deadline:
@@ -157,5 +160,3 @@ def test_a_drain_woken_for_something_else_leaves_the_socket_to_the_next_poll(tmp
         assert not wire.drain_more(pull, 0, False)
         assert pull in dict(poller.poll(2000)) and wire.drain_more(pull, 0, True)
         assert pull.recv(zmq.NOBLOCK) == b"m"
-    finally:
-        ctx.destroy(0)
