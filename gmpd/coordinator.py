@@ -9,8 +9,10 @@ One process per cluster, one ZeroMQ ROUTER socket.  Who sends what::
       |                             |-- futex wake (node shm) ---------> | parked M
       |                             |<------------ LeaseRequest(m) ------|
       |                             |-- Grant(p, epoch, batch) --------> | runs Gs
-      |<------------- Started(tids) |  (only for tasks still running      |
-      |                             |   at the next 1 ms timer)          |
+      |-- Watch ------------------> |  (once: user code asked running())  |
+      |<------------ Watching(tids) |                                    |
+      |<------------- Started(tids) |  (after a Watch, for tasks still    |
+      |                             |   running at the next 1 ms timer)  |
       |                             |<-- GetWork(p, epoch, finished) ----| local queue empty
       |                             |-- Work(batch) / held until work -->|
       |                             |<--------------------- Spill(gs) ---| runqputslow
@@ -35,7 +37,7 @@ yet).  A message naming a stale epoch is
 answered with Revoke; an expired lease makes the P idle under a new epoch,
 which the P state word in node shared memory enforces too.
 
-Replies to a client (Welcome, Started, Cancelled) go to the PULL socket it
+Replies to a client (Welcome, Started, Cancelled, Watching) go to the PULL socket it
 names in its Hello, where results from Ms arrive too: the client's socket to
 us is then send-only, so its user threads can submit on it directly.
 
@@ -256,6 +258,7 @@ class Coordinator:
         self.asked: collections.deque[float] = collections.deque()  # Ms asked of the node agent, no "pid" yet
         self.starting: dict[int, float] = {}  # pids of Ms started, no Hello yet -> when to stop waiting
         self.out_started: dict[bytes, list[int]] = collections.defaultdict(list)
+        self.watching: set[bytes] = set()  # clients that asked for Started (Watch)
         # Offers (gmpd.offer) read while untaken, while an M between Gs was
         # about to look: tid -> (slot, seq, until when they wait for it).
         self.deferred: dict[int, tuple[int, int, float]] = {}
@@ -323,8 +326,10 @@ class Coordinator:
 
     def mark_started(self, tid: int, root: Root) -> None:
         """An M has root ``tid`` now; the client hears so (Started) if it
-        still runs at the next 1 ms timer."""
+        asked to (Watch) and the task still runs at the next 1 ms timer."""
         root.started = root.taken = True
+        if root.client not in self.watching:
+            return
         if not self.out_started:
             self.started_due = time.monotonic() + STARTED_DELAY_S
         self.out_started[root.client].append(tid)
@@ -1392,6 +1397,17 @@ class Coordinator:
         self.stats.cancelled += len(done)
         self.reply(ident, wire.Cancelled(done, refused))
 
+    def on_watch(self, ident: bytes) -> None:
+        """The client's user code asked a future whether it runs: say which
+        of its tasks Ms have now, and send Started for those taken later."""
+        if self.deferred:
+            self.settle_deferred(time.monotonic())  # an offer an M took is started
+        self.watching.add(ident)
+        self.reply(
+            ident,
+            wire.Watching([tid for tid, root in self.roots.items() if root.client == ident and root.started]),
+        )
+
     def on_finished(self, ident: bytes, tids: list[int]) -> None:
         """These results reached their client: forget the root tasks."""
         for tid in tids:
@@ -1458,6 +1474,8 @@ class Coordinator:
             self.on_submit(ident, msg)
         elif isinstance(msg, wire.Cancel) and ident in self.clients:
             self.on_cancel(ident, msg)
+        elif isinstance(msg, wire.Watch) and ident in self.clients:
+            self.on_watch(ident)
         elif isinstance(msg, wire.Bye) and ident in self.clients:
             self.running = False
         elif isinstance(msg, wire.Retaken) and ident == self.sysmon:

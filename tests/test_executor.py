@@ -473,6 +473,41 @@ def test_executor_submit_after_shutdown_raises() -> None:
         ex.submit(square, 1)
 
 
+def touch_then_sleep(path: str, seconds: float) -> int:
+    Path(path).touch()
+    time.sleep(seconds)
+    return 7
+
+
+def test_executor_started_only_once_running_is_asked(tmp_path: Path) -> None:
+    """No Started message comes until user code asks a pending future
+    whether it runs: each cost a farm ~4 thread wake-ups in three
+    processes.  The first running() asks the coordinator (Watch), whose
+    answer says which tasks Ms have; Started follows for later ones."""
+
+    def when_touched(path: Path) -> None:
+        deadline = time.monotonic() + 10
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert path.exists(), "the task never started"
+
+    with gmpd.Executor(2) as ex:
+        burst = [ex.submit(sleep_then, i, 0.002) for i in range(300)]  # taken in global batches
+        assert [f.result() for f in burst] == list(range(300))
+        assert (ex._io.started_msgs, ex._io.watch_sent) == (0, False)
+        first = ex.submit(touch_then_sleep, str(tmp_path / "first"), 0.5)
+        when_touched(tmp_path / "first")
+        assert first.running(), "the first running() asks, and hears the task runs"
+        assert (ex._io.watch_sent, ex._io.watched.is_set()) == (True, True)
+        later = ex.submit(touch_then_sleep, str(tmp_path / "later"), 0.5)
+        when_touched(tmp_path / "later")
+        deadline = time.monotonic() + 10
+        while later._state != "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.001)  # (not running(): Started alone must bring it now)
+        assert later.running() and ex._io.started_msgs >= 1
+        assert first.result() == later.result() == 7
+
+
 def test_executor_shutdown_cancel_futures() -> None:
     ex = gmpd.Executor(1)
     running = ex.submit(sleep_then, 1, 0.5)

@@ -204,7 +204,7 @@ def test_a_deferred_offer_is_settled_before_the_tasks_submitted_after_it(nm: Nod
     c.link, c.retries, c.stats = object(), 3, types.SimpleNamespace(submitted=0)
     c.grq, c.roots = collections.deque(), {7: Root(b"client", b"first", 3)}
     c.deferred = {7: (slot, seq, time.monotonic() + 60)}
-    c.out_started = collections.defaultdict(list)
+    c.out_started, c.watching = collections.defaultdict(list), set()
     c.on_submit(b"client", wire.Submit([(8, b"b1"), (9, b"b2")], [], []))
     assert not c.deferred
     assert list(c.grq) == ([] if taken else [(7, 0)]) + [(8, 0), (9, 0)]

@@ -38,6 +38,8 @@ SAMPLES: list[wire.Message] = [
     wire.Bye("shutdown"),
     wire.Finished([1, 2]),
     wire.Retaken(1, 9),
+    wire.Watch(),
+    wire.Watching([3, 5]),
 ]
 
 
