@@ -71,12 +71,16 @@ FLUSH_EVERY = 64  # results per Results message at most
 # noop_submit unchanged; at 50 ms (seventeenth session, 5 A/B pairs of 3
 # fresh executors, once extra M starts no longer blurred the figure) the
 # client's CPU 51-67 -> 36-40 us a task and farm 0.952-0.965 -> 0.966-0.971
-# (100 ms: the client 36-37, no better).  A lone task is not delayed: an M
+# (100 ms: the client 36-37, no better, then); at 100 ms (eighteenth
+# session, once Started messages were gone: 4 alternated bench pairs) the
+# client's CPU 16.3-17.7 -> 12.3-14.1 ms a 400-task run, farm 0.959-0.961
+# -> 0.961-0.967 (a 10 s farm: client IO thread 8.8-11.2 -> 5.6-8.3 ms a
+# second); 200 ms saved ~2.5 ms more.  A lone task is not delayed: an M
 # whose queue runs dry flushes; a G that ran LONG_G sends at once.  What it
-# costs: a result in a stream reaches its caller up to 50 ms after its G
-# ended while its M has more queued, and an M killed loses up to 50 ms of
+# costs: a result in a stream reaches its caller up to 100 ms after its G
+# ended while its M has more queued, and an M killed loses up to 100 ms of
 # results (their tasks run again).
-FLUSH_AGE = 0.05
+FLUSH_AGE = 0.1
 # A G that ran this long sends its result at once.  A message costs ~0.2-0.4
 # ms of CPU in all processes, cold (the M's send, the client's wake-ups):
 # < 1% of such a G.  At 10 ms (until the seventeenth session) every 10-20
