@@ -70,7 +70,7 @@ from gmpd.errors import SegmentError, TaskTimeout, WorkerLost
 from gmpd.g import GState, error_payload
 from gmpd.offer import OFFER_SLOTS, Offer
 from gmpd.runq import PStatus
-from gmpd.sched import RETIRED, Counter, Doom, MState
+from gmpd.sched import GLOBAL_BATCH, RETIRED, Counter, Doom, MState
 from gmpd.shm import NodeMemory
 
 # Lease expiry and heap trimming are checked every lease TTL / SLOW_TIMERS_PER_TTL,
@@ -304,8 +304,18 @@ class Coordinator:
     # ---- the global queue -------------------------------------------------
 
     def take_batch(self, limit: int) -> tuple[list[tuple[int, bytes]], list[int]]:
-        """Go's globrunqgetbatch: min(limit, len, len/GOMAXPROCS + 1) entries."""
-        n = min(limit, len(self.grq), len(self.grq) // self.nprocs + 1)
+        """Go's globrunqgetbatch: min(limit, len, len/GOMAXPROCS + 1) entries.
+        But while every P is busy, a tail shorter than GLOBAL_BATCH /
+        GOMAXPROCS is not left behind: Go's halving of it (36, 18, 9, 5, 2,
+        1 Gs with 2 Ps) was a round trip each, ~4 thread wake-ups in two
+        processes, where the Ms balance it by node-local steals (the taker
+        wakes a parked M for a P freed meanwhile, as Go's resetspinning
+        does).  With an idle P the batch stays Go's: that P's M gets its
+        share from here, not from a steal after the taker woke it."""
+        queued = len(self.grq)
+        n = min(limit, queued, queued // self.nprocs + 1)
+        if not self.idle_ps and queued - n < GLOBAL_BATCH // self.nprocs:
+            n = min(limit, queued)
         roots: list[tuple[int, bytes]] = []
         locals_: list[int] = []
         while n > 0 and self.grq:

@@ -626,6 +626,10 @@ class M:
         placed = False
         while self.stash and self.runq is not None and self.owns_p():
             placed = self.place(*self.stash.pop(0)) or placed
+        if placed and self.runq is not None and len(self.runq):
+            # More than the G we run next: an idle P's M may steal them
+            # (Go's resetspinning; a short global queue comes whole to one P).
+            self.wakep()
         return placed
 
     def place(self, seq: int, roots: list[tuple[int, bytes]], locals_: list[int]) -> bool:

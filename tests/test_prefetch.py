@@ -117,6 +117,32 @@ def nap_marked(seconds: float) -> str:
     return "woke"
 
 
+def test_a_short_global_queue_is_taken_whole_while_every_p_is_busy() -> None:
+    """Go's batch is len/GOMAXPROCS + 1 (at most 128).  While every P is
+    busy, a tail under 128/GOMAXPROCS is taken whole: with 2 Ps Go's
+    halving of it (36, 18, 9, 5, 2, 1) cost a coordinator round trip per
+    batch, where Ms balance a short queue by steals on their node.  With
+    an idle P the batch stays Go's (that P's M gets its share at once)."""
+
+    def taken(queued: int, nprocs: int = 2, idle: int = 0) -> list[int]:
+        c = types.SimpleNamespace(nprocs=nprocs, stats=Stats(), out_started=collections.defaultdict(list))
+        c.watching, c.roots = set(), {t: Root(b"client", b"x", 0) for t in range(1, queued + 1)}
+        c.grq = collections.deque((t, 0) for t in range(1, queued + 1))
+        c.idle_ps = collections.deque(range(idle))
+        c.mark_started = functools.partial(Coordinator.mark_started, c)  # type: ignore[arg-type]
+        sizes = []
+        while c.grq:
+            roots, _locals = Coordinator.take_batch(c, 128)  # type: ignore[arg-type]
+            sizes.append(len(roots))
+        return sizes
+
+    assert taken(400) == [128, 128, 73, 71]
+    assert taken(60) == [60]
+    assert taken(1) == [1]
+    assert taken(60, idle=1) == [31, 15, 8, 4, 2]
+    assert taken(100, nprocs=8) == [13, 11, 10, 9, 8, 7, 6, 5, 4, 4, 3, 3, 17]
+
+
 def test_a_flood_runs_every_task_once_with_prefetches() -> None:
     with gmpd.Executor(2) as ex:
         for _ in range(3):
