@@ -25,7 +25,8 @@ One process per cluster, one ZeroMQ ROUTER socket.  Who sends what::
       |-- Bye --------------------> |-- Bye --------------------------->  | exit
 
 Rules kept from Go (reference §3): a global batch is
-``min(128, len, len // GOMAXPROCS + 1)``; new work wakes one parked M only
+``min(128, len, len // GOMAXPROCS + 1)`` (but the whole tail of a short
+queue while every P runs Gs and no M waits: ``take_batch``); new work wakes one parked M only
 when there is an idle P and no spinning M (``wakep``); an M that ran out of
 work "spins" by holding a long-poll GetWork (at most half the busy Ps spin)
 before it releases its P and parks.
@@ -310,12 +311,19 @@ class Coordinator:
         1 Gs with 2 Ps) was a round trip each, ~4 thread wake-ups in two
         processes, where the Ms balance it by node-local steals (the taker
         wakes a parked M for a P freed meanwhile, as Go's resetspinning
-        does).  With an idle P the batch stays Go's: that P's M gets its
-        share from here, not from a steal after the taker woke it."""
+        does).  With an idle P, or a spinning M waiting here, the batch
+        stays Go's: that M gets its share from here, not from a steal after
+        the taker woke it.  A Prefetch's whole tail waits unclaimed in its
+        M's socket until that M's G ends; an M that runs dry meanwhile gets
+        it back after PREFETCH_HOLD_S (revoke_stale_prefetches)."""
         queued = len(self.grq)
         n = min(limit, queued, queued // self.nprocs + 1)
-        if not self.idle_ps and queued - n < GLOBAL_BATCH // self.nprocs:
-            n = min(limit, queued)
+        if (
+            queued - n < GLOBAL_BATCH // self.nprocs
+            and not self.idle_ps
+            and not any(info.waiting is not None for info in self.ms.values())
+        ):
+            n = min(limit, queued)  # (a spinning M's long-poll holds a P too: it gets its share)
         roots: list[tuple[int, bytes]] = []
         locals_: list[int] = []
         while n > 0 and self.grq:

@@ -255,6 +255,7 @@ class LocalCluster:
 
 MIN_LEASE_TTL = 0.2  # seconds: four of the Ms' 50 ms heartbeats
 CANCEL_TIMEOUT = 10.0  # seconds cancel() waits for the coordinator's verdict
+RUNNING_WAIT = 1.0  # seconds the first running() waits for the coordinator's answer (Watching)
 LANE_WAIT = 0.05  # a thread waiting on an offered task's slot re-checks its future this often
 
 
@@ -264,6 +265,9 @@ class TaskFuture(LazyFuture):
     ``cancel()`` asks the coordinator and waits for its answer (a round
     trip, ~0.2 ms): True means no M took the task and none ever will.  The
     client alone cannot know, since an M may have taken it a moment ago.
+    The first ``running()`` on a pending future of a client is such a
+    round trip too (Watch): until then the coordinator tells the client
+    nothing about tasks Ms take (``Started``), from then on it does.
 
     Its Condition is made only when something waits, looks or adds a
     callback (gmpd.future); a result that comes first is set without one,
@@ -448,8 +452,11 @@ class _ClientIO(threading.Thread):
                 self.send(wire.Watch())
             except zmq.ZMQError:  # the client is closing: no answer will come
                 self.watched.set()
-        if threading.current_thread() is not self and not self.done.is_set():
-            self.watched.wait(CANCEL_TIMEOUT)
+        if threading.current_thread() is not self:
+            self.watched.wait(RUNNING_WAIT)
+        # An answer lost (a coordinator that stopped reading us drops it) or
+        # late holds up this call only: Started comes if the Watch got through.
+        self.watched.set()
 
     def kick(self) -> None:
         """Wake the IO thread, unless a wake-up is already pending."""
@@ -662,6 +669,7 @@ class _ClientIO(threading.Thread):
             self.fail_all(GmpdError(f"the gmpd client thread failed ({exc!r}); this is a bug in gmpd"))
             raise
         finally:
+            self.watched.set()  # a running() waiting for Watching: none will come now
             with contextlib.suppress(zmq.ZMQError):
                 self.send(wire.Bye("client shutdown"))
             with self.send_lock:

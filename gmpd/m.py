@@ -357,7 +357,7 @@ class M:
         # Only then can it starve the global queue, and only then does the
         # fairness tick take a global G first: a queue fed by global batches
         # alone holds Gs older than any left there, and that round trip (a
-        # Prefetch, its answer, a Started to the client: ~8 thread wake-ups)
+        # Prefetch, its answer, then a Started to the client: ~8 thread wake-ups)
         # every 61 Gs was ~10% of a 5 ms-task farm's control-plane wake-ups.
         self.local_fed = True
         self.last_run = 0.0  # seconds the last G this M ran took (prefetch)

@@ -20,7 +20,9 @@ The schedule loop of an M holding P (``M.find_runnable``), Go's order:
    the global queue is a round trip away, not a lock), revocable by the
    coordinator until the M claims it in node memory;
 3. a global batch of ``min(128, len, len/GOMAXPROCS + 1)`` (the coordinator
-   computes it; the M runs one and puts the rest in its ring);
+   computes it; the M runs one and puts the rest in its ring): or all of a
+   short queue's tail while every P runs Gs, which the Ms then balance by
+   steals (a coordinator round trip per batch of Go's halving tail);
 4. steal from a random same-node P: 4 passes over all Ps in coprime random
    order, ``runnext`` only on the last pass; only if spinning Ms are fewer
    than half the busy Ps (``2 * nmspinning < GOMAXPROCS - npidle``);

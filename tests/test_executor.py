@@ -239,11 +239,14 @@ def test_executor_results_of_a_stream_wait_up_to_a_tenth_of_a_second() -> None:
     client spent 3-4 ms more of CPU in a 400-task farm)."""
     with gmpd.Executor(1) as ex:
         ex.submit(square, 1).result(timeout=30)
+        time.sleep(0.05)  # (its datagram copy, behind the node-memory result, is counted by then)
         before, start = ex._io.dgrams, time.monotonic()
         futures = [ex.submit(spin_ms, 5.0) for _ in range(100)]
         wait(futures, timeout=60)
         elapsed, frames = time.monotonic() - start, ex._io.dgrams - before
-        assert frames <= elapsed / 0.1 + 2, f"{frames} results frames in {elapsed:.2f} s"
+        # ~6 at 0.1 s (~11 at 50 ms); + 3: the first and last flushes, a G
+        # descheduled past LONG_G on a loaded machine.
+        assert frames <= elapsed / 0.1 + 3, f"{frames} results frames in {elapsed:.2f} s"
 
 
 def test_executor_batches_finished_while_tasks_are_in_flight(ex: gmpd.Executor) -> None:
@@ -520,6 +523,28 @@ def test_executor_started_only_once_running_is_asked(tmp_path: Path) -> None:
             time.sleep(0.001)  # (not running(): Started alone must bring it now)
         assert later.running() and ex._io.started_msgs >= 1
         assert first.result() == later.result() == 7
+
+
+def test_executor_running_waits_for_a_lost_answer_once_and_briefly() -> None:
+    """running() is a query: the first one's wait for the coordinator's
+    answer is bounded (RUNNING_WAIT), and once it ran out no later call
+    waits (it blocked 10 s each, every call, when the answer was lost)."""
+    with gmpd.Executor(1) as ex:
+        send = ex._io.send
+
+        def drop_watch(msg: wire.Message) -> None:
+            if not isinstance(msg, wire.Watch):
+                send(msg)
+
+        ex._io.send = drop_watch  # type: ignore[method-assign]
+        fut = ex.submit(sleep_then, 1, 0.3)
+        start = time.monotonic()
+        fut.running()
+        assert time.monotonic() - start < executor.RUNNING_WAIT + 1
+        start = time.monotonic()
+        fut.running()
+        assert time.monotonic() - start < 0.1
+        assert fut.result(timeout=30) == 1
 
 
 def test_executor_shutdown_cancel_futures() -> None:

@@ -18,6 +18,7 @@ import types
 import pytest
 
 import gmpd
+from gmpd import wire
 from gmpd.coordinator import PREFETCH_HOLD_S, Coordinator, MInfo, Root, Stats
 from gmpd.shm import NodeMemory
 
@@ -122,10 +123,13 @@ def test_a_short_global_queue_is_taken_whole_while_every_p_is_busy() -> None:
     busy, a tail under 128/GOMAXPROCS is taken whole: with 2 Ps Go's
     halving of it (36, 18, 9, 5, 2, 1) cost a coordinator round trip per
     batch, where Ms balance a short queue by steals on their node.  With
-    an idle P the batch stays Go's (that P's M gets its share at once)."""
+    an idle P, or an M spinning in a long-poll, the batch stays Go's (that
+    M gets its share at once)."""
 
-    def taken(queued: int, nprocs: int = 2, idle: int = 0) -> list[int]:
+    def taken(queued: int, nprocs: int = 2, idle: int = 0, waiting: bool = False) -> list[int]:
         c = types.SimpleNamespace(nprocs=nprocs, stats=Stats(), out_started=collections.defaultdict(list))
+        c.ms = {0: MInfo(0, b"m0", os.getpid())}
+        c.ms[0].waiting = wire.GetWork(0, 0, 1, 128, 1) if waiting else None
         c.watching, c.roots = set(), {t: Root(b"client", b"x", 0) for t in range(1, queued + 1)}
         c.grq = collections.deque((t, 0) for t in range(1, queued + 1))
         c.idle_ps = collections.deque(range(idle))
@@ -140,6 +144,7 @@ def test_a_short_global_queue_is_taken_whole_while_every_p_is_busy() -> None:
     assert taken(60) == [60]
     assert taken(1) == [1]
     assert taken(60, idle=1) == [31, 15, 8, 4, 2]
+    assert taken(60, waiting=True) == [31, 15, 8, 4, 2], "a spinning M's long-poll is served its share"
     assert taken(100, nprocs=8) == [13, 11, 10, 9, 8, 7, 6, 5, 4, 4, 3, 3, 17]
 
 
