@@ -323,7 +323,7 @@ class Coordinator:
             and not self.idle_ps
             and not any(info.waiting is not None for info in self.ms.values())
         ):
-            n = min(limit, queued)  # (a spinning M's long-poll holds a P too: it gets its share)
+            n = min(limit, queued)
         roots: list[tuple[int, bytes]] = []
         locals_: list[int] = []
         while n > 0 and self.grq:

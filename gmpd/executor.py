@@ -579,13 +579,14 @@ class _ClientIO(threading.Thread):
 
     def on_message(self, msg: wire.Message) -> None:
         if isinstance(msg, wire.Started | wire.Watching):
-            self.started_msgs += isinstance(msg, wire.Started)
             for tid in msg.tids:
                 fut = self.futures.get(tid)
                 if fut is not None:
                     fut.mark_running()
             if isinstance(msg, wire.Watching):
                 self.watched.set()
+            else:
+                self.started_msgs += 1
         elif isinstance(msg, wire.Results):
             pop = self.futures.pop
             if not self.received:
