@@ -5,10 +5,12 @@ ProcessPoolExecutor, multiprocessing.Pool always; loky, Dask distributed and
 Ray when installed (``pip install 'gmpd[peers]'``).  Same worker count for
 all.  Each workload runs the systems interleaved (A B C A B C ...), after a
 warm-up round (not in ``--quick``), for ``reps`` repetitions, each run on a
-freshly started system that has run one task per worker; the median, min
-and max are reported, with the load average.  Every run has a time budget: a
-system that deadlocks, crashes, loses a task or is not installed gets null
-and a reason, never a hang.  Every task's result is checked in every run; a
+freshly started system that has run one task per worker, in a fresh
+interpreter of its own (a runner: nothing another system left behind runs
+beside it); the median, min and max are reported, with the load average.
+Every run has a time budget: a system that deadlocks, crashes, loses a task
+or is not installed gets null and a reason, never a hang (a runner that
+outlives its budget is killed, with its processes).  Every task's result is checked in every run; a
 wrong or missing one fails that system's workload, gmpd's included.
 
 Workloads (N and the --quick N are in WORKLOADS below):
@@ -45,11 +47,14 @@ or not judged when a system a target compares with did not run; each
 each of the system's processes spent, by role (``cpu_s``), and a missed
 target says from it where its figure comes from (``why``).
 
-Runs in: the client process of the ``gmpd`` command.
+Runs in: the ``gmpd`` command's process (the rows, the floor) and, each
+run, a runner it starts (``serve``), which is that run's client process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import heapq
 import importlib
 import importlib.util
@@ -64,6 +69,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -500,6 +506,7 @@ WORKLOADS = [
     Workload("startup", "s to first result", False, None, 1, 1, budget_s=60.0),
     Workload("memory", "peak RSS MiB", False, memory, 400, 60),
 ]
+WORKLOAD = {w.name: w for w in WORKLOADS}
 
 
 def settle(preexisting: set[int], timeout: float = 5.0) -> None:
@@ -534,6 +541,92 @@ def run_once(w: Workload, system: str, workers: int, n: int) -> tuple[float, Ext
         settle(preexisting)
 
 
+# ---- each run in an interpreter of its own ------------------------------------
+
+# What a runner runs (tests swap in code that first registers fake systems).
+RUNNER = "from gmpd.bench import serve; serve()"
+# A run's budget bounds its tasks; beyond it a runner may take this long to
+# start its interpreter and system (Ray's ~3 s), close it and settle, before
+# the bench ends it.
+RUNNER_GRACE_S = 60.0
+OUTCOMES: dict[str, type[Exception]] = {
+    cls.__name__: cls for cls in (Unavailable, Unsupported, RunTimeout, WrongResult)
+}
+
+
+class RunnerFailed(Exception):
+    """A run raised something that is not one of OUTCOMES: its type and message."""
+
+
+def run_isolated(w: Workload, system: str, workers: int, n: int) -> tuple[float, Extra]:
+    """run_once in a fresh interpreter, a runner, that exits after it.  No
+    system then runs beside what another left in the bench's process: a
+    process that had run the peers (Ray's threads keep waking after
+    ray.shutdown()) ran gmpd's farm ~0.4 % and its noop flood ~10 % slower.
+    A runner that overstays the run's budget by RUNNER_GRACE_S is killed,
+    with everything under it."""
+    order = {"workload": w.name, "budget_s": w.budget_s, "system": system, "workers": workers, "n": n}
+    with subprocess.Popen([sys.executable, "-c", RUNNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as p:
+        try:
+            assert p.stdin is not None
+            p.stdin.write(json.dumps(order).encode() + b"\n")
+            p.stdin.close()
+            d = Deadline(w.budget_s + RUNNER_GRACE_S)
+            line = read_line(p, d, f"{system}'s runner gave no outcome (killed)")
+            if not line:
+                raise RunnerFailed(f"its runner exited ({p.wait(d.left())}) without an outcome")
+            got = json.loads(line)
+            p.wait(d.left())  # (its system is closed and settled: only the interpreter's exit is left)
+        except subprocess.TimeoutExpired as exc:
+            raise RunTimeout(f"{system}'s runner did not exit (killed)") from exc
+        finally:
+            if p.poll() is None:
+                kill_tree(p)
+    if "error" in got:
+        raise OUTCOMES.get(got["error"] or "", RunnerFailed)(got["message"])
+    return float(got["value"]), got["extra"]
+
+
+def kill_tree(p: subprocess.Popen[bytes]) -> None:
+    """SIGKILL runner ``p``; its system's processes get 5 s to notice and
+    clean up after themselves (gmpd's unlink its shared memory), then are
+    killed too."""
+    try:
+        under = psutil.Process(p.pid).children(recursive=True)
+    except psutil.Error:
+        under = []
+    p.kill()
+    p.wait()
+    _, left = psutil.wait_procs(under, timeout=5)
+    for q in left:
+        with contextlib.suppress(psutil.Error):
+            q.kill()
+    psutil.wait_procs(left, timeout=5)
+
+
+def serve() -> None:
+    """A runner's main: the run its order on stdin names, on a fresh
+    system; its outcome as one JSON line on stdout.  Anything else printed
+    goes to stderr."""
+    order = json.loads(sys.stdin.readline())
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    w = dataclasses.replace(WORKLOAD[order["workload"]], budget_s=order["budget_s"])
+    try:
+        # Its client's imports, before any timing (startup times the start,
+        # not a user's imports; a bench process that had run a system had them).
+        peers.installed(order["system"])
+        value, extra = run_once(w, order["system"], order["workers"], order["n"])
+        outcome: dict[str, Any] = {"value": value, "extra": extra}
+    except Exception as exc:
+        kind = next((name for name, cls in OUTCOMES.items() if isinstance(exc, cls)), None)
+        if kind is None:
+            traceback.print_exc()
+        outcome = {"error": kind, "message": str(exc) if kind else f"{type(exc).__name__}: {exc}"}
+    out.write(json.dumps(outcome) + "\n")
+    out.close()
+
+
 def run_on(
     w: Workload, system: str, workers: int, n: int, d: Deadline, *, preexisting: set[int]
 ) -> tuple[float, Extra]:
@@ -562,7 +655,12 @@ def run_on(
         s.close(clean)
 
 
-def run_workload(w: Workload, systems: list[str], workers: int, reps: int, quick: bool) -> dict[str, Any]:
+def run_workload(
+    w: Workload, systems: list[str], workers: int, reps: int, quick: bool, *, isolated: bool = True
+) -> dict[str, Any]:
+    """The row of workload ``w``: each run in a runner of its own
+    (run_isolated), or, not ``isolated``, in this process (run_once)."""
+    run = run_isolated if isolated else run_once
     n = w.quick_n if quick else w.n
     samples: dict[str, list[float]] = {s: [] for s in systems}
     extras: dict[str, list[Extra]] = {s: [] for s in systems}
@@ -585,7 +683,7 @@ def run_workload(w: Workload, systems: list[str], workers: int, reps: int, quick
                 continue
             t = time.monotonic()
             try:
-                value, extra = run_once(w, system, workers, n)
+                value, extra = run(w, system, workers, n)
             except (Unavailable, Unsupported) as exc:
                 failed[system] = str(exc)
                 continue
@@ -599,7 +697,7 @@ def run_workload(w: Workload, systems: list[str], workers: int, reps: int, quick
                 print(f"gmpd bench: {w.name} on {system}: {failed[system]}", file=sys.stderr)
                 continue
             except Exception as exc:  # a peer's crash is a result to report, not ours to raise
-                failed[system] = f"{type(exc).__name__}: {exc}"
+                failed[system] = str(exc) if isinstance(exc, RunnerFailed) else f"{type(exc).__name__}: {exc}"
                 print(f"gmpd bench: {w.name} on {system} failed: {failed[system]}", file=sys.stderr)
                 continue
             finally:

@@ -26,7 +26,7 @@ that system as null with the reason.
 Every wait takes a timeout, so a peer that deadlocks or loses a task ends
 its run with :class:`RunTimeout` instead of hanging the bench.
 
-Runs in: the client process of ``gmpd bench``.
+Runs in: a runner of ``gmpd bench`` (gmpd/bench.py: each run in its own interpreter).
 """
 
 from __future__ import annotations
@@ -492,10 +492,25 @@ ADAPTERS: dict[str, type[System]] = {
 FORMS = {name: cls.form for name, cls in ADAPTERS.items()}
 
 
+# The module each system's client runs from: what a user's script imports at its top.
+CLIENT_MODULES = {
+    "gmpd": "gmpd.executor",
+    "ppe": "concurrent.futures.process",
+    "mp_pool": "multiprocessing.pool",
+    "loky": "loky",
+    "dask": "distributed",
+    "ray": "ray",
+}
+
+
 def installed(name: str) -> str | None:
-    """None if system ``name`` can be used here, else why not (without starting it)."""
-    module = {"loky": "loky", "dask": "distributed", "ray": "ray"}.get(name)
-    if module is None:
+    """None if system ``name`` can be used here, else why not (without
+    starting it); its client's modules are imported either way."""
+    module = CLIENT_MODULES.get(name)
+    if module is None:  # (a test's fake)
+        return None
+    if name in ALWAYS:
+        importlib.import_module(module)
         return None
     try:
         _import(module)

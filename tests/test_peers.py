@@ -16,16 +16,18 @@ import importlib.util
 import os
 import signal
 import sys
-import threading
 import time
 import types
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
+import psutil
 import pytest
 
 from gmpd import bench, peers
-from gmpd.peers import Deadline, RunTimeout, System, Unavailable
+from gmpd.peers import Deadline, RunTimeout, Unavailable
+from tests import _fake_peers
 
 
 def slow(x: int) -> int:
@@ -196,64 +198,7 @@ def test_a_missing_peer_is_unavailable_with_the_extra_to_install(monkeypatch: py
 # ---- the runner: a peer that hangs, crashes, lies or is missing ----------------
 
 
-class Fake(System):
-    """A system driven by a function, for the runner's tests."""
-
-    form = "a fake"
-    behave: Callable[[list[Any], Deadline], list[Any]] = staticmethod(lambda args, d: list(args))
-
-    def run_all(self, fn: Callable[..., Any], args: Any, deadline: Deadline) -> list[Any]:
-        return type(self).behave(list(args), deadline)
-
-    def close(self, clean: bool = True) -> None:
-        pass
-
-
-def make(name: str, behave: Callable[[list[Any], Deadline], list[Any]]) -> type[System]:
-    return type(name, (Fake,), {"name": name, "behave": staticmethod(behave)})
-
-
-def hang(args: list[Any], d: Deadline) -> list[Any]:
-    forever = threading.Event()
-    while not forever.wait(0.01):
-        d.left()  # how every adapter waits: against the run's deadline
-    return args
-
-
-def crash(args: list[Any], d: Deadline) -> list[Any]:
-    raise BrokenPipeError("a worker died")
-
-
-def wrong(args: list[Any], d: Deadline) -> list[Any]:
-    return [*args[:-1], -1]
-
-
-@pytest.mark.timeout(60)
-def test_the_runner_gives_null_and_a_reason_for_a_hung_crashed_wrong_or_missing_peer(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    systems = {
-        "good": make("good", lambda args, d: args),
-        "hang": make("hang", hang),
-        "crash": make("crash", crash),
-        "wrong": make("wrong", wrong),
-    }
-
-    class Missing(Fake):
-        name = "missing"
-
-        def __init__(self, workers: int) -> None:
-            raise Unavailable("missing is not installed (pip install 'gmpd[peers]')")
-
-    systems["missing"] = Missing
-    for name, cls in systems.items():
-        monkeypatch.setitem(peers.ADAPTERS, name, cls)
-        monkeypatch.setitem(peers.FORMS, name, cls.form)
-    monkeypatch.setattr(peers, "wait_ready", lambda s, d: None)
-    w = bench.Workload("noop_submit", "tasks/s", True, bench.noop_submit, 50, 50, budget_s=0.5)
-    start = time.monotonic()
-    row = bench.run_workload(w, list(systems), 2, reps=2, quick=False)
-    assert time.monotonic() - start < 10, "the hung peer was given up on at its budget"
+def check_row(row: dict[str, Any]) -> None:
     assert isinstance(row["results"]["good"], float) and row["verified"]["good"] is True
     for name in ("hang", "crash", "wrong", "missing"):
         assert row["results"][name] is None and row["min"][name] is None
@@ -262,6 +207,57 @@ def test_the_runner_gives_null_and_a_reason_for_a_hung_crashed_wrong_or_missing_
     assert row["failed"]["wrong"].startswith("wrong result") and row["verified"]["wrong"] is False
     assert "not installed" in row["failed"]["missing"] and row["verified"]["missing"] is None
     assert row["ratio_vs_best_peer"] is None  # no gmpd in this row
+
+
+FAKES_IN_PROCESS = ["good", "hang", "crash", "wrong", "missing"]
+SHORT = bench.Workload("noop_submit", "tasks/s", True, bench.noop_submit, 50, 50, budget_s=0.5)
+
+
+@pytest.mark.timeout(60)
+def test_the_bench_gives_null_and_a_reason_for_a_hung_crashed_wrong_or_missing_peer_in_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in FAKES_IN_PROCESS:
+        monkeypatch.setitem(peers.ADAPTERS, name, _fake_peers.SYSTEMS[name])
+        monkeypatch.setitem(peers.FORMS, name, "a fake")
+    monkeypatch.setattr(peers, "wait_ready", lambda s, d: None)
+    start = time.monotonic()
+    row = bench.run_workload(SHORT, FAKES_IN_PROCESS, 2, reps=2, quick=False, isolated=False)
+    assert time.monotonic() - start < 10, "the hung peer was given up on at its budget"
+    check_row(row)
+
+
+@pytest.mark.timeout(120)
+def test_each_run_has_a_runner_that_is_killed_with_its_processes_when_it_overstays(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The bench runs each run in a fresh interpreter (bench.run_isolated):
+    the same outcomes come back from it, and a runner stuck past its
+    budget and grace (in C, ignoring its deadline) is killed with the
+    processes it holds; one whose interpreter dies is reported."""
+    names = [*FAKES_IN_PROCESS, "stuck", "dies"]
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.setattr(
+        bench,
+        "RUNNER",
+        f"import sys; sys.path.insert(0, {here!r}); from tests import _fake_peers;"
+        f" _fake_peers.register({names!r}); from gmpd.bench import serve; serve()",
+    )
+    monkeypatch.setattr(bench, "RUNNER_GRACE_S", 2.0)
+    pids = tmp_path / "stuck.pids"
+    monkeypatch.setenv(_fake_peers.STUCK_PIDS, str(pids))
+    for name in names:  # (the row names the parent's forms)
+        monkeypatch.setitem(peers.FORMS, name, "a fake")
+    start = time.monotonic()
+    row = bench.run_workload(SHORT, names, 2, reps=2, quick=False)
+    assert time.monotonic() - start < 60
+    check_row(row)
+    stuck = row["failed"]["stuck"]
+    assert stuck.startswith("timed out") and "runner gave no outcome (killed)" in stuck, stuck
+    assert row["failed"]["dies"] == "its runner exited (3) without an outcome", row["failed"]
+    held = [int(pid) for pid in pids.read_text().split()]
+    assert len(held) == 1  # (a failed system is not run again)
+    assert not psutil.pid_exists(held[0]), "the stuck runner's process was left behind"
 
 
 def test_mp_pool_close_returns_when_a_killed_worker_held_the_task_queue_lock() -> None:
