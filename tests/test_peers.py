@@ -272,4 +272,4 @@ def test_mp_pool_close_returns_when_a_killed_worker_held_the_task_queue_lock() -
         os.kill(pid, signal.SIGKILL)
     t = time.monotonic()
     s.close()
-    assert time.monotonic() - t < 20
+    assert time.monotonic() - t < 5  # (1 s for terminate(), 2 more once the lock is let go)
