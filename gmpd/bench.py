@@ -562,7 +562,7 @@ def run_isolated(w: Workload, system: str, workers: int, n: int) -> tuple[float,
     """run_once in a fresh interpreter, a runner, that exits after it.  No
     system then runs beside what another left in the bench's process: a
     process that had run the peers (Ray's threads keep waking after
-    ray.shutdown()) ran gmpd's farm ~0.4 % and its noop flood ~10 % slower.
+    ray.shutdown()) ran gmpd's farm ~0.3 % and its noop flood ~8 % slower.
     A runner that overstays the run's budget by RUNNER_GRACE_S is killed,
     with everything under it."""
     order = {"workload": w.name, "budget_s": w.budget_s, "system": system, "workers": workers, "n": n}
