@@ -10,8 +10,9 @@ interpreter of its own (a runner: nothing another system left behind runs
 beside it); the median, min and max are reported, with the load average.
 Every run has a time budget: a system that deadlocks, crashes, loses a task
 or is not installed gets null and a reason, never a hang (a runner that
-outlives its budget is killed, with its processes).  Every task's result is checked in every run; a
-wrong or missing one fails that system's workload, gmpd's included.
+outlives its budget is killed, with its processes).  Every task's result
+is checked in every run; a wrong or missing one fails that system's
+workload, gmpd's included.
 
 Workloads (N and the --quick N are in WORKLOADS below):
   noop_submit   N no-op tasks, one task each, all results collected      tasks/s
