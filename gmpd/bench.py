@@ -59,6 +59,7 @@ import dataclasses
 import heapq
 import importlib
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -564,45 +565,61 @@ def run_isolated(w: Workload, system: str, workers: int, n: int) -> tuple[float,
     system then runs beside what another left in the bench's process: a
     process that had run the peers (Ray's threads keep waking after
     ray.shutdown()) ran gmpd's farm ~0.3 % and its noop flood ~8 % slower.
-    A runner that overstays the run's budget by RUNNER_GRACE_S is killed,
-    with everything under it."""
+    A runner that overstays the run's budget by RUNNER_GRACE_S is killed;
+    whatever its run left running is killed after it (sweep)."""
     order = {"workload": w.name, "budget_s": w.budget_s, "system": system, "workers": workers, "n": n}
-    with subprocess.Popen([sys.executable, "-c", RUNNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as p:
+    mark = f"{os.getpid()}.{next(RUNS)}"
+    env = {**os.environ, RUN_MARK: mark}
+    cmd = [sys.executable, "-c", RUNNER]
+    with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env) as p:
         try:
             assert p.stdin is not None
             p.stdin.write(json.dumps(order).encode() + b"\n")
             p.stdin.close()
             d = Deadline(w.budget_s + RUNNER_GRACE_S)
             line = read_line(p, d, f"{system}'s runner gave no outcome (killed)")
+            status = p.wait(max(0.0, d.at - time.monotonic()))  # (after its outcome: its exit only)
             if not line:
-                raise RunnerFailed(f"its runner exited ({p.wait(d.left())}) without an outcome")
+                raise RunnerFailed(f"its runner exited ({status}) without an outcome")
             got = json.loads(line)
-            p.wait(d.left())  # (its system is closed and settled: only the interpreter's exit is left)
         except subprocess.TimeoutExpired as exc:
             raise RunTimeout(f"{system}'s runner did not exit (killed)") from exc
         finally:
             if p.poll() is None:
-                kill_tree(p)
+                p.kill()
+                p.wait()
+            sweep(mark)
     if "error" in got:
         raise OUTCOMES.get(got["error"] or "", RunnerFailed)(got["message"])
     return float(got["value"]), got["extra"]
 
 
-def kill_tree(p: subprocess.Popen[bytes]) -> None:
-    """SIGKILL runner ``p``; its system's processes get 5 s to notice and
-    clean up after themselves (gmpd's unlink its shared memory), then are
-    killed too."""
-    try:
-        under = psutil.Process(p.pid).children(recursive=True)
-    except psutil.Error:
-        under = []
-    p.kill()
-    p.wait()
-    _, left = psutil.wait_procs(under, timeout=5)
+# Every runner's environment, and so its processes', names its run: a
+# process the run left, whoever adopted it, is found by it.
+RUN_MARK = "GMPD_BENCH_RUN"
+RUNS = itertools.count()
+
+
+def sweep(mark: str) -> None:
+    """After a runner's exit: the processes its run left (a system that did
+    not close, one whose workers outlive their parent, a killed runner's)
+    get 5 s to leave by themselves (gmpd's clean up after a lost client),
+    then are SIGKILLed."""
+    left = [q for q in psutil.process_iter() if q.pid != os.getpid() and run_of(q) == mark]
+    if not left:
+        return
+    _, left = psutil.wait_procs(left, timeout=5)
     for q in left:
         with contextlib.suppress(psutil.Error):
             q.kill()
     psutil.wait_procs(left, timeout=5)
+
+
+def run_of(q: psutil.Process) -> str | None:
+    try:
+        return q.environ().get(RUN_MARK)
+    except psutil.Error:  # (gone, a zombie, or another user's)
+        return None
 
 
 def serve() -> None:
@@ -612,6 +629,9 @@ def serve() -> None:
     order = json.loads(sys.stdin.readline())
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
+    # A forked worker (PPE's, mp.Pool's) must not hold our outcome's pipe:
+    # the bench would not see it close if we died.
+    os.register_at_fork(after_in_child=out.close)
     w = dataclasses.replace(WORKLOAD[order["workload"]], budget_s=order["budget_s"])
     try:
         # Its client's imports, before any timing (startup times the start,

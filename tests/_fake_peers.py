@@ -1,8 +1,9 @@
 """Systems for the bench runner's tests (tests/test_peers.py): a peer that
 works, hangs against its deadline, crashes, returns a wrong result, is not
-installed, ignores its deadline while holding a process, or whose
-interpreter dies.  ``register`` puts them where ``peers.start`` finds them,
-in the test's process or in a runner (``bench.RUNNER``)."""
+installed, ignores its deadline while holding a process, whose
+interpreter dies, or dies leaving a forked worker behind.  ``register``
+puts them where ``peers.start`` finds them, in the test's process or in a
+runner (``bench.RUNNER``)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,18 @@ def dies(args: list[Any], d: Deadline) -> list[Any]:
     os._exit(3)
 
 
+def orphans(args: list[Any], d: Deadline) -> list[Any]:
+    """Forks a worker that outlives its parent (as PPE's do, holding every
+    file the runner had open), then dies."""
+    worker = os.fork()
+    if worker == 0:
+        time.sleep(600)
+        os._exit(0)
+    with open(os.environ[STUCK_PIDS], "a") as f:
+        f.write(f"{worker}\n")
+    os._exit(3)
+
+
 class Missing(Fake):
     name = "missing"
 
@@ -81,6 +94,7 @@ SYSTEMS: dict[str, type[System]] = {
     "missing": Missing,
     "stuck": make("stuck", stuck),
     "dies": make("dies", dies),
+    "orphans": make("orphans", orphans),
 }
 
 
