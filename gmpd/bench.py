@@ -603,16 +603,21 @@ RUNS = itertools.count()
 def sweep(mark: str) -> None:
     """After a runner's exit: the processes its run left (a system that did
     not close, one whose workers outlive their parent, a killed runner's)
-    get 5 s to leave by themselves (gmpd's clean up after a lost client),
-    then are SIGKILLed."""
-    left = [q for q in psutil.process_iter() if q.pid != os.getpid() and run_of(q) == mark]
+    get SWEEP_WAIT_S to leave by themselves (gmpd's clean up after a lost
+    client), then are SIGKILLed.  Not resource trackers: they leave by themselves
+    once the runner is gone, after their cleanup (loky's takes 1-2 s)."""
+    mine = (q for q in psutil.process_iter() if q.pid != os.getpid() and run_of(q) == mark)
+    left = [q for q in mine if not resource_tracker(q)]
     if not left:
         return
-    _, left = psutil.wait_procs(left, timeout=5)
+    _, left = psutil.wait_procs(left, timeout=SWEEP_WAIT_S)
     for q in left:
         with contextlib.suppress(psutil.Error):
             q.kill()
     psutil.wait_procs(left, timeout=5)
+
+
+SWEEP_WAIT_S = 5.0
 
 
 def run_of(q: psutil.Process) -> str | None:

@@ -15,6 +15,7 @@ import concurrent.futures as cf
 import importlib.util
 import os
 import signal
+import subprocess
 import sys
 import time
 import types
@@ -261,6 +262,32 @@ def test_each_run_has_a_runner_that_is_killed_with_its_processes_when_it_oversta
     assert len(held) == 2  # the stuck one's and the orphan (a failed system is not run again)
     for pid in held:
         assert not psutil.pid_exists(pid), f"process {pid} of a failed run was left behind"
+
+
+def test_sweep_kills_what_a_run_left_but_lets_resource_trackers_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a runner exits, the processes carrying its run's mark are
+    killed once SWEEP_WAIT_S is up, except resource trackers, which leave
+    by themselves after their cleanup (loky's takes 1-2 s: waited for, it
+    pushed the quick bench past its 2 minutes)."""
+    monkeypatch.setattr(bench, "SWEEP_WAIT_S", 0.3)
+    env = {**os.environ, bench.RUN_MARK: "test-sweep"}
+    tracker = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(3)  # resource_tracker import main"], env=env
+    )
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], env=env)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # not of this run
+    try:
+        time.sleep(0.5)  # (their environments are theirs once they run)
+        t = time.monotonic()
+        bench.sweep("test-sweep")
+        assert time.monotonic() - t < 2.5, "the sweep waited for the tracker"
+        assert not psutil.pid_exists(worker.pid), "the run's worker was left"  # (psutil reaped it)
+        assert tracker.poll() is None and other.poll() is None
+        assert tracker.wait(10) == 0
+    finally:
+        for p in (tracker, worker, other):
+            p.kill()
+            p.wait()
 
 
 def test_mp_pool_close_returns_when_a_killed_worker_held_the_task_queue_lock() -> None:
