@@ -584,6 +584,13 @@ def run_isolated(w: Workload, system: str, workers: int, n: int) -> tuple[float,
             got = json.loads(line)
         except subprocess.TimeoutExpired as exc:
             raise RunTimeout(f"{system}'s runner did not exit (killed)") from exc
+        except KeyboardInterrupt:
+            # A Ctrl-C reached the runner too (one process group), and it is
+            # closing its system: let it (up to INTERRUPTED_WAIT_S), not kill
+            # it halfway (an Executor interrupted as it started took 3.7 s).
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(INTERRUPTED_WAIT_S)
+            raise
         finally:
             if p.poll() is None:
                 p.kill()
@@ -618,6 +625,7 @@ def sweep(mark: str) -> None:
 
 
 SWEEP_WAIT_S = 5.0
+INTERRUPTED_WAIT_S = 15.0
 
 
 def run_of(q: psutil.Process) -> str | None:

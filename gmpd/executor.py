@@ -28,6 +28,7 @@ import itertools
 import json
 import math
 import os
+import secrets
 import select
 import shutil
 import socket
@@ -98,13 +99,42 @@ class LocalCluster:
         *,
         preload: Sequence[str] = (),
     ) -> None:
-        self.rundir = tempfile.mkdtemp(prefix="gmpd-", dir=os.environ.get("XDG_RUNTIME_DIR") or None)
-        os.chmod(self.rundir, 0o700)
-        self.endpoint = f"ipc://{self.rundir}/coord"
+        base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+        self.rundir = os.path.join(base, f"gmpd-{secrets.token_hex(4)}")
         self.agents: list[subprocess.Popen[bytes]] = []  # every node agent started
         self.old_nms: list[NodeMemory] = []  # lost nodes' mappings: a statistics() call may still read one
         self.nm: NodeMemory | None = None
         self.restarts: collections.deque[float] = collections.deque()  # when node agents were replaced
+        self.dgram: socket.socket | None = None
+        self.offer_w = -1
+        try:
+            self.start(
+                nprocs, lease_ttl=lease_ttl, spin_ms=spin_ms, max_ms=max_ms, retries=retries, preload=preload
+            )
+        except BaseException:  # it failed, or Ctrl-C came while it started: nothing left behind
+            self.kill()
+            raise
+
+    def start(
+        self,
+        nprocs: int,
+        *,
+        lease_ttl: float,
+        spin_ms: int,
+        max_ms: int,
+        retries: int,
+        preload: Sequence[str],
+    ) -> None:
+        """The sockets, the coordinator and a node agent (__init__ cleans up
+        if this raises, whatever it got to)."""
+        while True:  # (made here, not by tempfile.mkdtemp: a Ctrl-C as it returned would leave it)
+            try:
+                os.mkdir(self.rundir, 0o700)
+                break
+            except FileExistsError:
+                self.rundir = os.path.join(os.path.dirname(self.rundir), f"gmpd-{secrets.token_hex(4)}")
+        os.chmod(self.rundir, 0o700)  # (whatever the umask)
+        self.endpoint = f"ipc://{self.rundir}/coord"
         # Ms push results straight here; bound before any M can connect.
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.results = self.ctx.socket(zmq.PULL)
@@ -114,16 +144,13 @@ class LocalCluster:
         try:
             self.results.bind(self.results_endpoint)
         except zmq.ZMQError as exc:
-            self.results.close(0)
-            self.ctx.term()
-            shutil.rmtree(self.rundir, ignore_errors=True)
             raise GmpdError(
                 f"cannot bind the client's socket in {self.rundir} ({exc}): a Unix socket path holds at "
                 f"most 107 bytes; set XDG_RUNTIME_DIR (or TMPDIR) to a shorter directory"
             ) from exc
         # ...and on this node as datagrams, beside it (wire.RESULTS_DGRAM);
         # without it (it cannot be bound) every result comes by ZeroMQ.
-        self.dgram: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             self.dgram.bind(os.path.join(self.rundir, wire.RESULTS_DGRAM))
             self.dgram.setblocking(False)
@@ -131,7 +158,6 @@ class LocalCluster:
             self.dgram.close()
             self.dgram = None
         # A byte written here wakes spinning Ms for an offered task (gmpd.offer).
-        self.offer_w = -1
         if config.load()["client"]["offers"]:
             os.mkfifo(os.path.join(self.rundir, OFFER_FIFO), 0o600)
             self.offer_w = os.open(os.path.join(self.rundir, OFFER_FIFO), os.O_RDWR | os.O_NONBLOCK)
@@ -141,11 +167,7 @@ class LocalCluster:
         self.node_cmd = [sys.executable, "-m", "gmpd.node", self.rundir, str(nprocs), str(os.getpid())]
         self.node_cmd += [os.getcwd(), json.dumps([p for p in sys.path if isinstance(p, str)])]
         self.node_cmd += [str(spin_ms), str(max_ms), json.dumps(list(preload))]
-        try:
-            self.start_node()
-        except GmpdError:
-            self.kill()
-            raise
+        self.start_node()
 
     def start_node(self) -> None:
         """Exec a node agent and wait until its Ms can start (it prints
@@ -216,14 +238,22 @@ class LocalCluster:
         self.cleanup()
 
     def kill(self) -> None:
-        """Startup failed: kill both processes, drop our sockets and files."""
-        for proc in (self.coord_proc, getattr(self, "proc", None)):
+        """Startup failed: kill both processes, drop our sockets and files
+        (whichever it got to)."""
+        for proc in (getattr(self, "coord_proc", None), getattr(self, "proc", None)):
             if proc is not None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 proc.wait()
-        self.results.close(0)
-        self.ctx.term()
+        if (results := getattr(self, "results", None)) is not None:
+            results.close(0)
+        if (ctx := getattr(self, "ctx", None)) is not None:
+            # A Ctrl-C inside pyzmq's making of a socket can leave one the
+            # context does not list, and term() then waits for it forever:
+            # a second at most, then the context is left to the process.
+            ending = threading.Thread(target=ctx.destroy, args=(0,), name="gmpd-ctx-term", daemon=True)
+            ending.start()
+            ending.join(1.0)
         self.cleanup()
 
     def unlink_nodes(self) -> None:
@@ -837,8 +867,12 @@ class Executor(_BaseExecutor):
         if isinstance(preload, str):
             raise TypeError("preload takes a list of module names, not a string")
         self._cluster = LocalCluster(max_workers, lease_ttl, spin_ms, max_ms, retries, preload=preload)
-        self._io = _ClientIO(self._cluster)
-        self._io.start()
+        try:
+            self._io = _ClientIO(self._cluster)
+            self._io.start()
+        except BaseException:  # (Ctrl-C right after the start: nothing left behind)
+            self._cluster.kill()
+            raise
         _live.add(self)
         _active.append(weakref.ref(self))
 

@@ -27,7 +27,7 @@ import gmpd
 from gmpd import executor, wire
 from gmpd.m import RemoteTraceback
 from gmpd.shm import SHM_DIR
-from tests.conftest import children_of, run_child
+from tests.conftest import children_of, run_child, run_dirs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -910,3 +910,40 @@ def test_futures_waited_on_while_their_results_arrive_all_finish(ex: gmpd.Execut
         t.join(60)
     assert len(done) == len(futures) and sorted(results) == sorted(i * i for i in range(2000))
     assert [calls[i] for i in range(0, 2000, 3)] == [1] * len(range(0, 2000, 3))
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_an_executor_starts_leaves_nothing_behind() -> None:
+    """Ctrl-C reaches a script and its cluster together (one process
+    group).  At any moment of the start, its run directory, segments and
+    processes must go (conftest checks each).  An interrupt while the node
+    agent started used to leave the run directory."""
+    code = (
+        "import signal, time, gmpd\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # (even if ours is ignored)\n"
+        "with gmpd.Executor(2) as ex:\n"
+        "    ex.submit(time.sleep, 1).result()\n"
+    )
+    for delay in (0.0, 0.01, 0.03):  # (the start: its run directory is made, the node agent not yet up)
+        before = run_dirs()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not run_dirs() - before and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(delay)
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        deadline = time.monotonic() + 10
+        while run_dirs() - before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not run_dirs() - before, f"Ctrl-C {delay} s into the start left its run directory"
