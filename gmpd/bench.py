@@ -551,6 +551,15 @@ RUNNER = "from gmpd.bench import serve; serve()"
 # start its interpreter and system (Ray's ~3 s), close it and settle, before
 # the bench ends it.
 RUNNER_GRACE_S = 60.0
+# What a run left after its runner exited has this long to leave by itself.
+SWEEP_WAIT_S = 5.0
+# How long an interrupted bench waits for its runner (Ctrl-C reached it too)
+# to close its system (an Executor interrupted as it started took 3.7 s).
+INTERRUPTED_WAIT_S = 15.0
+# Every runner's environment, and so its processes', names its run: a
+# process the run left, whoever adopted it, is found by it.
+RUN_MARK = "GMPD_BENCH_RUN"
+RUNS = itertools.count()
 OUTCOMES: dict[str, type[Exception]] = {
     cls.__name__: cls for cls in (Unavailable, Unsupported, RunTimeout, WrongResult)
 }
@@ -586,8 +595,7 @@ def run_isolated(w: Workload, system: str, workers: int, n: int) -> tuple[float,
             raise RunTimeout(f"{system}'s runner did not exit (killed)") from exc
         except KeyboardInterrupt:
             # A Ctrl-C reached the runner too (one process group), and it is
-            # closing its system: let it (up to INTERRUPTED_WAIT_S), not kill
-            # it halfway (an Executor interrupted as it started took 3.7 s).
+            # closing its system: let it, not kill it halfway.
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(INTERRUPTED_WAIT_S)
             raise
@@ -601,18 +609,13 @@ def run_isolated(w: Workload, system: str, workers: int, n: int) -> tuple[float,
     return float(got["value"]), got["extra"]
 
 
-# Every runner's environment, and so its processes', names its run: a
-# process the run left, whoever adopted it, is found by it.
-RUN_MARK = "GMPD_BENCH_RUN"
-RUNS = itertools.count()
-
-
 def sweep(mark: str) -> None:
     """After a runner's exit: the processes its run left (a system that did
     not close, one whose workers outlive their parent, a killed runner's)
     get SWEEP_WAIT_S to leave by themselves (gmpd's clean up after a lost
-    client), then are SIGKILLed.  Not resource trackers: they leave by themselves
-    once the runner is gone, after their cleanup (loky's takes 1-2 s)."""
+    client), then are SIGKILLed.  Not resource trackers: they leave by
+    themselves once the runner is gone, after their cleanup (loky's takes
+    1-2 s)."""
     mine = (q for q in psutil.process_iter() if q.pid != os.getpid() and run_of(q) == mark)
     left = [q for q in mine if not resource_tracker(q)]
     if not left:
@@ -622,10 +625,6 @@ def sweep(mark: str) -> None:
         with contextlib.suppress(psutil.Error):
             q.kill()
     psutil.wait_procs(left, timeout=5)
-
-
-SWEEP_WAIT_S = 5.0
-INTERRUPTED_WAIT_S = 15.0
 
 
 def run_of(q: psutil.Process) -> str | None:
