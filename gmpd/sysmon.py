@@ -16,9 +16,12 @@ no P in a syscall and no M looking asleep, the loop of naps and looks moves
 into one native call that returns as soon as a look finds work for the
 Python round (a syscall, a G past its slice, an M asleep, a passed
 deadline, every P idle, the node agent gone) or when checkdead is due
-(every 100 ms).  A round in Python cost 100-200 us of CPU, cold after the
-Ms' tasks, ~100 times a second while every P runs (20 ms of a farm's
-second; ~9 now, mostly the wake-ups themselves).
+(every 100 ms, while an M waits on a child: without one it has nothing to
+find).  A round in Python cost 100-200 us of CPU, cold after the Ms'
+tasks, ~100 times a second while every P runs (20 ms of a farm's second;
+~9 in C, mostly the wake-ups themselves; ~2.3 since a look skips the
+/proc read of an M whose process had the CPU all along, and checkdead's
+idle looks stay in C).
 
 ``retake`` reads each P's state word and ticks in node shared memory:
 
@@ -109,6 +112,7 @@ class PWatch:
     asleep_when: float = 0.0
     standby_for: tuple[int, int] = (-1, -1)  # (M, syscalltick) whose standby thread we woke
     standby_when: float = 0.0
+    cpu: tuple[int, int, int] = (0, 0, 0)  # native/sysmon.c's (pid, its CPU clock, when) in ns
 
 
 class Quiet(enum.IntEnum):
@@ -446,22 +450,28 @@ class Sysmon:
         deep sleep, the lifeline), or when checkdead or memcheck is due.
         Returns why, and the length of its last nap."""
         until = self.last_checkdead + CHECKDEAD_S
+        # checkdead's looks, every CHECKDEAD_S, stay in C while no M waits on
+        # a child (they would find nothing: ~10 Python rounds a second, ~1 ms
+        # of CPU); memcheck's are Python's own.
+        period = CHECKDEAD_S
         if self.max_rss:
-            until = min(until, self.last_memcheck + MEMCHECK_S)
+            until, period = min(until, self.last_memcheck + MEMCHECK_S), 0.0
         watch = array.array("q")
         for pd in self.watch:
             pd.asleep = None  # its looks start again (a stale one only delays a mark)
-            watch.extend((pd.schedtick, round(pd.schedwhen * 1e9), round(pd.running_when * 1e9)))
+            watch.extend((pd.schedtick, round(pd.schedwhen * 1e9), round(pd.running_when * 1e9), *pd.cpu))
         fds = array.array("i", [x for pid_fd in self.procfds.items() for x in pid_fd])
         why, _arg, nap_s = self.node.sysmon_quiet(
-            self.slot, MState.RUNNING, QUIET_DOOMS, lifeline, delay_us / 1e6, self.max_us / 1e6,
-            self.syscall_us / 1e6, until, FORCE_PREEMPT_S, watch, fds,
+            self.slot, MState.RUNNING, MState.JOIN, QUIET_DOOMS, lifeline, delay_us / 1e6, self.max_us / 1e6,
+            self.syscall_us / 1e6, until, period, FORCE_PREEMPT_S, watch, fds,
         )  # fmt: skip
         for p, pd in enumerate(self.watch):
-            pd.schedtick, pd.schedwhen, pd.running_when = (
-                watch[3 * p],
-                watch[3 * p + 1] / 1e9,
-                watch[3 * p + 2] / 1e9,
+            w = watch[6 * p : 6 * p + 6]
+            pd.schedtick, pd.schedwhen, pd.running_when, pd.cpu = (
+                w[0],
+                w[1] / 1e9,
+                w[2] / 1e9,
+                (w[3], w[4], w[5]),
             )
         return Quiet(why), round(nap_s * 1e6)
 

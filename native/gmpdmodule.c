@@ -1529,23 +1529,24 @@ static PyObject *node_offer_poke(NodeObject *self, PyObject *args)
 static PyObject *node_sysmon_quiet(NodeObject *self, PyObject *args)
 {
     gmpd_quiet q;
-    double nap_s, max_s, busy_s, until_s, preempt_s;
+    double nap_s, max_s, busy_s, until_s, period_s, preempt_s;
     Py_buffer watch, fds;
     if (!node_ok(self) ||
-        !PyArg_ParseTuple(args, "IIIidddddw*y*:sysmon_quiet", &q.slot, &q.m_running, &q.doom_watch, &q.lifeline,
-                          &nap_s, &max_s, &busy_s, &until_s, &preempt_s, &watch, &fds))
+        !PyArg_ParseTuple(args, "IIIIiddddddw*y*:sysmon_quiet", &q.slot, &q.m_running, &q.m_join, &q.doom_watch,
+                          &q.lifeline, &nap_s, &max_s, &busy_s, &until_s, &period_s, &preempt_s, &watch, &fds))
         return NULL;
     PyObject *ret = NULL;
     if (!check_m(self, q.slot))
         goto out;
     if (watch.len != (Py_ssize_t)(self->nd->nprocs * sizeof(gmpd_pwatch)) || fds.len % (2 * sizeof(int32_t))) {
-        PyErr_SetString(PyExc_ValueError, "sysmon_quiet: watch is 3 int64 per P, procfds (pid, fd) int32 pairs");
+        PyErr_SetString(PyExc_ValueError, "sysmon_quiet: watch is 6 int64 per P, procfds (pid, fd) int32 pairs");
         goto out;
     }
     q.nap_ns = (int64_t)(nap_s * 1e9);
     q.max_ns = (int64_t)(max_s * 1e9);
     q.busy_ns = (int64_t)(busy_s * 1e9);
     q.until_ns = (int64_t)(until_s * 1e9);
+    q.period_ns = (int64_t)(period_s * 1e9);
     q.preempt_ns = (int64_t)(preempt_s * 1e9);
     q.watch = watch.buf;
     q.procfds = fds.buf;

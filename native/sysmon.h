@@ -10,16 +10,24 @@ typedef struct gmpd_pwatch {
     int64_t schedtick; /* -1: not seen yet */
     int64_t schedwhen_ns;
     int64_t running_when_ns;
+    /* The CPU clock of the process of the M on it, at the last look that
+     * sampled it (look: a thread that ran all along is not read in /proc). */
+    int64_t cpu_pid; /* 0: no sample */
+    int64_t cpu_ns, cpu_when_ns;
 } gmpd_pwatch;
 
 typedef struct gmpd_quiet {
     uint32_t slot;            /* the M slot whose park word sysmon sleeps on */
     uint32_t m_running;       /* MState.RUNNING */
+    uint32_t m_join;          /* MState.JOIN */
     uint32_t doom_watch;      /* bit d set: a passed deadline under doom d is the watchdog's */
     int lifeline;             /* pidfd of the node agent (readable once it exited) */
     int64_t nap_ns, max_ns;   /* the first nap, doubled after each round up to max_ns */
     int64_t busy_ns;          /* the sleep instead of a nap that finds a P in a syscall */
-    int64_t until_ns;         /* return by then */
+    int64_t until_ns;         /* return by then (checkdead's look, memcheck) */
+    int64_t period_ns;        /* > 0: until_ns is checkdead's alone, which has nothing to
+                               * look at while no M waits on a child: until_ns moves on
+                               * by this much instead of returning */
     int64_t preempt_ns;       /* Go's forcePreemptNS */
     const int32_t *procfds;   /* (tid, fd) pairs: the /proc/PID/task/TID/stat of each M's
                                * thread that runs its Gs (gmpd_m.tid) */

@@ -487,6 +487,78 @@ def test_an_m_whose_p_was_marked_after_it_looked_keeps_it(nm: NodeMemory, state:
         mon.close()
 
 
+def test_quiet_rounds_return_for_checkdead_only_while_an_m_waits_on_a_child(nm: NodeMemory) -> None:
+    """checkdead can find a deadlock only among Ms waiting on a child (in a
+    join, or with a thread in one): without one, its looks stay in C and
+    the quiet run goes on past them; one that starts waiting ends the run
+    at the next look that is due."""
+    node = nm.node
+    mon = Sysmon(nm, "ipc:///nonexistent/gmpd-test")  # (its messages only queue)
+    lifeline = os.pidfd_open(os.getpid())
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert node.acquirep(0, 0, 1)  # a P busy with a G: no deep sleep
+        node.m_set(0, pid=spinner.pid, p=0, curg=node.g_new(0, b"x"), state=MState.RUNNING)
+        node.set_preempt(0, True)  # (its G's slice passes: no PREEMPT return)
+        assert mon.thread_state(spinner.pid, spinner.pid) is not None  # (its /proc file open: no NOFD)
+        for how in ({"state": MState.JOIN}, {"blocked": 1 << 16}):
+            node.m_set(1, pid=os.getpid(), state=MState.IDLE, blocked=0)
+            timer = threading.Timer(0.3, lambda how=how: node.m_set(1, **how))
+            timer.start()
+            t = time.monotonic()
+            mon.last_checkdead = t - CHECKDEAD_S + 0.02  # due in 20 ms
+            why, _nap = mon.quiet(1000, lifeline)
+            timer.join()
+            assert (why, time.monotonic() - t >= 0.3) == (Quiet.TIME, True), how
+    finally:
+        os.close(lifeline)
+        mon.close()
+        spinner.kill()
+        spinner.wait()
+
+
+def test_quiet_rounds_do_not_read_proc_for_an_m_that_had_the_cpu_all_along(nm: NodeMemory) -> None:
+    """A look reads the M thread's /proc state (~9 us of kernel work) only
+    if the M's process was off the CPU for a part of the time since the
+    last look: a process that ran all along cannot have slept through the
+    two looks an unmarked block needs.  The M's /proc file here is
+    /dev/null, which a read finds empty (NOFD): the look at a sleeping
+    process reads it, the look at a spinning one must not."""
+    node = nm.node
+    mon = Sysmon(nm, "ipc:///nonexistent/gmpd-test")  # (its messages only queue)
+    lifeline = os.pidfd_open(os.getpid())
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        node.m_set(2, pid=os.getpid(), state=MState.JOIN)  # (checkdead's looks due: quiet returns by them)
+        assert node.acquirep(0, 0, 1)
+        node.m_set(0, pid=spinner.pid, p=0, curg=node.g_new(0, b"x"), state=MState.RUNNING)
+        node.set_preempt(0, True)  # (its G's slice passes: no PREEMPT return)
+        mon.procfds = {spinner.pid: null, sleeper.pid: null}
+        time.sleep(0.1)  # (the spinner runs)
+        results = []
+        for _ in range(3):
+            time.sleep(0.1)  # (a process's CPU clock, read from another, moves at the kernel's ticks)
+            mon.last_checkdead = time.monotonic() - CHECKDEAD_S + 0.1
+            results.append(mon.quiet(1000, lifeline)[0])
+        # The first look has no earlier sample to compare with; a machine
+        # too busy to give the spinner 90% of a CPU between two looks reads
+        # it too, so one run in three must have gone without a read.
+        assert Quiet.TIME in results, results
+        node.m_set(0, pid=sleeper.pid)
+        mon.last_checkdead = time.monotonic() - CHECKDEAD_S + 0.1
+        assert mon.quiet(1000, lifeline)[0] == Quiet.NOFD, "a sleeping M's file is read"
+    finally:
+        mon.procfds = {}
+        os.close(null)
+        os.close(lifeline)
+        mon.close()
+        for p in (spinner, sleeper):
+            p.kill()
+            p.wait()
+
+
 def test_quiet_rounds_return_for_what_the_python_round_acts_on(nm: NodeMemory) -> None:
     """native/sysmon.c naps and looks while nothing needs sysmon's Python
     round; each look that finds work for it must end the quiet run (a look
@@ -506,6 +578,9 @@ def test_quiet_rounds_return_for_what_the_python_round_acts_on(nm: NodeMemory) -
             return why
 
         assert quiet() == Quiet.IDLE, "every P idle: the deep sleep"
+        node.m_set(
+            2, pid=sleeper.pid, state=MState.JOIN
+        )  # an M waiting on a child: checkdead's looks are due
         assert node.acquirep(0, 0, 1)
         g = node.g_new(0, b"x")
         node.m_set(0, pid=os.getpid(), p=0, curg=g, state=MState.RUNNING)  # our main thread runs (R)
@@ -572,6 +647,7 @@ def test_quiet_rounds_return_for_what_the_python_round_acts_on(nm: NodeMemory) -
 
         sleeper.kill()
         sleeper.wait()
+        node.m_set(2, pid=0, state=MState.PARKED)
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         gone = os.pidfd_open(dead.pid)
         dead.wait()
