@@ -282,6 +282,35 @@ def test_executor_batches_finished_while_tasks_are_in_flight(ex: gmpd.Executor) 
     assert len(finished) <= elapsed / executor.FINISHED_AGE + 2, (len(finished), results, elapsed)
 
 
+def test_a_finished_waits_for_a_wake_up_of_the_client_until_it_is_late(ex: gmpd.Executor) -> None:
+    """A result's Finished goes with the IO thread's next wake-up once it
+    has waited FINISHED_AGE (a Results frame, a submit), and without one at
+    FINISHED_LATE: while a long task runs, nothing else wakes the thread,
+    and the coordinator still hears of the result in time."""
+    io = ex._io
+    sent: list[tuple[float, list[int]]] = []
+    send = io.send
+
+    def spy_send(msg: wire.Message) -> None:
+        if isinstance(msg, wire.Finished):
+            sent.append((time.monotonic(), list(msg.tids)))
+        send(msg)
+
+    io.send = spy_send  # type: ignore[method-assign]
+    long = ex.submit(spin_ms, 3000.0)  # in flight all along: the Finished waits for company
+    quick = ex.submit(spin_ms, 1.0)
+    quick.result(timeout=30)
+    came = time.monotonic()
+    while not sent and time.monotonic() < came + 10:
+        time.sleep(0.01)
+    assert sent and sent[0][1] == [quick._tid], sent  # type: ignore[attr-defined]
+    waited = sent[0][0] - came
+    assert executor.FINISHED_AGE < executor.FINISHED_LATE
+    assert executor.FINISHED_LATE * 0.8 <= waited <= executor.FINISHED_LATE + 1.0, waited
+    assert not long.done()
+    assert long.result(timeout=30) > 0
+
+
 def spin_until(path: str, limit: float) -> bool:
     """Hold a P (CPU, no syscall for sysmon to retake) until ``path`` exists."""
     end = time.monotonic() + limit
