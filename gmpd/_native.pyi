@@ -113,6 +113,7 @@ class Node:
         preempt_s: float,
         watch: Buffer,
         procfds: Buffer,
+        wchan: bool,
         /,
     ) -> tuple[int, int, float]: ...
     def wake(self, m: int, /) -> int: ...

@@ -19,9 +19,9 @@ deadline, every P idle, the node agent gone) or when checkdead is due
 (every 100 ms, while an M waits on a child: without one it has nothing to
 find).  A round in Python cost 100-200 us of CPU, cold after the Ms'
 tasks, ~100 times a second while every P runs (20 ms of a farm's second;
-~9 in C, mostly the wake-ups themselves; ~2.3 since a look skips the
-/proc read of an M whose process had the CPU all along, and checkdead's
-idle looks stay in C).
+~9 in C, mostly the wake-ups themselves; ~3.5 since checkdead's idle
+looks stay in C, and ~2.5 since a look reads an M thread's /proc wchan,
+not its stat: see ``probe_wchan``).
 
 ``retake`` reads each P's state word and ticks in node shared memory:
 
@@ -112,7 +112,6 @@ class PWatch:
     asleep_when: float = 0.0
     standby_for: tuple[int, int] = (-1, -1)  # (M, syscalltick) whose standby thread we woke
     standby_when: float = 0.0
-    cpu: tuple[int, int, int] = (0, 0, 0)  # native/sysmon.c's (pid, its CPU clock, when) in ns
 
 
 class Quiet(enum.IntEnum):
@@ -136,11 +135,14 @@ UNMARKED_MIN_S = 0.001  # two looks at least this far apart (the issue's 1 ms)
 # before the P is retaken and handed to another M (it takes ~0.1 ms).
 STANDBY_WAIT_S = 0.01
 WATCHDOG_S = 0.005  # task deadlines are checked this often
+WCHAN_TRIES = 100  # Python rounds that look for a sleeping node agent in /proc wchan (probe_wchan)
 MEMCHECK_S = 0.1  # M memory (RSS) is read this often, when a limit is set
 
 
 class Sysmon:
-    def __init__(self, nm: NodeMemory, endpoint: str, trace_ms: int = 0, detail: bool = False) -> None:
+    def __init__(
+        self, nm: NodeMemory, endpoint: str, trace_ms: int = 0, detail: bool = False, agent: int = 0
+    ) -> None:
         self.nm, self.node = nm, nm.node
         self.slot = sysmon_slot(self.node.nms)
         self.trace_ms, self.detail = trace_ms, detail
@@ -162,6 +164,8 @@ class Sysmon:
         self.procs: dict[int, psutil.Process] = {}  # M pid -> its psutil handle
         self.joined: set[int] = set()
         self.procfds: dict[int, int] = {}  # M thread id -> its kept-open /proc stat file
+        self.wchanfds: dict[int, int] = {}  # ...and its wchan file, once probe_wchan found them named
+        self.wchan, self.wchan_tries, self.agent = False, 0, agent
         self.reported: set[int] = set()
 
     def retake(self, now: float) -> int:
@@ -287,6 +291,26 @@ class Sysmon:
         Ms come and go; an M's standby threads take turns)."""
         for tid in [tid for tid in self.procfds if tid not in tids]:
             os.close(self.procfds.pop(tid))
+        for tid in [tid for tid in self.wchanfds if tid not in tids]:
+            os.close(self.wchanfds.pop(tid))
+
+    def probe_wchan(self) -> None:
+        """/proc/PID/task/TID/wchan says "0" while a thread is runnable and
+        else names the kernel function it waits in (or stopped in): enough
+        for the quiet looks (native/sysmon.c), at ~a third of the cost of
+        stat's fifty fields (2.4 -> 1.3 us here, warm; ~9 us cold, ~200
+        reads a second in a farm: a third of sysmon's CPU).  A kernel
+        without symbol names, or a policy that hides them from us, says "0"
+        for every thread, which would hide every unmarked block: the looks
+        read wchan only once the node agent (another process of ours,
+        mostly asleep in its poll) was seen named, within WCHAN_TRIES
+        Python rounds; stat until then, or for good."""
+        self.wchan_tries += 1
+        try:
+            with open(f"/proc/{self.agent}/task/{self.agent}/wchan", "rb") as f:
+                self.wchan = f.read() not in (b"", b"0")
+        except OSError:
+            self.wchan_tries = WCHAN_TRIES  # (the agent gone, or no wchan here: stat)
 
     def thread_state(self, pid: int, tid: int) -> tuple[str, int] | None:
         """(state letter, utime + stime ticks) of the M's thread ``tid``."""
@@ -294,10 +318,14 @@ class Sysmon:
         try:
             if fd is None:
                 fd = self.procfds[tid] = os.open(f"/proc/{pid}/task/{tid}/stat", os.O_RDONLY)
+            if self.wchan and tid not in self.wchanfds:  # (for the quiet looks)
+                self.wchanfds[tid] = os.open(f"/proc/{pid}/task/{tid}/wchan", os.O_RDONLY)
             fields = os.pread(fd, 1024, 0).rsplit(b")", 1)[1].split()
         except OSError:  # the M (or that thread) exited
             if fd is not None:
                 os.close(self.procfds.pop(tid))
+            if tid in self.wchanfds:
+                os.close(self.wchanfds.pop(tid))
             return None
         return fields[0].decode(), int(fields[11]) + int(fields[12])
 
@@ -459,19 +487,18 @@ class Sysmon:
         watch = array.array("q")
         for pd in self.watch:
             pd.asleep = None  # its looks start again (a stale one only delays a mark)
-            watch.extend((pd.schedtick, round(pd.schedwhen * 1e9), round(pd.running_when * 1e9), *pd.cpu))
-        fds = array.array("i", [x for pid_fd in self.procfds.items() for x in pid_fd])
+            watch.extend((pd.schedtick, round(pd.schedwhen * 1e9), round(pd.running_when * 1e9)))
+        files = self.wchanfds if self.wchan else self.procfds  # (a tid without one: NOFD, opened then)
+        fds = array.array("i", [x for pid_fd in files.items() for x in pid_fd])
         why, _arg, nap_s = self.node.sysmon_quiet(
             self.slot, MState.RUNNING, MState.JOIN, QUIET_DOOMS, lifeline, delay_us / 1e6, self.max_us / 1e6,
-            self.syscall_us / 1e6, until, period, FORCE_PREEMPT_S, watch, fds,
+            self.syscall_us / 1e6, until, period, FORCE_PREEMPT_S, watch, fds, self.wchan,
         )  # fmt: skip
         for p, pd in enumerate(self.watch):
-            w = watch[6 * p : 6 * p + 6]
-            pd.schedtick, pd.schedwhen, pd.running_when, pd.cpu = (
-                w[0],
-                w[1] / 1e9,
-                w[2] / 1e9,
-                (w[3], w[4], w[5]),
+            pd.schedtick, pd.schedwhen, pd.running_when = (
+                watch[3 * p],
+                watch[3 * p + 1] / 1e9,
+                watch[3 * p + 2] / 1e9,
             )
         return Quiet(why), round(nap_s * 1e6)
 
@@ -498,6 +525,8 @@ class Sysmon:
                 if not _alive(lifeline):
                     return
             now = time.monotonic()
+            if not self.wchan and self.wchan_tries < WCHAN_TRIES and self.agent > 0:
+                self.probe_wchan()
             if now - self.last_checkdead >= CHECKDEAD_S:  # also between deep sleeps: a
                 self.last_checkdead = now  # deadlock leaves every P idle
                 self.checkdead()
@@ -524,6 +553,7 @@ class Sysmon:
                 schedtrace(self.nm, int((now - self.start) * 1000), self.detail, sys.stderr)
 
     def close(self) -> None:
+        self.prune_procfds(set())
         self.sock.close(0)
         self.ctx.term()
 
@@ -580,7 +610,7 @@ def main(endpoint: str, node_name: str, lifeline: int) -> int:
     except SegmentError:  # the node agent died as we started, and its memory went with it
         return 0
     nm.node.m_set(sysmon_slot(nm.node.nms), pid=os.getpid())  # for statistics and tests
-    mon = Sysmon(nm, endpoint, trace_ms, detail)
+    mon = Sysmon(nm, endpoint, trace_ms, detail, agent=lifeline)
     try:
         pidfd = os.pidfd_open(lifeline)
     except ProcessLookupError:  # the node agent died as we started

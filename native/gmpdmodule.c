@@ -1531,15 +1531,17 @@ static PyObject *node_sysmon_quiet(NodeObject *self, PyObject *args)
     gmpd_quiet q;
     double nap_s, max_s, busy_s, until_s, period_s, preempt_s;
     Py_buffer watch, fds;
+    int wchan;
     if (!node_ok(self) ||
-        !PyArg_ParseTuple(args, "IIIIiddddddw*y*:sysmon_quiet", &q.slot, &q.m_running, &q.m_join, &q.doom_watch,
-                          &q.lifeline, &nap_s, &max_s, &busy_s, &until_s, &period_s, &preempt_s, &watch, &fds))
+        !PyArg_ParseTuple(args, "IIIIiddddddw*y*p:sysmon_quiet", &q.slot, &q.m_running, &q.m_join, &q.doom_watch,
+                          &q.lifeline, &nap_s, &max_s, &busy_s, &until_s, &period_s, &preempt_s, &watch, &fds,
+                          &wchan))
         return NULL;
     PyObject *ret = NULL;
     if (!check_m(self, q.slot))
         goto out;
     if (watch.len != (Py_ssize_t)(self->nd->nprocs * sizeof(gmpd_pwatch)) || fds.len % (2 * sizeof(int32_t))) {
-        PyErr_SetString(PyExc_ValueError, "sysmon_quiet: watch is 6 int64 per P, procfds (pid, fd) int32 pairs");
+        PyErr_SetString(PyExc_ValueError, "sysmon_quiet: watch is 3 int64 per P, procfds (pid, fd) int32 pairs");
         goto out;
     }
     q.nap_ns = (int64_t)(nap_s * 1e9);
@@ -1551,6 +1553,7 @@ static PyObject *node_sysmon_quiet(NodeObject *self, PyObject *args)
     q.watch = watch.buf;
     q.procfds = fds.buf;
     q.nprocfds = (uint32_t)(fds.len / (2 * sizeof(int32_t)));
+    q.wchan = (uint32_t)wchan;
     int64_t next_ns;
     int32_t arg;
     int why;

@@ -3,8 +3,8 @@
  *
  * While every P runs Gs and nothing needs it, sysmon naps its backed-off
  * delay (up to 10 ms), looks, and naps again: ~100 rounds a second, each a
- * handful of loads from node memory and, per running M, its process's CPU
- * clock and, unless that says it ran all along, one read of /proc.
+ * handful of loads from node memory and one read of /proc per running M
+ * (its wchan file where the kernel names where threads sleep, else stat).
  * In Python such a round cost 100-200 us of CPU, because each of its lines
  * ran cold after the Ms' tasks had evicted the caches: 1.5-2% of a 2-core
  * node in a farm of 5 ms tasks, taken from those tasks.  Here a round costs
@@ -23,12 +23,6 @@
 #include "sysmon.h"
 
 #define NOTHING (-1)
-/* A process that had this share of the CPU (per mille) since the last look
- * ran all along: its thread is not read in /proc (ran_all_along).  Its CPU
- * clock, read from another process, moves at the kernel's ticks (4 ms at
- * HZ=250): one tick of it is taken as run. */
-#define RAN_PERMILLE 900
-#define TICK_SLACK_NS 4000000
 
 static int64_t now_ns(void)
 {
@@ -115,36 +109,6 @@ static int any_join(gmpd_node *nd, const gmpd_quiet *q)
     return 0;
 }
 
-/* The CPU clock of process pid (any process: Linux's process CPU-time
- * clocks need no permission), -1 if it is gone. */
-static int64_t process_cpu_ns(int32_t pid)
-{
-    struct timespec ts;
-    clockid_t clock = (clockid_t)((~(uint32_t)pid << 3) | 2); /* MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED) */
-    if (clock_gettime(clock, &ts) != 0)
-        return -1;
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-/* True if the M's process had the CPU nearly all the time since the last
- * look at it (then its thread cannot have slept through the two looks an
- * unmarked block needs, and its /proc file, ~9 us of kernel work a read,
- * is not read; about 200 reads a second on a busy 2-core node).  A thread
- * that fell asleep after such a look (or less than a tick before it) is
- * read at the next one: the mark comes a nap later.  The clock is the
- * process's: a task's own threads that keep a CPU busy while the thread
- * running it sleeps keep its P busy too, and it is not retaken. */
-static int ran_all_along(gmpd_pwatch *w, int32_t pid, int64_t now)
-{
-    int64_t cpu = process_cpu_ns(pid);
-    int ran = w->cpu_pid == pid && cpu >= 0 && now > w->cpu_when_ns &&
-              (cpu - w->cpu_ns + TICK_SLACK_NS) * 1000 >= (now - w->cpu_when_ns) * RAN_PERMILLE;
-    w->cpu_pid = cpu >= 0 ? pid : 0;
-    w->cpu_ns = cpu;
-    w->cpu_when_ns = now;
-    return ran;
-}
-
 static int procfd(const gmpd_quiet *q, int32_t tid)
 {
     for (uint32_t i = 0; i < q->nprocfds; i++)
@@ -153,13 +117,19 @@ static int procfd(const gmpd_quiet *q, int32_t tid)
     return -1;
 }
 
-/* The state letter of a thread's /proc stat file, 0 if unreadable. */
-static char thread_state(int fd)
+/* The state letter of a thread's /proc stat file, 0 if unreadable; from
+ * its wchan file, 'R' (it says "0": runnable) or 'S' (the kernel function
+ * it waits in: asleep or stopped), at ~a third of stat's cost (stat's
+ * fifty fields were a third of sysmon's CPU in a farm, ~200 reads a
+ * second at ~9 us each, cold). */
+static char thread_state(int fd, int wchan)
 {
     char buf[1024];
     ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
     if (n <= 0)
         return 0;
+    if (wchan)
+        return n == 1 && buf[0] == '0' ? 'R' : 'S';
     buf[n] = 0;
     char *close = strrchr(buf, ')'); /* the name may hold anything, even ')' */
     if (close == NULL || close[1] != ' ')
@@ -201,12 +171,10 @@ static int look(gmpd_node *nd, const gmpd_quiet *q, uint32_t p, int64_t now, int
     int32_t tid = __atomic_load_n(&mp->tid, __ATOMIC_ACQUIRE); /* the thread that runs its Gs */
     if (state != q->m_running || curg == 0 || pid <= 0)
         return NOTHING;
-    if (ran_all_along(w, pid, now))
-        return NOTHING;
     if (tid <= 0)
         tid = pid;
     int fd = procfd(q, tid);
-    char letter = fd < 0 ? 0 : thread_state(fd);
+    char letter = fd < 0 ? 0 : thread_state(fd, (int)q->wchan);
     if (letter == 0) {
         *arg = tid;
         return GMPD_QUIET_NOFD; /* Python opens it, or finds the M gone */

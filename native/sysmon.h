@@ -10,10 +10,6 @@ typedef struct gmpd_pwatch {
     int64_t schedtick; /* -1: not seen yet */
     int64_t schedwhen_ns;
     int64_t running_when_ns;
-    /* The CPU clock of the process of the M on it, at the last look that
-     * sampled it (look: a thread that ran all along is not read in /proc). */
-    int64_t cpu_pid; /* 0: no sample */
-    int64_t cpu_ns, cpu_when_ns;
 } gmpd_pwatch;
 
 typedef struct gmpd_quiet {
@@ -29,9 +25,11 @@ typedef struct gmpd_quiet {
                                * look at while no M waits on a child: until_ns moves on
                                * by this much instead of returning */
     int64_t preempt_ns;       /* Go's forcePreemptNS */
-    const int32_t *procfds;   /* (tid, fd) pairs: the /proc/PID/task/TID/stat of each M's
-                               * thread that runs its Gs (gmpd_m.tid) */
+    const int32_t *procfds;   /* (tid, fd) pairs: the /proc/PID/task/TID/wchan (or, with
+                               * wchan 0, stat) of each M's thread that runs its Gs
+                               * (gmpd_m.tid) */
     uint32_t nprocfds;
+    uint32_t wchan;           /* the files are wchan: "0" while the thread runs */
     gmpd_pwatch *watch;       /* [nprocs] */
 } gmpd_quiet;
 

@@ -19,7 +19,7 @@ from gmpd import sched as gmpd_sched
 from gmpd.runq import PStatus
 from gmpd.sched import FORCE_PREEMPT_S, Doom, MState
 from gmpd.shm import NodeMemory
-from gmpd.sysmon import CHECKDEAD_S, UNMARKED_MIN_S, Quiet, Sysmon
+from gmpd.sysmon import CHECKDEAD_S, UNMARKED_MIN_S, WCHAN_TRIES, Quiet, Sysmon
 from tests.test_executor import fib  # recursive fan-out with a threshold (n < 10)
 
 pytestmark = pytest.mark.timeout(90)
@@ -517,55 +517,43 @@ def test_quiet_rounds_return_for_checkdead_only_while_an_m_waits_on_a_child(nm: 
         spinner.wait()
 
 
-def test_quiet_rounds_do_not_read_proc_for_an_m_that_had_the_cpu_all_along(nm: NodeMemory) -> None:
-    """A look reads the M thread's /proc state (~9 us of kernel work) only
-    if the M's process was off the CPU for a part of the time since the
-    last look: a process that ran all along cannot have slept through the
-    two looks an unmarked block needs.  The M's /proc file here is
-    /dev/null, which a read finds empty (NOFD): the look at a sleeping
-    process reads it, the look at a spinning one must not."""
-    node = nm.node
-    mon = Sysmon(nm, "ipc:///nonexistent/gmpd-test")  # (its messages only queue)
-    lifeline = os.pidfd_open(os.getpid())
+def test_wchan_is_read_once_a_sleeping_node_agent_was_seen_named(nm: NodeMemory) -> None:
+    """The quiet looks read an M thread's /proc wchan ("0" while it runs),
+    not its stat, only once probe_wchan saw the node agent (here: a
+    process of ours) named asleep in it: a kernel or a policy that says "0"
+    for every thread would hide every unmarked block.  An agent seen only
+    running, or gone, leaves them on stat."""
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    null = os.open(os.devnull, os.O_RDONLY)
     try:
-        node.m_set(2, pid=os.getpid(), state=MState.JOIN)  # (checkdead's looks due: quiet returns by them)
-        assert node.acquirep(0, 0, 1)
-        node.m_set(0, pid=spinner.pid, p=0, curg=node.g_new(0, b"x"), state=MState.RUNNING)
-        node.set_preempt(0, True)  # (its G's slice passes: no PREEMPT return)
-        mon.procfds = {spinner.pid: null, sleeper.pid: null}
-        time.sleep(0.1)  # (the spinner runs)
-        results = []
-        for _ in range(3):
-            time.sleep(0.1)  # (a process's CPU clock, read from another, moves at the kernel's ticks)
-            mon.last_checkdead = time.monotonic() - CHECKDEAD_S + 0.1
-            results.append(mon.quiet(1000, lifeline)[0])
-        # The first look has no earlier sample to compare with; a machine
-        # too busy to give the spinner 90% of a CPU between two looks reads
-        # it too, so one run in three must have gone without a read.
-        assert Quiet.TIME in results, results
-        node.m_set(0, pid=sleeper.pid)
-        mon.last_checkdead = time.monotonic() - CHECKDEAD_S + 0.1
-        assert mon.quiet(1000, lifeline)[0] == Quiet.NOFD, "a sleeping M's file is read"
+        time.sleep(0.2)  # (both running their loops)
+        for agent, named in ((spinner.pid, False), (sleeper.pid, True), (2**22 + 1, False)):
+            mon = Sysmon(nm, "ipc:///nonexistent/gmpd-test", agent=agent)
+            try:
+                for _ in range(WCHAN_TRIES):
+                    if mon.wchan or mon.wchan_tries >= WCHAN_TRIES:
+                        break
+                    mon.probe_wchan()
+                assert mon.wchan == named, agent
+            finally:
+                mon.close()
     finally:
-        mon.procfds = {}
-        os.close(null)
-        os.close(lifeline)
-        mon.close()
         for p in (spinner, sleeper):
             p.kill()
             p.wait()
 
 
-def test_quiet_rounds_return_for_what_the_python_round_acts_on(nm: NodeMemory) -> None:
+@pytest.mark.parametrize("wchan", [False, True])
+def test_quiet_rounds_return_for_what_the_python_round_acts_on(nm: NodeMemory, wchan: bool) -> None:
     """native/sysmon.c naps and looks while nothing needs sysmon's Python
     round; each look that finds work for it must end the quiet run (a look
     that missed one would leave a syscall unretaken, an unmarked block
-    undetected or a timeout unenforced), and nothing else may."""
+    undetected or a timeout unenforced), and nothing else may.  The looks
+    read each M thread's /proc stat, or its wchan once probe_wchan found
+    it named."""
     node = nm.node
     mon = Sysmon(nm, "ipc:///nonexistent/gmpd-test")  # (its messages only queue)
+    mon.wchan = wchan
     lifeline = os.pidfd_open(os.getpid())  # never readable: we are alive
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -612,6 +600,17 @@ def test_quiet_rounds_return_for_what_the_python_round_acts_on(nm: NodeMemory) -
         time.sleep(0.2)  # the sleeper's main thread is asleep (S)
         assert mon.thread_state(sleeper.pid, sleeper.pid) is not None
         assert quiet(1.0) == Quiet.ASLEEP, "a running M asleep: unmarked blocking?"
+        stopped = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            time.sleep(0.1)
+            assert mon.thread_state(stopped.pid, stopped.pid) is not None
+            node.m_set(0, pid=stopped.pid)
+            assert quiet(0.05) == Quiet.TIME, "a running M that runs"
+            stopped.send_signal(signal.SIGSTOP)
+            assert quiet(1.0) == Quiet.ASLEEP, "a running M stopped (SIGSTOP, a debugger)"
+        finally:
+            stopped.kill()
+            stopped.wait()
         node.m_set(0, pid=os.getpid())
 
         # A standby thread holds the M (gmpd.m, takeover): the look is at
