@@ -110,6 +110,7 @@ class Node:
         busy_s: float,
         until_s: float,
         period_s: float,
+        limit_s: float,
         preempt_s: float,
         watch: Buffer,
         procfds: Buffer,

@@ -136,6 +136,11 @@ UNMARKED_MIN_S = 0.001  # two looks at least this far apart (the issue's 1 ms)
 STANDBY_WAIT_S = 0.01
 WATCHDOG_S = 0.005  # task deadlines are checked this often
 WCHAN_TRIES = 100  # Python rounds that look for a sleeping node agent in /proc wchan (probe_wchan)
+WCHAN_MISSES = 3  # marks in a row whose M's wchan said "0" (runnable) before the looks go back to stat
+# Without an M waiting on a child, quiet runs skip checkdead's looks, but
+# return for a Python round (stat's look at each running M, the watchdog,
+# pruning) at least this often.
+QUIET_MAX_S = 1.0
 MEMCHECK_S = 0.1  # M memory (RSS) is read this often, when a limit is set
 
 
@@ -165,7 +170,7 @@ class Sysmon:
         self.joined: set[int] = set()
         self.procfds: dict[int, int] = {}  # M thread id -> its kept-open /proc stat file
         self.wchanfds: dict[int, int] = {}  # ...and its wchan file, once probe_wchan found them named
-        self.wchan, self.wchan_tries, self.agent = False, 0, agent
+        self.wchan, self.wchan_tries, self.wchan_misses, self.agent = False, 0, 0, agent
         self.reported: set[int] = set()
 
     def retake(self, now: float) -> int:
@@ -261,7 +266,28 @@ class Sysmon:
         if now - pd.asleep_when < UNMARKED_MIN_S:
             return
         pd.asleep = None
+        if self.wchan:
+            self.check_wchan(tid)
         self.mark_asleep(p, m, curg, epoch, pd.schedtick)
+
+    def check_wchan(self, tid: int) -> None:
+        """A thread stat saw asleep on two looks: its wchan should name
+        where.  One that says "0" (runnable) WCHAN_MISSES marks in a row is
+        one the quiet looks cannot see (its M hidden from us, say): back to
+        stat for good.  (Once in a while a thread just asleep still reads
+        "0": the kernel names none while it is on a run queue, which a
+        sleeper can stay on briefly since EEVDF's delayed dequeue.)"""
+        fd = self.wchanfds.get(tid)
+        try:
+            runnable = fd is not None and os.pread(fd, 64, 0) == b"0"
+        except OSError:
+            return
+        self.wchan_misses = self.wchan_misses + 1 if runnable else 0
+        if self.wchan_misses >= WCHAN_MISSES:
+            self.wchan = False
+            for fd in self.wchanfds.values():
+                os.close(fd)
+            self.wchanfds.clear()
 
     def mark_asleep(self, p: int, m: int, curg: int, epoch: int, schedtick: int) -> None:
         """Treat M ``m``, seen asleep running G ``curg``, as in a syscall:
@@ -352,7 +378,7 @@ class Sysmon:
                 node.sched_add(Counter.WAKEUPS, 1)
                 return
 
-    def checkdead(self) -> None:
+    def checkdead(self, stale: bool = False) -> None:
         """Go's checkdead, for joins: when every live M is blocked waiting on
         a child (state JOIN) on two looks CHECKDEAD_S apart, no child can run
         (only Ms run Gs, and either every M slot is taken or nothing is
@@ -362,6 +388,8 @@ class Sysmon:
         a gmpd.syscall() is SYSCALL, not JOIN: it may return, so it is not
         a deadlock."""
         node = self.node
+        if stale:  # (the looks between saw no M waiting: no deadlock, none reported)
+            self.joined, self.reported = set(), set()
         states = [node.m_info(m) for m in range(node.nms - 1)]
         idle = not node.sched()[Counter.GRQLEN] and all(node.runq_empty(p) for p in range(node.nprocs))
         blocked = [node.m_standby(m)[2] for m in range(node.nms - 1)]
@@ -481,7 +509,7 @@ class Sysmon:
         # checkdead's looks, every CHECKDEAD_S, stay in C while no M waits on
         # a child (they would find nothing: ~10 Python rounds a second, ~1 ms
         # of CPU); memcheck's are Python's own.
-        period = CHECKDEAD_S
+        period, limit = CHECKDEAD_S, self.last_checkdead + QUIET_MAX_S
         if self.max_rss:
             until, period = min(until, self.last_memcheck + MEMCHECK_S), 0.0
         watch = array.array("q")
@@ -492,7 +520,7 @@ class Sysmon:
         fds = array.array("i", [x for pid_fd in files.items() for x in pid_fd])
         why, _arg, nap_s = self.node.sysmon_quiet(
             self.slot, MState.RUNNING, MState.JOIN, QUIET_DOOMS, lifeline, delay_us / 1e6, self.max_us / 1e6,
-            self.syscall_us / 1e6, until, period, FORCE_PREEMPT_S, watch, fds, self.wchan,
+            self.syscall_us / 1e6, until, period, limit, FORCE_PREEMPT_S, watch, fds, self.wchan,
         )  # fmt: skip
         for p, pd in enumerate(self.watch):
             pd.schedtick, pd.schedwhen, pd.running_when = (
@@ -528,8 +556,12 @@ class Sysmon:
             if not self.wchan and self.wchan_tries < WCHAN_TRIES and self.agent > 0:
                 self.probe_wchan()
             if now - self.last_checkdead >= CHECKDEAD_S:  # also between deep sleeps: a
-                self.last_checkdead = now  # deadlock leaves every P idle
-                self.checkdead()
+                # (deadlock leaves every P idle).  Looks a quiet run skipped
+                # found no M waiting on a child: checkdead's memory of
+                # the last look is stale then.
+                stale = now - self.last_checkdead > 1.5 * CHECKDEAD_S
+                self.last_checkdead = now
+                self.checkdead(stale)
             if now - self.last_watchdog >= WATCHDOG_S:  # (a task blocked past its timeout holds no P)
                 self.last_watchdog = now
                 self.watchdog()

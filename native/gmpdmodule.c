@@ -1529,13 +1529,13 @@ static PyObject *node_offer_poke(NodeObject *self, PyObject *args)
 static PyObject *node_sysmon_quiet(NodeObject *self, PyObject *args)
 {
     gmpd_quiet q;
-    double nap_s, max_s, busy_s, until_s, period_s, preempt_s;
+    double nap_s, max_s, busy_s, until_s, period_s, limit_s, preempt_s;
     Py_buffer watch, fds;
     int wchan;
     if (!node_ok(self) ||
-        !PyArg_ParseTuple(args, "IIIIiddddddw*y*p:sysmon_quiet", &q.slot, &q.m_running, &q.m_join, &q.doom_watch,
-                          &q.lifeline, &nap_s, &max_s, &busy_s, &until_s, &period_s, &preempt_s, &watch, &fds,
-                          &wchan))
+        !PyArg_ParseTuple(args, "IIIIidddddddw*y*p:sysmon_quiet", &q.slot, &q.m_running, &q.m_join, &q.doom_watch,
+                          &q.lifeline, &nap_s, &max_s, &busy_s, &until_s, &period_s, &limit_s, &preempt_s, &watch,
+                          &fds, &wchan))
         return NULL;
     PyObject *ret = NULL;
     if (!check_m(self, q.slot))
@@ -1549,6 +1549,7 @@ static PyObject *node_sysmon_quiet(NodeObject *self, PyObject *args)
     q.busy_ns = (int64_t)(busy_s * 1e9);
     q.until_ns = (int64_t)(until_s * 1e9);
     q.period_ns = (int64_t)(period_s * 1e9);
+    q.limit_ns = (int64_t)(limit_s * 1e9);
     q.preempt_ns = (int64_t)(preempt_s * 1e9);
     q.watch = watch.buf;
     q.procfds = fds.buf;
@@ -1671,8 +1672,9 @@ static PyMethodDef node_methods[] = {
     {"start_heartbeat", (PyCFunction)node_start_heartbeat, METH_VARARGS,
      "start_heartbeat(m, period_ms): a native thread stamps M m's heartbeat until the process exits"},
     {"sysmon_quiet", (PyCFunction)node_sysmon_quiet, METH_VARARGS,
-     "sysmon_quiet(slot, m_running, doom_watch, lifeline, nap_s, max_s, busy_s, until_s, preempt_s, watch, procfds)"
-     " -> (reason, arg, last_nap_s): sysmon's quiet rounds until one needs Python (native/sysmon.h)"},
+     "sysmon_quiet(slot, m_running, m_join, doom_watch, lifeline, nap_s, max_s, busy_s, until_s, period_s, limit_s,"
+     " preempt_s, watch, procfds, wchan) -> (reason, arg, last_nap_s): sysmon's quiet rounds until one needs"
+     " Python (native/sysmon.h)"},
     {"park", (PyCFunction)node_park, METH_VARARGS,
      "park(m, seen, timeout=-1) -> bool: futex-sleep while M m's park word == seen; False on timeout"},
     {"wake", (PyCFunction)node_wake, METH_O, "wake(m) -> int: bump M m's park word and wake it"},

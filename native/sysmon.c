@@ -12,8 +12,9 @@
  * a look finds something that round acts on (a P in a syscall, a G past
  * its time slice, an M whose main thread sleeps, a passed deadline, every P
  * idle, the node agent gone) or until_ns comes (checkdead and the other
- * periodic checks).  Every decision and every store other than its own
- * watch records stays in Python.
+ * periodic checks; while no M waits on a child, checkdead has nothing to
+ * look at, and the loop goes on to limit_ns).  Every decision and every
+ * store other than its own watch records stays in Python.
  */
 #include <poll.h>
 #include <string.h>
@@ -196,6 +197,8 @@ int gmpd_sysmon_quiet(gmpd_node *nd, const gmpd_quiet *q, int64_t *nap_ns, int32
                 return GMPD_QUIET_TIME;
             while (until <= now)
                 until += q->period_ns;
+            if (until > q->limit_ns)
+                return GMPD_QUIET_TIME;
         }
         int busy = nap(nd, q, ns < until - now ? ns : until - now);
         if (busy)

@@ -23,7 +23,8 @@ typedef struct gmpd_quiet {
     int64_t until_ns;         /* return by then (checkdead's look, memcheck) */
     int64_t period_ns;        /* > 0: until_ns is checkdead's alone, which has nothing to
                                * look at while no M waits on a child: until_ns moves on
-                               * by this much instead of returning */
+                               * by this much instead of returning, up to limit_ns */
+    int64_t limit_ns;
     int64_t preempt_ns;       /* Go's forcePreemptNS */
     const int32_t *procfds;   /* (tid, fd) pairs: the /proc/PID/task/TID/wchan (or, with
                                * wchan 0, stat) of each M's thread that runs its Gs

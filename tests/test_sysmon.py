@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -19,7 +20,7 @@ from gmpd import sched as gmpd_sched
 from gmpd.runq import PStatus
 from gmpd.sched import FORCE_PREEMPT_S, Doom, MState
 from gmpd.shm import NodeMemory
-from gmpd.sysmon import CHECKDEAD_S, UNMARKED_MIN_S, WCHAN_TRIES, Quiet, Sysmon
+from gmpd.sysmon import CHECKDEAD_S, QUIET_MAX_S, UNMARKED_MIN_S, WCHAN_MISSES, WCHAN_TRIES, Quiet, Sysmon
 from tests.test_executor import fib  # recursive fan-out with a threshold (n < 10)
 
 pytestmark = pytest.mark.timeout(90)
@@ -510,11 +511,72 @@ def test_quiet_rounds_return_for_checkdead_only_while_an_m_waits_on_a_child(nm: 
             why, _nap = mon.quiet(1000, lifeline)
             timer.join()
             assert (why, time.monotonic() - t >= 0.3) == (Quiet.TIME, True), how
+        node.m_set(1, state=MState.IDLE, blocked=0)
+        t = time.monotonic()
+        mon.last_checkdead = t  # nobody waits: the run still ends by QUIET_MAX_S (stat's looks, the watchdog)
+        assert mon.quiet(1000, lifeline)[0] == Quiet.TIME
+        assert QUIET_MAX_S * 0.9 <= time.monotonic() - t <= QUIET_MAX_S + 0.5
     finally:
         os.close(lifeline)
         mon.close()
         spinner.kill()
         spinner.wait()
+
+
+def test_checkdead_forgets_what_it_saw_across_looks_a_quiet_run_skipped(nm: NodeMemory) -> None:
+    """Quiet runs skip checkdead's looks while no M waits on a child; the
+    next look must not take its memory from before them: the same Ms
+    deadlocked again are reported again (a memory of the first report hid
+    it: the Ms waited forever), and only on two looks of their own."""
+    node = nm.node
+    mon = Sysmon(nm, "ipc:///nonexistent/gmpd-test")  # (its messages only queue)
+    ms = range(node.nms - 1)
+
+    def reports() -> int:
+        return node.sched()[gmpd_sched.Counter.DEADLOCK]
+
+    try:
+        for m in ms:  # every M slot live and waiting on a child: nothing can run the children
+            node.m_set(m, pid=os.getpid(), state=MState.JOIN)
+        mon.checkdead()
+        mon.checkdead()
+        assert reports() == 1, "two looks: a deadlock"
+        mon.checkdead()
+        assert reports() == 1, "one report per deadlock"
+        for m in ms:
+            node.m_set(m, state=MState.RUNNING)  # woken by the report, they leave their joins
+        # ... and quiet runs skip the looks while none waits; then the same Ms wait again:
+        for m in ms:
+            node.m_set(m, state=MState.JOIN)
+        mon.checkdead(stale=True)
+        assert reports() == 1, "the first look after the gap is one look, not the second"
+        mon.checkdead()
+        assert reports() == 2, "the new deadlock is reported"
+    finally:
+        for m in ms:
+            node.m_set(m, pid=0, state=MState.PARKED)
+        mon.close()
+
+
+def test_the_looks_go_back_to_stat_when_wchan_says_a_sleeping_m_runs(nm: NodeMemory, tmp_path: Path) -> None:
+    """An M thread stat saw asleep on two looks whose wchan says "0" (its
+    M hidden from us, say) is one the quiet looks cannot see: after
+    WCHAN_MISSES such marks in a row, the looks read stat for good; a
+    named one in between starts the count again."""
+    mon = Sysmon(nm, "ipc:///nonexistent/gmpd-test")  # (its messages only queue)
+    runnable, named = tmp_path / "runnable", tmp_path / "named"
+    runnable.write_bytes(b"0")
+    named.write_bytes(b"hrtimer_nanosleep")
+    try:
+        mon.wchan = True
+        mon.wchanfds = {1: os.open(runnable, os.O_RDONLY), 2: os.open(named, os.O_RDONLY)}
+        for tid in [1] * (WCHAN_MISSES - 1) + [2] + [1] * (WCHAN_MISSES - 1):
+            mon.check_wchan(tid)
+        assert (mon.wchan, len(mon.wchanfds)) == (True, 2), "never WCHAN_MISSES in a row"
+        mon.check_wchan(1)
+        assert (mon.wchan, mon.wchanfds) == (False, {}), "back to stat, its wchan files closed"
+    finally:
+        mon.close()
 
 
 def test_wchan_is_read_once_a_sleeping_node_agent_was_seen_named(nm: NodeMemory) -> None:
