@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
 import signal
@@ -579,12 +581,38 @@ def test_the_looks_go_back_to_stat_when_wchan_says_a_sleeping_m_runs(nm: NodeMem
         mon.close()
 
 
+@functools.cache
+def wchan_names_sleepers() -> bool:
+    """Whether this kernel names where another process's thread sleeps in
+    /proc/PID/wchan (not without kallsyms, nor where a policy hides it;
+    sysmon's looks then read stat, which its other tests cover)."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for _ in range(100):
+            time.sleep(0.02)
+            with contextlib.suppress(OSError), open(f"/proc/{sleeper.pid}/wchan", "rb") as f:
+                if f.read() not in (b"", b"0"):
+                    return True
+        return False
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def needs_wchan() -> None:
+    if not wchan_names_sleepers():
+        pytest.skip(
+            "this kernel does not name where a sleeping thread waits (/proc/PID/wchan): sysmon reads stat"
+        )
+
+
 def test_wchan_is_read_once_a_sleeping_node_agent_was_seen_named(nm: NodeMemory) -> None:
     """The quiet looks read an M thread's /proc wchan ("0" while it runs),
     not its stat, only once probe_wchan saw the node agent (here: a
     process of ours) named asleep in it: a kernel or a policy that says "0"
     for every thread would hide every unmarked block.  An agent seen only
     running, or gone, leaves them on stat."""
+    needs_wchan()
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -615,6 +643,8 @@ def test_quiet_rounds_return_for_what_the_python_round_acts_on(nm: NodeMemory, w
     it named."""
     node = nm.node
     mon = Sysmon(nm, "ipc:///nonexistent/gmpd-test")  # (its messages only queue)
+    if wchan:
+        needs_wchan()
     mon.wchan = wchan
     lifeline = os.pidfd_open(os.getpid())  # never readable: we are alive
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
