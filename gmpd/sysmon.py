@@ -284,7 +284,7 @@ class Sysmon:
             return
         self.wchan_misses = self.wchan_misses + 1 if runnable else 0
         if self.wchan_misses >= WCHAN_MISSES:
-            self.wchan = False
+            self.wchan, self.wchan_tries = False, WCHAN_TRIES  # (no probe turns it on again)
             for fd in self.wchanfds.values():
                 os.close(fd)
             self.wchanfds.clear()
@@ -324,13 +324,15 @@ class Sysmon:
         """/proc/PID/task/TID/wchan says "0" while a thread is runnable and
         else names the kernel function it waits in (or stopped in): enough
         for the quiet looks (native/sysmon.c), at ~a third of the cost of
-        stat's fifty fields (2.4 -> 1.3 us here, warm; ~9 us cold, ~200
+        stat's fifty fields (3.2 -> 1.3 us here, warm; ~9 us cold, ~200
         reads a second in a farm: a third of sysmon's CPU).  A kernel
         without symbol names, or a policy that hides them from us, says "0"
         for every thread, which would hide every unmarked block: the looks
         read wchan only once the node agent (another process of ours,
         mostly asleep in its poll) was seen named, within WCHAN_TRIES
         Python rounds; stat until then, or for good."""
+        if self.wchan or self.wchan_tries >= WCHAN_TRIES or self.agent <= 0:
+            return
         self.wchan_tries += 1
         try:
             with open(f"/proc/{self.agent}/task/{self.agent}/wchan", "rb") as f:
@@ -553,8 +555,7 @@ class Sysmon:
                 if not _alive(lifeline):
                     return
             now = time.monotonic()
-            if not self.wchan and self.wchan_tries < WCHAN_TRIES and self.agent > 0:
-                self.probe_wchan()
+            self.probe_wchan()
             if now - self.last_checkdead >= CHECKDEAD_S:  # also between deep sleeps: a
                 # (deadlock leaves every P idle).  Looks a quiet run skipped
                 # found no M waiting on a child: checkdead's memory of

@@ -577,6 +577,10 @@ def test_the_looks_go_back_to_stat_when_wchan_says_a_sleeping_m_runs(nm: NodeMem
         assert (mon.wchan, len(mon.wchanfds)) == (True, 2), "never WCHAN_MISSES in a row"
         mon.check_wchan(1)
         assert (mon.wchan, mon.wchanfds) == (False, {}), "back to stat, its wchan files closed"
+        mon.agent = os.getppid()  # (a process of ours, asleep in pytest's wait: named)
+        for _ in range(WCHAN_TRIES):
+            mon.probe_wchan()
+        assert not mon.wchan, "for good: no probe turns wchan on again"
     finally:
         mon.close()
 
@@ -620,9 +624,7 @@ def test_wchan_is_read_once_a_sleeping_node_agent_was_seen_named(nm: NodeMemory)
         for agent, named in ((spinner.pid, False), (sleeper.pid, True), (2**22 + 1, False)):
             mon = Sysmon(nm, "ipc:///nonexistent/gmpd-test", agent=agent)
             try:
-                for _ in range(WCHAN_TRIES):
-                    if mon.wchan or mon.wchan_tries >= WCHAN_TRIES:
-                        break
+                for _ in range(WCHAN_TRIES):  # (it stops probing once it knows)
                     mon.probe_wchan()
                 assert mon.wchan == named, agent
             finally:
